@@ -1,0 +1,46 @@
+"""The HTTP API: a thin Flask app that writes records and enqueues tasks.
+
+``create_app(settings, store=..., queue=...)`` builds the real collaborators only when
+none are passed; tests inject their own. This package never imports ``docker`` or ``worker``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask
+
+from shared.queue import Queue, make_celery
+from shared.settings import Settings
+from shared.store import Store, connect
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    store: Store | None = None,
+    queue: Queue | None = None,
+    **config: Any,
+) -> Flask:
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    app.config.update(MAX_CONTENT_LENGTH=settings.max_body, MAX_FORM_MEMORY_SIZE=settings.max_body,
+                      MAX_FORM_PARTS=50, JSON_SORT_KEYS=False)
+    app.config.update(config)
+    app.json.sort_keys = False  # keep the seed's field order in records
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    app.extensions["settings"] = settings
+    app.extensions["store"] = store or Store(connect(settings.redis_url), prefix=settings.key_prefix)
+    app.extensions["queue"] = queue or Queue(make_celery(settings, name="swarm_manager_api"))
+
+    from api import errors, manage, routes
+
+    errors.register(app)
+    app.register_blueprint(routes.bp)
+    # The original implementation also served everything under /api/ for tmpnb-style clients.
+    app.register_blueprint(routes.bp, url_prefix="/api", name="api_compat")
+    app.register_blueprint(manage.bp)
+    return app

@@ -1,0 +1,170 @@
+"""JSON routes: spawn, status, kill, list, health. The seed's paths and field names."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify, request, url_for
+from flask.typing import ResponseReturnValue
+
+from shared.errors import InvalidInput, InvalidTransition, NotFound, QueueUnavailable, StoreUnavailable
+from shared.queue import Queue
+from shared.record import Notebook
+from shared.settings import Settings
+from shared.status import KILLABLE, Status
+from shared.store import Store
+from shared.validation import is_hostname, validate_image, validate_user
+
+bp = Blueprint("api", __name__)
+
+SPAWN_FIELDS = ("image", "user")
+MAX_LIST_LIMIT = 10_000
+
+
+def store() -> Store:
+    return current_app.extensions["store"]  # type: ignore[no-any-return]
+
+
+def queue() -> Queue:
+    return current_app.extensions["queue"]  # type: ignore[no-any-return]
+
+
+def settings() -> Settings:
+    return current_app.extensions["settings"]  # type: ignore[no-any-return]
+
+
+# -- input ------------------------------------------------------------------------
+def spawn_input() -> dict[str, Any]:
+    """The spawn request's fields, from a form (the seed's curl) or a JSON object."""
+    mimetype = request.mimetype
+    if mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        form = request.form
+        for name in SPAWN_FIELDS:
+            if len(form.getlist(name)) > 1:
+                raise InvalidInput(f"{name} is given more than once")
+        return dict(form.items())
+    if mimetype == "application/json" or mimetype.endswith("+json"):
+        data = request.get_json(silent=True)
+        if not isinstance(data, dict):
+            raise InvalidInput("the body must be a JSON object with image and user")
+        return data
+    if not mimetype and not request.content_length and not request.data:
+        return {}  # no body at all: reported as the missing fields
+    raise UnsupportedMediaType()
+
+
+class UnsupportedMediaType(InvalidInput):
+    code = "unsupported_media_type"
+
+    def __init__(self) -> None:
+        super().__init__("send image and user as a form (application/x-www-form-urlencoded) or as JSON")
+
+
+def checked_hostname(hostname: str) -> str:
+    # Anything that is not a well-formed hostname cannot name a record: the same 404 as an
+    # unknown one, and no Redis lookup with attacker-chosen key material.
+    if not is_hostname(hostname):
+        raise NotFound(f"no notebook with hostname {hostname[:40]!r}")
+    return hostname
+
+
+def int_arg(name: str, default: int | None, lo: int, hi: int) -> int | None:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or not lo <= int(raw) <= hi:
+        raise InvalidInput(f"{name} must be a whole number from {lo} to {hi}")
+    return int(raw)
+
+
+# -- actions shared with /manage ------------------------------------------------------
+def spawn_notebook(image: object, user: object) -> Notebook:
+    """Validate, write the PENDING record, enqueue the spawn. No engine call here."""
+    image, user = validate_image(image), validate_user(user)
+    record = store().create(
+        image=image,
+        user=user,
+        domain=settings().domain,
+        internal={"queue_deadline": str(time.time() + settings().start_timeout)},
+    )
+    try:
+        queue().spawn(record.hostname)
+    except QueueUnavailable:
+        # Do not leave a PENDING record that no task will ever pick up.
+        try:
+            store().transition(record.hostname, Status.FAILED, error="the task queue was unavailable")
+        except (StoreUnavailable, InvalidTransition):
+            pass
+        raise
+    return record
+
+
+def kill_notebook(hostname: str) -> tuple[Notebook, bool]:
+    """Move the record to DELETING and enqueue the kill; (record, whether a kill was started).
+
+    Killing a notebook that is already deleting, removed or failed is a no-op.
+    """
+    for _ in range(5):  # the spawn may move the record between our read and our write
+        record = store().require(hostname)
+        if record.status not in KILLABLE:
+            return record, False
+        try:
+            record = store().transition(hostname, Status.DELETING)
+        except InvalidTransition:
+            continue
+        # If this send fails the record stays DELETING and the reconciler sends the kill again.
+        queue().kill(hostname)
+        return record, True
+    return store().require(hostname), False
+
+
+# -- routes -----------------------------------------------------------------------
+@bp.post("/spawn", strict_slashes=False)
+def spawn() -> ResponseReturnValue:
+    data = spawn_input()
+    record = spawn_notebook(data.get("image"), data.get("user"))
+    response = jsonify(record.to_json())
+    response.status_code = 202
+    response.headers["Location"] = url_for(".container", hostname=record.hostname)
+    return response
+
+
+@bp.get("/container/<hostname>", strict_slashes=False)
+def container(hostname: str) -> ResponseReturnValue:
+    return store().require(checked_hostname(hostname)).to_json()
+
+
+@bp.route("/container/<hostname>/kill", methods=["GET", "POST"], strict_slashes=False)
+@bp.delete("/container/<hostname>", strict_slashes=False)
+def kill(hostname: str) -> ResponseReturnValue:
+    record, started = kill_notebook(checked_hostname(hostname))
+    return record.to_json(), 202 if started else 200
+
+
+@bp.get("/containers", strict_slashes=False)
+def containers() -> ResponseReturnValue:
+    user = request.args.get("user") or None
+    raw_status = request.args.get("status") or None
+    status = None
+    if raw_status is not None:
+        try:
+            status = Status(raw_status.upper())
+        except ValueError:
+            raise InvalidInput(f"status must be one of {', '.join(s.value for s in Status)}") from None
+    records = store().list(
+        user=validate_user(user) if user else None,
+        status=status,
+        offset=int_arg("offset", 0, 0, 10**9) or 0,
+        limit=int_arg("limit", None, 1, MAX_LIST_LIMIT),
+    )
+    return jsonify([r.to_json() for r in records])
+
+
+@bp.get("/healthz", strict_slashes=False)
+def healthz() -> ResponseReturnValue:
+    try:
+        store().ping()
+    except StoreUnavailable as exc:
+        return {"status": "unavailable", "redis": str(exc)}, 503
+    return {"status": "ok", "redis": "ok"}

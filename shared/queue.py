@@ -1,0 +1,79 @@
+"""The task queue contract both sides share: task names, Celery configuration, enqueueing.
+
+The API sends tasks by name (``send_task``) with a Celery app built here, so it never
+imports the worker package or the Docker SDK.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from celery import Celery
+from kombu.exceptions import OperationalError
+
+from shared.errors import QueueUnavailable
+from shared.settings import Settings
+
+SPAWN_TASK = "swarm_manager.spawn"
+KILL_TASK = "swarm_manager.kill"
+RECONCILE_TASK = "swarm_manager.reconcile"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Configuration for the worker app and for the API's sending app alike."""
+    # The longest task is a spawn: up to START_TIMEOUT of engine retries, then up to
+    # START_TIMEOUT waiting for the notebook to answer. An unacknowledged message is handed
+    # to another worker only after the visibility timeout, so it must exceed that, or a
+    # slow but healthy spawn would be delivered twice (harmless, spawns are idempotent,
+    # but wasteful). A worker that died mid-task is covered sooner by the reconciler.
+    visibility = int(max(300, 3 * settings.start_timeout + 60))
+    return {
+        "broker_url": settings.redis_url,
+        "broker_transport_options": {
+            "visibility_timeout": visibility,
+            "global_keyprefix": settings.key_prefix,
+        },
+        "broker_connection_retry_on_startup": True,
+        "task_ignore_result": True,  # the record in Redis is the result
+        "task_acks_late": True,  # a task lost with its worker is delivered again
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        # Flower shows live task history from these events.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_default_queue": "swarm-manager",
+        # A publish that cannot reach Redis fails in about a second instead of hanging a request.
+        "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0, "interval_step": 0.2,
+                                      "interval_max": 0.5},
+        "worker_hijack_root_logger": False,
+        "timezone": "UTC",
+    }
+
+
+def make_celery(settings: Settings, name: str = "swarm_manager") -> Celery:
+    app = Celery(name)
+    app.conf.update(celery_config(settings))
+    return app
+
+
+class Queue:
+    """Enqueues spawn and kill tasks; the record's hostname is the only argument."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def _send(self, name: str, hostname: str, task_id: str) -> None:
+        try:
+            self.app.send_task(name, args=[hostname], task_id=task_id)
+        except (OperationalError, OSError) as exc:
+            raise QueueUnavailable(f"the task queue is unavailable: {exc}") from exc
+
+    def spawn(self, hostname: str) -> None:
+        self._send(SPAWN_TASK, hostname, f"spawn-{hostname}")
+
+    def kill(self, hostname: str) -> None:
+        # Unique ids: a kill can be sent again (by the reconciler) and each send is its own task.
+        self._send(KILL_TASK, hostname, f"kill-{hostname}-{uuid.uuid4().hex[:8]}")

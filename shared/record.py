@@ -1,0 +1,53 @@
+"""The notebook record: what the API returns and what Redis holds (one hash per notebook).
+
+The public JSON keeps the seed's field names and order; extra fields follow them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
+from typing import Any
+
+from shared.status import SETTLED, Status
+
+
+def now_rfc3339() -> str:
+    """Current UTC time as RFC 3339 with microseconds and a Z, as the seed printed it."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass
+class Notebook:
+    hostname: str
+    domainname: str
+    image: str
+    url: str
+    container_id: str = ""
+    status: Status = Status.PENDING
+    start_time: str = ""
+    user: str = ""
+    # Extras beyond the seed's contract.
+    error: str = ""  # why it FAILED (or why it left ACTIVE)
+    updated_at: str = ""
+    address: str = ""  # direct http://host:port of the notebook server, for local use and the proxy
+    node: str = ""  # the engine node it runs on
+
+    @classmethod
+    def from_hash(cls, data: dict[str, str]) -> Notebook:
+        known = {f.name for f in fields(cls)}
+        values: dict[str, Any] = {k: v for k, v in data.items() if k in known}
+        values["status"] = Status(values.get("status", Status.PENDING.value))
+        return cls(**values)
+
+    def to_hash(self) -> dict[str, str]:
+        out = asdict(self)
+        out["status"] = self.status.value
+        return out
+
+    def to_json(self) -> dict[str, str]:
+        return self.to_hash()
+
+    @property
+    def settled(self) -> bool:
+        return self.status in SETTLED

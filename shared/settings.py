@@ -1,0 +1,181 @@
+"""Settings from the environment, validated once at start-up.
+
+``Settings.from_env(mapping)`` takes any mapping (default ``os.environ``) so tests inject
+their own. Docker connection settings keep their standard names (DOCKER_HOST,
+DOCKER_TLS_VERIFY, DOCKER_CERT_PATH), read the same way the docker CLI reads them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+
+from shared.errors import ConfigError
+
+T = TypeVar("T")
+
+_DNS_NAME = re.compile(r"^(?=.{1,200}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+
+
+def _int(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"expected a whole number, got {raw!r}") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"expected a number from {lo} to {hi}, got {value}")
+        return value
+
+    return parse
+
+
+def _float(lo: float, hi: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"expected a number, got {raw!r}") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"expected a number from {lo} to {hi}, got {value}")
+        return value
+
+    return parse
+
+
+def _bool(raw: str) -> bool:
+    low = raw.strip().lower()
+    if low in {"1", "true", "yes", "on"}:
+        return True
+    if low in {"", "0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"expected true/false, got {raw!r}")
+
+
+def _match(pattern: re.Pattern[str], what: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if not pattern.match(value):
+            raise ValueError(f"not a valid {what}: {raw!r}")
+        return value
+
+    return parse
+
+
+def _redis_url(raw: str) -> str:
+    if not raw.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"expected redis://, rediss:// or unix:// URL, got {raw!r}")
+    return raw
+
+
+def _docker_host(raw: str) -> str:
+    if raw and not raw.startswith(("unix://", "tcp://", "ssh://", "npipe://", "http://", "https://")):
+        raise ValueError(f"expected unix://PATH or tcp://HOST:PORT, got {raw!r}")
+    return raw
+
+
+def _text(raw: str) -> str:
+    return raw.strip()
+
+
+def setting(env: str, default: str, parse: Callable[[str], Any], doc: str) -> Any:
+    """Declare a field read from environment variable ``env`` (README's table is made from these)."""
+    return field(default=parse(default), metadata={"env": env, "default": default, "parse": parse, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = setting("REDIS_URL", "redis://127.0.0.1:6379/0", _redis_url,
+                             "Redis for records and the task queue.")
+    domain: str = setting("DOMAIN", "localhost", _match(_DNS_NAME, "DNS domain"),
+                          "Wildcard domain: a notebook's URL is <hostname>.<DOMAIN>.")
+    notebook_port: int = setting("NOTEBOOK_PORT", "8888", _int(1, 65535),
+                                 "Port the notebook server listens on inside its container.")
+    start_timeout: float = setting("START_TIMEOUT", "60", _float(1, 3600),
+                                   "Seconds a notebook has to answer HTTP after its container starts.")
+    kill_grace: int = setting("KILL_GRACE", "3", _int(0, 300),
+                              "Seconds between SIGTERM and SIGKILL when a notebook is killed.")
+    publish_ip: str = setting("PUBLISH_IP", "127.0.0.1", _text,
+                              "Host address the notebook port is published on (random host port). "
+                              "Empty: publish nothing; reach the container by its network address.")
+    probe_host: str = setting("PROBE_HOST", "", _text,
+                              "Host the worker uses to reach published ports. Default: the DOCKER_HOST "
+                              "address for tcp:// engines, PUBLISH_IP (or 127.0.0.1) otherwise.")
+    notebook_network: str = setting("NOTEBOOK_NETWORK", "", _text,
+                                    "Docker network notebooks join (default: the engine's default bridge).")
+    probe_interval: float = setting("PROBE_INTERVAL", "0.05", _float(0.01, 10),
+                                    "Seconds between readiness probes of a starting notebook.")
+    engine_timeout: float = setting("ENGINE_TIMEOUT", "30", _float(1, 600),
+                                    "Seconds one Docker API call may take.")
+    instance: str = setting("INSTANCE", "swarm-manager", _match(_SLUG, "instance name"),
+                            "Name of this deployment: labels its engine objects and prefixes its "
+                            "Redis keys, so deployments sharing an engine or a Redis never touch "
+                            "each other's notebooks.")
+    worker_concurrency: int = setting("WORKER_CONCURRENCY", "64", _int(1, 1000),
+                                      "Tasks one worker process runs at once (threads; they mostly wait).")
+    max_body: int = setting("MAX_BODY", "16384", _int(256, 10_000_000),
+                            "Largest request body the API accepts, in bytes.")
+    docker_host: str = setting("DOCKER_HOST", "", _docker_host,
+                               "Engine or Swarm manager endpoint (default: the local unix socket).")
+    docker_tls_verify: bool = setting("DOCKER_TLS_VERIFY", "", _bool,
+                                      "Use TLS to the engine, verifying it against DOCKER_CERT_PATH/ca.pem.")
+    docker_cert_path: str = setting("DOCKER_CERT_PATH", "", _text,
+                                    "Folder with ca.pem, cert.pem, key.pem for the engine's mutual TLS.")
+    log_level: str = setting("LOG_LEVEL", "INFO", _match(re.compile(r"^(debug|info|warning|error)$"), "log level"),
+                             "Log level of the API and workers.")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build from ``env`` (default ``os.environ``); raise ConfigError naming every bad value."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        for f in fields(cls):
+            name = f.metadata["env"]
+            raw = env.get(name)
+            if raw is None:
+                continue
+            try:
+                values[f.name] = f.metadata["parse"](raw)
+            except ValueError as exc:
+                problems.append(f"{name}: {exc}")
+        settings = cls(**values)
+        problems.extend(settings._check())
+        if problems:
+            raise ConfigError("bad settings: " + "; ".join(problems))
+        return settings
+
+    def _check(self) -> list[str]:
+        problems = []
+        if self.docker_tls_verify or self.docker_cert_path:
+            path = self.docker_cert_path or os.path.join(os.path.expanduser("~"), ".docker")
+            for name in ("ca.pem", "cert.pem", "key.pem"):
+                if not os.path.isfile(os.path.join(path, name)):
+                    problems.append(f"DOCKER_CERT_PATH: {name} not found in {path}")
+            if self.docker_host and not self.docker_host.startswith(("tcp://", "https://")):
+                problems.append("DOCKER_TLS_VERIFY/DOCKER_CERT_PATH need a tcp:// DOCKER_HOST")
+        return problems
+
+    @property
+    def tls(self) -> bool:
+        """TLS to the engine is on whenever certificates are configured, and then always verifies."""
+        return bool(self.docker_tls_verify or self.docker_cert_path)
+
+    @property
+    def key_prefix(self) -> str:
+        return f"{self.instance}:"
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings safe to log (no credentials in the Redis URL)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["redis_url"] = re.sub(r"//[^@/]*@", "//***@", self.redis_url)
+        return out
+
+
+def documented_settings() -> list[tuple[str, str, str]]:
+    """(variable, default, description) for every setting, in declaration order."""
+    return [(f.metadata["env"], f.metadata["default"], f.metadata["doc"]) for f in fields(Settings)]

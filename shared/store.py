@@ -1,0 +1,264 @@
+"""The one store of notebook records, in Redis.
+
+Layout (every key starts with the instance prefix, e.g. ``swarm-manager:``):
+
+- ``nb:<hostname>``        hash: the record (public fields plus ``_``-prefixed internal ones)
+- ``idx:all``              sorted set of hostnames scored by creation time (newest-first listing)
+- ``idx:user:<user>``      the same, per user
+- ``idx:status:<STATUS>``  the same, per status
+- channel ``events``       every change, published as the record's JSON
+
+Every write is one Lua script, so a record, its indexes and its event change together
+or not at all, and a status move checks the current status in the same atomic step
+(no read-modify-write races between the API and any number of workers).
+"""
+
+from __future__ import annotations
+
+import functools
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, ParamSpec, TypeVar
+
+import redis
+
+from shared.errors import InvalidTransition, NotFound, StoreUnavailable
+from shared.record import Notebook, now_rfc3339
+from shared.status import Status, sources_of
+from shared.validation import HOSTNAME_ALPHABET, HOSTNAME_LENGTH
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# KEYS: record, idx:all, idx:user:<u>, idx:status:<s>
+# ARGV: score, hostname, channel, field1, value1, ...
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[4], ARGV[1], ARGV[2])
+local rec = {}
+for i = 4, #ARGV, 2 do
+  if string.sub(ARGV[i], 1, 1) ~= '_' then rec[ARGV[i]] = ARGV[i + 1] end
+end
+redis.call('PUBLISH', ARGV[3], cjson.encode(rec))
+return 1
+"""
+
+# KEYS: record, idx:all
+# ARGV: key prefix, new status ('' keeps it), allowed statuses as ',A,B,', updated_at, channel,
+#       field1, value1, ...
+# Returns {1, flat hash} on success, {0} when missing, {-1, current status} when not allowed.
+# (The status index keys are derived here from the current status, which is only known
+# inside the script; fine on a single Redis, which is what this project uses.)
+_TRANSITION = """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return {0} end
+if not string.find(ARGV[3], ',' .. cur .. ',', 1, true) then return {-1, cur} end
+local new = ARGV[2]
+if new == '' then new = cur end
+redis.call('HSET', KEYS[1], 'status', new, 'updated_at', ARGV[4])
+if #ARGV >= 6 then redis.call('HSET', KEYS[1], unpack(ARGV, 6)) end
+if new ~= cur then
+  local hostname = redis.call('HGET', KEYS[1], 'hostname')
+  local score = redis.call('ZSCORE', KEYS[2], hostname)
+  redis.call('ZREM', ARGV[1] .. 'idx:status:' .. cur, hostname)
+  if score then redis.call('ZADD', ARGV[1] .. 'idx:status:' .. new, score, hostname) end
+end
+local flat = redis.call('HGETALL', KEYS[1])
+local rec = {}
+for i = 1, #flat, 2 do
+  if string.sub(flat[i], 1, 1) ~= '_' then rec[flat[i]] = flat[i + 1] end
+end
+redis.call('PUBLISH', ARGV[5], cjson.encode(rec))
+return {1, flat}
+"""
+
+
+def _store_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn "Redis is away" into StoreUnavailable, which the API maps to 503."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+            raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+        except redis.ResponseError as exc:
+            # e.g. MISCONF (disk full under persistence) or READONLY (a replica): a store fault,
+            # not a bug in the caller.
+            if str(exc).startswith(("MISCONF", "READONLY", "LOADING", "MASTERDOWN")):
+                raise StoreUnavailable(f"Redis refused the write: {exc}") from exc
+            raise
+
+    return wrapper
+
+
+def connect(url: str) -> redis.Redis:
+    """A Redis client with bounded timeouts, so a dead Redis fails fast instead of hanging."""
+    return redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_connect_timeout=3,
+        socket_timeout=10,
+        health_check_interval=15,
+    )
+
+
+def new_hostname() -> str:
+    """12 characters of [0-9a-z] from the OS's cryptographic random source."""
+    return "".join(secrets.choice(HOSTNAME_ALPHABET) for _ in range(HOSTNAME_LENGTH))
+
+
+class Store:
+    """Notebook records in Redis. Takes its client; builds every key from one prefix."""
+
+    def __init__(self, client: redis.Redis, prefix: str = "swarm-manager:") -> None:
+        self.redis = client
+        self.prefix = prefix
+        self._create = client.register_script(_CREATE)
+        self._transition = client.register_script(_TRANSITION)
+
+    # -- keys ---------------------------------------------------------------
+    def key_for(self, hostname: str) -> str:
+        return f"{self.prefix}nb:{hostname}"
+
+    @property
+    def events_channel(self) -> str:
+        return f"{self.prefix}events"
+
+    def _idx(self, kind: str = "all", value: str = "") -> str:
+        return f"{self.prefix}idx:{kind}" + (f":{value}" if value else "")
+
+    # -- reads --------------------------------------------------------------
+    @_store_errors
+    def ping(self) -> bool:
+        return bool(self.redis.ping())
+
+    @_store_errors
+    def get(self, hostname: str) -> Notebook | None:
+        data = self.redis.hgetall(self.key_for(hostname))
+        return Notebook.from_hash(data) if data else None
+
+    def require(self, hostname: str) -> Notebook:
+        record = self.get(hostname)
+        if record is None:
+            raise NotFound(f"no notebook with hostname {hostname!r}")
+        return record
+
+    @_store_errors
+    def internal(self, hostname: str, name: str) -> str | None:
+        """An internal (``_``-prefixed) field the public record does not show."""
+        value = self.redis.hget(self.key_for(hostname), f"_{name}")
+        return None if value is None else str(value)
+
+    @_store_errors
+    def list(
+        self,
+        *,
+        user: str | None = None,
+        status: Status | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> list[Notebook]:
+        """Records newest first, optionally filtered; one index read plus one pipelined fetch."""
+        if user:
+            index, post_filter = self._idx("user", user), status
+        elif status:
+            index, post_filter = self._idx("status", status.value), None
+        else:
+            index, post_filter = self._idx(), None
+        # With both filters the per-user index is read and the status checked here: a user's
+        # set is small, and this keeps one index per dimension.
+        if post_filter is None:
+            stop = -1 if limit is None else offset + limit - 1
+            names = self.redis.zrevrange(index, offset, stop)
+        else:
+            names = self.redis.zrevrange(index, 0, -1)
+        records = self._fetch(names)
+        if post_filter is not None:
+            records = [r for r in records if r.status == post_filter]
+            records = records[offset:] if limit is None else records[offset : offset + limit]
+        return records
+
+    def _fetch(self, names: Iterable[str]) -> list[Notebook]:
+        pipe = self.redis.pipeline(transaction=False)
+        for name in names:
+            pipe.hgetall(self.key_for(name))
+        # A name whose hash vanished between the two reads (retention expiry) is skipped.
+        return [Notebook.from_hash(data) for data in pipe.execute() if data]
+
+    @_store_errors
+    def count(self) -> int:
+        return int(self.redis.zcard(self._idx()))
+
+    # -- writes -------------------------------------------------------------
+    @_store_errors
+    def create(self, *, image: str, user: str, domain: str, internal: dict[str, str] | None = None) -> Notebook:
+        """Write a new PENDING record under a fresh random hostname (unique, checked atomically)."""
+        for _ in range(10):
+            hostname = new_hostname()
+            now = now_rfc3339()
+            record = Notebook(
+                hostname=hostname,
+                domainname=domain,
+                image=image,
+                url=f"{hostname}.{domain}",
+                status=Status.PENDING,
+                start_time=now,
+                user=user,
+                updated_at=now,
+            )
+            mapping = record.to_hash()
+            mapping.update({f"_{k}": v for k, v in (internal or {}).items()})
+            argv: list[Any] = [time.time(), hostname, self.events_channel]
+            for k, v in mapping.items():
+                argv.extend((k, v))
+            keys = [self.key_for(hostname), self._idx(), self._idx("user", user), self._idx("status", "PENDING")]
+            if self._create(keys=keys, args=argv):
+                return record
+        # 36^12 names: ten collisions in a row means something is wrong with the random source.
+        raise RuntimeError("could not find a free hostname")
+
+    @_store_errors
+    def transition(
+        self,
+        hostname: str,
+        new: Status | None,
+        *,
+        allowed: Iterable[Status] | None = None,
+        internal: dict[str, str] | None = None,
+        **fields: str,
+    ) -> Notebook:
+        """Atomically move ``hostname`` to ``new`` and set ``fields``, only from an allowed status.
+
+        ``allowed`` defaults to every status the machine allows ``new`` to be entered from, and
+        is narrowed to those. ``new=None`` keeps the status and only writes the fields, still
+        guarded by ``allowed`` (e.g. "record the container id only while STARTING").
+        Raises NotFound if the record is missing and InvalidTransition if its current status
+        is not allowed; in both cases nothing is written.
+        """
+        if new is None:
+            permitted = frozenset(allowed or ())
+        else:
+            permitted = sources_of(new) if allowed is None else sources_of(new) & frozenset(allowed)
+        argv: list[Any] = [
+            self.prefix,
+            new.value if new is not None else "",
+            "," + ",".join(s.value for s in permitted) + ",",
+            now_rfc3339(),
+            self.events_channel,
+        ]
+        for k, v in fields.items():
+            argv.extend((k, v))
+        for k, v in (internal or {}).items():
+            argv.extend((f"_{k}", v))
+        result = self._transition(keys=[self.key_for(hostname), self._idx()], args=argv)
+        if result[0] == 0:
+            raise NotFound(f"no notebook with hostname {hostname!r}")
+        if result[0] == -1:
+            raise InvalidTransition(hostname, result[1], new.value if new is not None else "(update)")
+        flat = result[1]
+        return Notebook.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))

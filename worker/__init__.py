@@ -1,0 +1,1 @@
+"""Workers: the Celery app, thin tasks, and the engine backends they drive."""

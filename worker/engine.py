@@ -1,0 +1,176 @@
+"""The engine boundary: what the spawner needs from Docker, the client factory, error mapping.
+
+One class per backend implements :class:`Engine` (``worker/containers.py`` for plain
+containers). The spawner only sees :class:`NotebookSpec`, :class:`Placement`,
+:class:`EngineState` and the two error classes from ``shared.errors``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+from dataclasses import dataclass, field
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import docker
+import docker.errors
+import docker.tls
+import requests
+
+from shared.errors import EngineError, EngineUnavailable
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+LABEL_PREFIX = "swarm-manager"
+LABEL_INSTANCE = f"{LABEL_PREFIX}.instance"
+LABEL_HOSTNAME = f"{LABEL_PREFIX}.hostname"
+LABEL_USER = f"{LABEL_PREFIX}.user"
+
+
+@dataclass(frozen=True)
+class NotebookSpec:
+    """Everything needed to create one notebook's engine object."""
+
+    hostname: str
+    image: str
+    user: str
+    domain: str
+    port: int
+    instance: str
+    command: list[str] | None = None
+    environment: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """Deterministic engine object name: how a retried spawn finds what it made before."""
+        return f"{self.instance}-{self.hostname}"
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {
+            LABEL_INSTANCE: self.instance,
+            LABEL_HOSTNAME: self.hostname,
+            LABEL_USER: self.user,
+            # Interlock (the seed's proxy) routes <hostname>.<domain> to this port.
+            "interlock.hostname": self.hostname,
+            "interlock.domain": self.domain,
+            "interlock.port": str(self.port),
+        }
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a started notebook is and how to reach it."""
+
+    object_id: str
+    address: str  # http://host:port of the notebook server as seen from the worker
+    node: str
+
+
+@dataclass(frozen=True)
+class EngineState:
+    running: bool
+    reason: str = ""  # why it is not running (exit code, OOM), empty while running
+
+
+class Engine(Protocol):
+    def start(self, spec: NotebookSpec) -> Placement:
+        """Create the notebook's object unless one with its name exists, start it, say where it is.
+
+        Idempotent: a second call for the same spec finds and reuses the first one's object.
+        """
+
+    def state(self, spec: NotebookSpec) -> EngineState | None:
+        """The object's state, or None if it does not exist."""
+
+    def remove(self, spec: NotebookSpec) -> None:
+        """Stop (with the configured grace) and remove the object; a missing object is success."""
+
+    def logs_tail(self, spec: NotebookSpec, lines: int = 20) -> str:
+        """The last lines of the notebook's output, for error messages; empty if unavailable."""
+
+
+def _cert_path(settings: Settings) -> str:
+    return settings.docker_cert_path or os.path.join(os.path.expanduser("~"), ".docker")
+
+
+def make_client(settings: Settings) -> docker.DockerClient:
+    """A Docker client for DOCKER_HOST / DOCKER_TLS_VERIFY / DOCKER_CERT_PATH.
+
+    TLS, when configured, always verifies the engine against ``ca.pem`` and presents the
+    client certificate. The client ignores REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE and proxy
+    variables (``trust_env = False``): requests would otherwise let those override the
+    engine's CA, and verification against the wrong bundle fails (or, worse, passes).
+    """
+    base_url = settings.docker_host or "unix:///var/run/docker.sock"
+    tls: docker.tls.TLSConfig | bool = False
+    if settings.tls:
+        path = _cert_path(settings)
+        ca = os.path.join(path, "ca.pem")
+        tls = docker.tls.TLSConfig(
+            client_cert=(os.path.join(path, "cert.pem"), os.path.join(path, "key.pem")),
+            ca_cert=ca,
+            verify=ca,
+        )
+    try:
+        client = docker.DockerClient(
+            base_url=base_url,
+            tls=tls,
+            timeout=int(settings.engine_timeout),
+            max_pool_size=settings.worker_concurrency + 4,
+            version="auto",
+        )
+    except docker.errors.DockerException as exc:
+        raise classify(exc, "connecting to the engine") from exc
+    client.api.trust_env = False
+    return client
+
+
+def probe_host(settings: Settings) -> str:
+    """The host a worker uses to reach ports the engine published."""
+    if settings.probe_host:
+        return settings.probe_host
+    if settings.docker_host.startswith(("tcp://", "http://", "https://")):
+        return urlsplit(settings.docker_host).hostname or "127.0.0.1"
+    if settings.publish_ip and settings.publish_ip not in {"0.0.0.0", "::"}:
+        return settings.publish_ip
+    return "127.0.0.1"
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and cur not in out:
+        out.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return out
+
+
+def classify(exc: Exception, doing: str) -> EngineError | EngineUnavailable:
+    """Map a docker/requests exception to a permanent EngineError or a transient EngineUnavailable."""
+    chain = _chain(exc)
+    text = " ".join(str(e) for e in chain)
+    if any(isinstance(e, ssl.SSLError) or isinstance(e, requests.exceptions.SSLError) for e in chain) or (
+        "CERTIFICATE_VERIFY_FAILED" in text or "SSLError" in text
+    ):
+        return EngineError(f"TLS to the engine failed while {doing} (check DOCKER_CERT_PATH and the engine's CA): "
+                           f"{_short(text)}")
+    if isinstance(exc, docker.errors.APIError):
+        status = exc.status_code or 0
+        explanation = exc.explanation or str(exc)
+        if status >= 500 or status == 0:
+            return EngineUnavailable(f"engine error while {doing}: {explanation}")
+        return EngineError(f"engine refused {doing}: {explanation}")
+    if any(isinstance(e, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError,
+                          TimeoutError)) for e in chain):
+        return EngineUnavailable(f"engine unreachable while {doing}: {_short(text)}")
+    if isinstance(exc, docker.errors.DockerException):
+        return EngineUnavailable(f"engine error while {doing}: {_short(text)}")
+    return EngineError(f"unexpected error while {doing}: {_short(text)}")
+
+
+def _short(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,57 @@
+"""Thin Celery tasks: look up collaborators, call the Spawner, retry transient errors.
+
+Each task takes only the notebook's hostname (so Flower shows it) and is idempotent, so
+``acks_late`` redelivery after a lost worker is safe.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+from shared.errors import EngineUnavailable, StoreUnavailable
+from shared.queue import KILL_TASK, SPAWN_TASK
+from shared.store import Store, connect
+from worker.celery_app import app, settings
+from worker.containers import ContainerEngine
+from worker.engine import make_client
+from worker.spawner import Spawner
+
+log = logging.getLogger(__name__)
+
+RETRY = {
+    "autoretry_for": (EngineUnavailable, StoreUnavailable),
+    "retry_backoff": 1,
+    "retry_backoff_max": 15,
+    "retry_jitter": True,
+    # Unbounded here because the Spawner bounds it: after the spawn's deadline it stops
+    # raising EngineUnavailable and marks the record FAILED instead.
+    "max_retries": None,
+}
+
+
+@functools.cache
+def store() -> Store:
+    return Store(connect(settings.redis_url), prefix=settings.key_prefix)
+
+
+@functools.cache
+def spawner() -> Spawner:
+    """One Spawner (one Docker client and connection pool) per worker process.
+
+    The Docker client is made on first use (``make_client`` talks to the engine), so an
+    engine that is down when the worker starts is an ordinary retried engine error.
+    """
+    return Spawner(store(), ContainerEngine(lambda: make_client(settings), settings), settings)
+
+
+@app.task(name=SPAWN_TASK, **RETRY)
+def spawn(hostname: str) -> str | None:
+    status = spawner().spawn(hostname)
+    return status.value if status else None
+
+
+@app.task(name=KILL_TASK, **RETRY)
+def kill(hostname: str) -> str | None:
+    status = spawner().kill(hostname)
+    return status.value if status else None
