@@ -57,23 +57,15 @@ class ContainerEngine:
             container.reload()
         except docker.errors.DockerException as exc:
             raise classify(exc, f"inspecting {spec.name}") from exc
+        if container.status != "running":  # it already exited: say why, with its last words
+            tail = self.logs_tail(spec, lines=5)
+            raise EngineError(f"the container {_state_of(container).reason} before answering"
+                              + (f"; last output: {tail[-400:]}" if tail else ""))
         return Placement(object_id=container.id or "", address=self._address(container, spec), node=self._node())
 
     def state(self, spec: NotebookSpec) -> EngineState | None:
         container = self._find(spec)
-        if container is None:
-            return None
-        st: dict[str, Any] = container.attrs.get("State", {})
-        if st.get("Running"):
-            return EngineState(running=True)
-        if st.get("OOMKilled"):
-            return EngineState(running=False, reason="killed for exceeding its memory limit (OOM)")
-        if st.get("Status") == "created":
-            return EngineState(running=False, reason="created but not started")
-        reason = f"exited with code {st.get('ExitCode')}"
-        if st.get("Error"):
-            reason += f": {st['Error']}"
-        return EngineState(running=False, reason=reason)
+        return None if container is None else _state_of(container)
 
     def remove(self, spec: NotebookSpec) -> None:
         container = self._find(spec)
@@ -167,3 +159,17 @@ class ContainerEngine:
     def _engine_name(self) -> str:
         # One engine: every notebook's node is the engine's own name; asked once per process.
         return str(self.client.info().get("Name", ""))
+
+
+def _state_of(container: Container) -> EngineState:
+    st: dict[str, Any] = container.attrs.get("State", {})
+    if st.get("Running"):
+        return EngineState(running=True)
+    if st.get("OOMKilled"):
+        return EngineState(running=False, reason="was killed for exceeding its memory limit (OOM)")
+    if st.get("Status") == "created":
+        return EngineState(running=False, reason="was created but not started")
+    reason = f"exited with code {st.get('ExitCode')}"
+    if st.get("Error"):
+        reason += f" ({st['Error']})"
+    return EngineState(running=False, reason=reason)

@@ -1,0 +1,242 @@
+"""Helpers for tests on real parts: a Redis server, Celery worker processes, test images."""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+T = TypeVar("T")
+
+LABEL_INSTANCE = "swarm-manager.instance"
+
+
+def wait_for(fn: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
+    """Poll ``fn`` until it returns something truthy; fail after ``timeout`` with the last value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = fn()
+        except Exception as exc:  # a poll that raises is "not yet", reported if it never passes
+            last = exc
+        else:
+            if last:
+                return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last saw: {last!r}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def unique_instance(tag: str) -> str:
+    return f"smtest-{tag}-{secrets.token_hex(3)}"
+
+
+# -- Redis -------------------------------------------------------------------------------
+class RedisServer:
+    """A real redis-server process on a free loopback port, with append-only persistence."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if not binary:
+            raise RuntimeError("redis-server is not installed (make test installs it)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+             "--appendfsync", "everysec", "--dir", str(self.workdir)],
+            stdout=(self.workdir / "redis.log").open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        import redis
+
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        wait_for(lambda: _ping(client), 15, f"redis-server on port {self.port}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def restart(self, down_for: float = 0.0) -> None:
+        self.stop()
+        time.sleep(down_for)
+        self.start()
+
+
+def _ping(client: Any) -> bool:
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
+
+
+# -- Celery worker ---------------------------------------------------------------------------
+class WorkerProcess:
+    """A real ``celery worker`` process with its own environment; its log is kept for failures."""
+
+    def __init__(self, env: Mapping[str, str], logfile: Path, name: str = "w1", extra_args: list[str] | None = None):
+        self.env = dict(env)
+        self.logfile = logfile
+        self.name = name
+        self.extra_args = extra_args or []
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait: bool = True) -> None:
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        self._log = self.logfile.open("ab")
+        self.proc = subprocess.Popen(
+            [str(VENV_BIN / "celery"), "-A", "worker.celery_app", "worker", "--loglevel", "INFO",
+             "--hostname", f"{self.name}-{secrets.token_hex(3)}@%h", "--without-mingle", "--without-gossip",
+             *self.extra_args],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        if wait:
+            wait_for(self._ready, 60, f"celery worker {self.name} to be ready (log: {self.logfile})", 0.2)
+
+    def _ready(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            raise AssertionError(f"worker exited early:\n{self.log_tail()}")
+        return " ready." in self.logfile.read_text(errors="replace")
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            # SIGQUIT: cold shutdown, do not wait for running spawns (tests clean up by label).
+            os.killpg(self.proc.pid, signal.SIGQUIT)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.proc = None
+        if getattr(self, "_log", None):
+            self._log.close()
+
+
+# -- Images ------------------------------------------------------------------------------
+IMAGE_REPO = "swarm-manager-test"
+
+
+def _rootfs_tar(files: Mapping[str, bytes]) -> bytes:
+    """A FROM-scratch build context: busybox plus the given files."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        busybox = Path("/bin/busybox")
+        if not busybox.exists():
+            raise RuntimeError("/bin/busybox is missing (Debian package busybox-static; make test installs it)")
+        tar.add(str(busybox), arcname="rootfs/bin/busybox")
+        for name in ("sh", "httpd", "sleep", "echo", "cat", "mkdir", "date"):
+            info = tarfile.TarInfo(f"rootfs/bin/{name}")
+            info.type = tarfile.SYMTYPE
+            info.linkname = "busybox"
+            tar.addfile(info)
+        for path, data in files.items():
+            info = tarfile.TarInfo(path)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+#: name -> CMD of each test image. All serve HTTP on 8888 except where the name says otherwise.
+IMAGES: dict[str, list[str]] = {
+    "httpd": ["/bin/httpd", "-f", "-p", "8888", "-h", "/www"],
+    # Answers only after 5 s (a notebook server that is slow to start).
+    "slow5": ["/bin/sh", "-c", "sleep 5; exec /bin/httpd -f -p 8888 -h /www"],
+    "slow3": ["/bin/sh", "-c", "sleep 3; exec /bin/httpd -f -p 8888 -h /www"],
+    # Runs but never answers on its port.
+    "silent": ["/bin/sleep", "100000"],
+    # Exits at once with code 3.
+    "crash": ["/bin/sh", "-c", "echo 'boom: no kernel found' >&2; exit 3"],
+}
+
+
+def image_ref(name: str) -> str:
+    return f"{IMAGE_REPO}/{name}:1"
+
+
+def build_images(client: docker.DockerClient) -> dict[str, str]:
+    """Build every test image that is not on the engine yet; return name -> reference."""
+    out = {}
+    for name, cmd in IMAGES.items():
+        ref = image_ref(name)
+        out[name] = ref
+        try:
+            client.images.get(ref)
+            continue
+        except docker.errors.ImageNotFound:
+            pass
+        import json
+
+        dockerfile = "FROM scratch\nCOPY rootfs /\nEXPOSE 8888\nCMD " + json.dumps(cmd) + "\n"
+        files = {
+            "Dockerfile": dockerfile.encode(),
+            "rootfs/www/index.html": b"<h1>test notebook</h1>\n",
+            "rootfs/www/api/status": b'{"last_activity": "2026-01-01T00:00:00Z"}\n',
+        }
+        client.images.build(fileobj=io.BytesIO(_rootfs_tar(files)), custom_context=True, tag=ref, rm=True)
+    return out
+
+
+def cleanup_engine(client: docker.DockerClient, instance: str) -> list[str]:
+    """Remove every container labelled with ``instance``; return the names removed."""
+    removed = []
+    for c in client.containers.list(all=True, filters={"label": f"{LABEL_INSTANCE}={instance}"}):
+        try:
+            c.remove(force=True)
+            removed.append(c.name)
+        except docker.errors.NotFound:
+            pass
+    return removed
+
+
+def our_containers(client: docker.DockerClient, instance: str, all: bool = True) -> list[Any]:
+    return client.containers.list(all=all, filters={"label": f"{LABEL_INSTANCE}={instance}"})

@@ -1,0 +1,123 @@
+"""Spawn and kill end to end: API -> Redis -> a real Celery worker -> the real Docker engine."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import requests
+
+from shared.status import Status
+from tests.support import wait_for
+
+FINAL = {Status.ACTIVE, Status.FAILED}
+
+
+def test_spawn_active_answers_then_kill_removes(stack: Any, images: dict[str, str]) -> None:
+    hostname = stack.spawn(images["httpd"], user="odewahn")
+    record = stack.wait(hostname, FINAL, timeout=60)
+    assert record.status == Status.ACTIVE, record.error
+
+    # The seed's contract: the record names the container, which really runs and answers.
+    container = stack.docker.containers.get(record.container_id)
+    assert container.status == "running"
+    assert container.attrs["Config"]["Hostname"] == hostname
+    assert container.attrs["Config"]["Domainname"] == "nb.test"
+    labels = container.labels
+    assert labels["swarm-manager.hostname"] == hostname
+    assert labels["swarm-manager.user"] == "odewahn"
+    assert labels["swarm-manager.instance"] == stack.settings.instance
+    assert labels["interlock.hostname"] == hostname and labels["interlock.domain"] == "nb.test"
+    assert record.url == f"{hostname}.nb.test"
+    assert record.node
+    answer = requests.get(record.address + "/", timeout=5)
+    assert answer.status_code == 200 and "test notebook" in answer.text
+
+    body = stack.http.get(f"/container/{hostname}/kill").get_json()  # the seed's GET form
+    assert body["status"] == "DELETING"
+    removed = stack.wait(hostname, {Status.REMOVED}, timeout=30)
+    assert removed.status == Status.REMOVED
+    assert [c for c in stack.containers() if c.labels["swarm-manager.hostname"] == hostname] == []
+
+    again = stack.http.post(f"/container/{hostname}/kill")  # killing a removed notebook: a no-op
+    assert again.status_code == 200 and again.get_json()["status"] == "REMOVED"
+
+
+def test_twenty_concurrent_spawns_then_twenty_kills(stack: Any, images: dict[str, str]) -> None:
+    hostnames: list[str] = []
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        client = stack.app.test_client()  # one client per thread
+        response = client.post("/spawn", data={"image": images["httpd"], "user": f"crowd{i}"})
+        assert response.status_code == 202
+        with lock:
+            hostnames.append(response.get_json()["hostname"])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(set(hostnames)) == 20
+
+    records = [stack.wait(h, FINAL, timeout=120) for h in hostnames]
+    assert all(r.status == Status.ACTIVE for r in records), [r.error for r in records if r.error]
+    ids = {r.container_id for r in records}
+    assert len(ids) == 20
+    running = {c.id for c in stack.containers(all=False)}
+    assert ids <= running
+
+    for h in hostnames:
+        stack.kill(h)
+    for h in hostnames:
+        assert stack.wait(h, {Status.REMOVED}, timeout=90).status == Status.REMOVED
+    assert not ids & {c.id for c in stack.containers()}
+
+
+def test_kill_right_after_spawn_leaves_nothing(stack: Any, images: dict[str, str]) -> None:
+    hostnames = []
+    for i in range(5):
+        h = stack.spawn(images["httpd"], user=f"hasty{i}")
+        stack.kill(h)
+        hostnames.append(h)
+    for h in hostnames:
+        assert stack.wait(h, {Status.REMOVED}, timeout=60).status == Status.REMOVED
+    # The spawn may still be finishing after the record says REMOVED: give it a moment to
+    # notice and clean up, then nothing of these notebooks may exist.
+    wait_for(
+        lambda: not [c for c in stack.containers() if c.labels["swarm-manager.hostname"] in hostnames],
+        30,
+        "the killed notebooks' containers to be gone",
+    )
+    time.sleep(2)
+    assert not [c for c in stack.containers() if c.labels["swarm-manager.hostname"] in hostnames]
+
+
+def test_kill_while_starting_wins(stack: Any, images: dict[str, str]) -> None:
+    h = stack.spawn(images["slow5"], user="impatient")
+    stack.wait(h, {Status.STARTING}, timeout=30)
+    assert [c for c in stack.containers() if c.labels["swarm-manager.hostname"] == h]
+    stack.kill(h)
+    assert stack.wait(h, {Status.REMOVED}, timeout=30).status == Status.REMOVED
+    time.sleep(6)  # past the moment the server would have answered
+    assert stack.record(h).status == Status.REMOVED
+    assert not [c for c in stack.containers() if c.labels["swarm-manager.hostname"] == h]
+
+
+def test_missing_image_fails_with_reason(stack: Any) -> None:
+    h = stack.spawn("swarm-manager-test/not-built-anywhere:1", user="typo")
+    record = stack.wait(h, FINAL, timeout=30)
+    assert record.status == Status.FAILED
+    assert "not present" in record.error
+    assert not [c for c in stack.containers() if c.labels["swarm-manager.hostname"] == h]
+
+
+def test_container_that_exits_fails_fast_with_exit_code(stack: Any, images: dict[str, str]) -> None:
+    h = stack.spawn(images["crash"], user="crashy")
+    record = stack.wait(h, FINAL, timeout=30)
+    assert record.status == Status.FAILED
+    assert "exited with code 3" in record.error
+    assert "boom" in record.error  # the notebook's own last words
+    assert not [c for c in stack.containers() if c.labels["swarm-manager.hostname"] == h]
