@@ -17,6 +17,14 @@ def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def parse_rfc3339(value: str) -> float:
+    """Epoch seconds of an RFC 3339 time as written by :func:`now_rfc3339`; 0.0 if unparsable."""
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
 @dataclass
 class Notebook:
     hostname: str

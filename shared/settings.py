@@ -111,6 +111,11 @@ class Settings:
                                     "Seconds between readiness probes of a starting notebook.")
     engine_timeout: float = setting("ENGINE_TIMEOUT", "30", _float(1, 600),
                                     "Seconds one Docker API call may take.")
+    reconcile_interval: float = setting("RECONCILE_INTERVAL", "30", _float(1, 86400),
+                                        "Seconds between reconciliation passes (records vs. engine objects).")
+    orphan_grace: float = setting("ORPHAN_GRACE", "60", _float(0, 86400),
+                                  "Seconds an engine object labelled as ours may exist without a live "
+                                  "record before the reconciler removes it.")
     instance: str = setting("INSTANCE", "swarm-manager", _match(_SLUG, "instance name"),
                             "Name of this deployment: labels its engine objects and prefixes its "
                             "Redis keys, so deployments sharing an engine or a Redis never touch "

@@ -194,6 +194,11 @@ class Store:
     def count(self) -> int:
         return int(self.redis.zcard(self._idx()))
 
+    @_store_errors
+    def try_lock(self, name: str, seconds: float) -> bool:
+        """Take a lock that expires by itself; False if someone holds it (no unlock needed)."""
+        return bool(self.redis.set(f"{self.prefix}lock:{name}", "1", nx=True, px=max(1, int(seconds * 1000))))
+
     # -- writes -------------------------------------------------------------
     @_store_errors
     def create(self, *, image: str, user: str, domain: str, internal: dict[str, str] | None = None) -> Notebook:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from shared.queue import make_celery
+from shared.queue import RECONCILE_TASK, make_celery
 from shared.settings import Settings
 
 settings = Settings.from_env()
@@ -25,3 +25,11 @@ app.conf.update(
     worker_pool="threads",
     worker_concurrency=settings.worker_concurrency,
 )
+app.conf.beat_schedule = {
+    "reconcile": {
+        "task": RECONCILE_TASK,
+        "schedule": settings.reconcile_interval,
+        # A pass that could not run in time is replaced by the next one, not queued up behind it.
+        "options": {"expires": settings.reconcile_interval},
+    },
+}

@@ -14,7 +14,16 @@ from docker.models.containers import Container
 
 from shared.errors import EngineError
 from shared.settings import Settings
-from worker.engine import EngineState, NotebookSpec, Placement, classify, probe_host
+from worker.engine import (
+    LABEL_HOSTNAME,
+    LABEL_INSTANCE,
+    EngineObject,
+    EngineState,
+    NotebookSpec,
+    Placement,
+    classify,
+    probe_host,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +75,22 @@ class ContainerEngine:
     def state(self, spec: NotebookSpec) -> EngineState | None:
         container = self._find(spec)
         return None if container is None else _state_of(container)
+
+    def inventory(self) -> dict[str, EngineObject]:
+        try:
+            # sparse: one /containers/json call, no inspect per container.
+            found = self.client.containers.list(
+                all=True, sparse=True, filters={"label": f"{LABEL_INSTANCE}={self.settings.instance}"}
+            )
+        except docker.errors.DockerException as exc:
+            raise classify(exc, "listing notebooks") from exc
+        out = {}
+        for c in found:
+            hostname = (c.attrs.get("Labels") or {}).get(LABEL_HOSTNAME, "")
+            if hostname:
+                out[hostname] = EngineObject(hostname=hostname, running=c.attrs.get("State") == "running",
+                                             created=float(c.attrs.get("Created") or 0))
+        return out
 
     def remove(self, spec: NotebookSpec) -> None:
         container = self._find(spec)

@@ -76,7 +76,19 @@ class EngineState:
     reason: str = ""  # why it is not running (exit code, OOM), empty while running
 
 
+@dataclass(frozen=True)
+class EngineObject:
+    """One notebook object found on the engine by its labels."""
+
+    hostname: str
+    running: bool
+    created: float  # epoch seconds
+
+
 class Engine(Protocol):
+    def inventory(self) -> dict[str, EngineObject]:
+        """Every object labelled with this instance, by notebook hostname, in one list call."""
+
     def start(self, spec: NotebookSpec) -> Placement:
         """Create the notebook's object unless one with its name exists, start it, say where it is.
 

@@ -78,9 +78,9 @@ class Spawner:
         except EngineUnavailable as exc:
             if self.clock() < self._deadline(hostname, "queue_deadline"):
                 raise
-            return self._fail(spec, f"{exc} (gave up after {self.settings.start_timeout:g}s)")
+            return self.fail(spec, f"{exc} (gave up after {self.settings.start_timeout:g}s)")
         except EngineError as exc:
-            return self._fail(spec, str(exc))
+            return self.fail(spec, str(exc))
 
         started_at = self.clock()
         try:
@@ -115,7 +115,7 @@ class Spawner:
         while not self.probe(address):
             now = self.clock()
             if now >= deadline:
-                return self._fail(
+                return self.fail(
                     spec,
                     f"the notebook did not answer HTTP on port {spec.port} within "
                     f"{self.settings.start_timeout:g}s" + self._logs(spec),
@@ -133,9 +133,9 @@ class Spawner:
                     log.warning("%s: engine check failed while waiting: %s", hostname, exc)
                 else:
                     if state is None:
-                        return self._fail(spec, "the container disappeared while starting")
+                        return self.fail(spec, "the container disappeared while starting")
                     if not state.running:
-                        return self._fail(spec, f"the container {state.reason} before answering" + self._logs(spec))
+                        return self.fail(spec, f"the container {state.reason} before answering" + self._logs(spec))
             self.sleep(self.settings.probe_interval)
         try:
             self.store.transition(hostname, Status.ACTIVE, allowed={Status.STARTING})
@@ -166,17 +166,21 @@ class Spawner:
         return Status.REMOVED
 
     # -- helpers -----------------------------------------------------------------
-    def _fail(self, spec: NotebookSpec, reason: str) -> Status | None:
+    def fail(
+        self,
+        spec: NotebookSpec,
+        reason: str,
+        allowed: frozenset[Status] = frozenset({Status.PENDING, Status.STARTING}),
+    ) -> Status | None:
         """Remove the engine object first, then mark FAILED (so FAILED never leaves one behind)."""
-        log.warning("%s: spawn failed: %s", spec.hostname, reason)
+        log.warning("%s: failed: %s", spec.hostname, reason)
         try:
             self.engine.remove(spec)
         except (EngineError, EngineUnavailable) as exc:
             # Left for the reconciler's orphan sweep: the record is FAILED, so it is not live.
             log.warning("%s: could not remove after failure: %s", spec.hostname, exc)
         try:
-            self.store.transition(spec.hostname, Status.FAILED, allowed={Status.PENDING, Status.STARTING},
-                                  error=reason)
+            self.store.transition(spec.hostname, Status.FAILED, allowed=allowed, error=reason)
         except InvalidTransition:
             pass  # a kill won meanwhile
         return self._status(spec.hostname)

@@ -10,11 +10,12 @@ import functools
 import logging
 
 from shared.errors import EngineUnavailable, StoreUnavailable
-from shared.queue import KILL_TASK, SPAWN_TASK
+from shared.queue import KILL_TASK, RECONCILE_TASK, SPAWN_TASK
 from shared.store import Store, connect
 from worker.celery_app import app, settings
 from worker.containers import ContainerEngine
 from worker.engine import make_client
+from worker.reconciler import Reconciler
 from worker.spawner import Spawner
 
 log = logging.getLogger(__name__)
@@ -55,3 +56,9 @@ def spawn(hostname: str) -> str | None:
 def kill(hostname: str) -> str | None:
     status = spawner().kill(hostname)
     return status.value if status else None
+
+
+@app.task(name=RECONCILE_TASK, acks_late=False, ignore_result=True)
+def reconcile() -> dict[str, object]:
+    sp = spawner()
+    return Reconciler(store(), sp.engine, sp, settings).run().as_dict()

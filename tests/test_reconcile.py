@@ -1,0 +1,141 @@
+"""Reconciliation on the real engine: records and containers agree whatever happened between."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from shared.status import Status
+from tests.support import ROOT, wait_for
+from worker.containers import ContainerEngine
+from worker.engine import NotebookSpec
+from worker.reconciler import Reconciler
+from worker.spawner import Spawner
+
+
+def reconciler(stack: Any, clock: Any = time.time, **overrides: Any) -> Reconciler:
+    settings = stack.settings
+    if overrides:
+        from dataclasses import replace
+
+        settings = replace(settings, **overrides)
+    engine = ContainerEngine(stack.docker, settings)
+    spawner = Spawner(stack.store, engine, settings)
+    return Reconciler(stack.store, engine, spawner, settings, clock=clock)
+
+
+def active(stack: Any, image: str, user: str) -> Any:
+    h = stack.spawn(image, user=user)
+    record = stack.wait(h, {Status.ACTIVE, Status.FAILED}, timeout=60)
+    assert record.status == Status.ACTIVE, record.error
+    return record
+
+
+def test_container_removed_behind_our_back_leaves_active(stack: Any, images: dict[str, str]) -> None:
+    record = active(stack, images["httpd"], "victim")
+    stack.docker.containers.get(record.container_id).remove(force=True)
+    report = reconciler(stack).run(lock=False)
+    assert record.hostname in report.failed
+    after = stack.record(record.hostname)
+    assert after.status == Status.FAILED and "disappeared" in after.error
+
+
+def test_container_that_died_is_reported_with_exit_code(stack: Any, images: dict[str, str]) -> None:
+    record = active(stack, images["httpd"], "dying")
+    stack.docker.containers.get(record.container_id).kill()  # SIGKILL: exit code 137
+    wait_for(lambda: stack.docker.containers.get(record.container_id).status == "exited", 20, "the container to exit")
+    reconciler(stack).run(lock=False)
+    after = stack.record(record.hostname)
+    assert after.status == Status.FAILED and "exited with code 137" in after.error
+    assert not [c for c in stack.containers() if c.id == record.container_id]  # and it is cleaned up
+
+
+def test_orphans_removed_but_foreign_containers_untouched(stack: Any, images: dict[str, str]) -> None:
+    spec = NotebookSpec(hostname="orphan000001", image=images["httpd"], user="nobody", domain="nb.test",
+                        port=8888, instance=stack.settings.instance)
+    ours = stack.docker.containers.create(images["httpd"], name=spec.name, labels=spec.labels)
+    foreign_spec = NotebookSpec(hostname="orphan000002", image=images["httpd"], user="nobody", domain="nb.test",
+                                port=8888, instance=stack.settings.instance + "-other")
+    foreign = stack.docker.containers.create(images["httpd"], name=foreign_spec.name, labels=foreign_spec.labels)
+    unlabelled = stack.docker.containers.create(images["httpd"], name=f"{stack.settings.instance}-plain")
+    try:
+        # Within the grace period an orphan is left alone (its spawn may be about to record it).
+        assert "orphan000001" not in reconciler(stack, orphan_grace=3600).run(lock=False).removed_orphans
+        report = reconciler(stack, orphan_grace=0).run(lock=False)
+        assert report.removed_orphans == ["orphan000001"]
+        with pytest.raises(docker.errors.NotFound):
+            ours.reload()
+        foreign.reload()
+        unlabelled.reload()
+    finally:
+        for c in (ours, foreign, unlabelled):
+            try:
+                c.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+
+
+def test_stuck_starting_record_is_failed_and_its_container_removed(stack: Any, images: dict[str, str]) -> None:
+    record = stack.store.create(image=images["httpd"], user="stuck", domain="nb.test",
+                                internal={"queue_deadline": str(time.time())})
+    spec = Spawner(stack.store, ContainerEngine(stack.docker, stack.settings), stack.settings).spec_for(record)
+    container = stack.docker.containers.create(images["httpd"], name=spec.name, labels=spec.labels)
+    stack.store.transition(record.hostname, Status.STARTING, container_id=container.id,
+                           internal={"ready_deadline": str(time.time() + 5)})
+    # Before the deadline (plus margin) nothing happens: a live spawn may still be waiting.
+    assert record.hostname not in reconciler(stack).run(lock=False).failed
+    report = reconciler(stack, clock=lambda: time.time() + 60).run(lock=False)
+    assert record.hostname in report.failed
+    assert "did not become ready in time" in stack.record(record.hostname).error
+    with pytest.raises(docker.errors.NotFound):
+        container.reload()
+
+
+def test_stuck_pending_record_with_a_lost_task_fails(stack: Any, images: dict[str, str]) -> None:
+    record = stack.store.create(image=images["httpd"], user="lost", domain="nb.test",
+                                internal={"queue_deadline": str(time.time())})  # no task was ever sent
+    later = time.time() + stack.settings.start_timeout + 30
+    assert record.hostname in reconciler(stack, clock=lambda: later).run(lock=False).failed
+    assert stack.record(record.hostname).status == Status.FAILED
+
+
+def test_stuck_deleting_record_is_finished(stack: Any, images: dict[str, str]) -> None:
+    record = active(stack, images["httpd"], "half-killed")
+    stack.store.transition(record.hostname, Status.DELETING)  # as if the kill task was lost
+    report = reconciler(stack, clock=lambda: time.time() + 120).run(lock=False)
+    assert report.finished_kills == [record.hostname]
+    assert stack.record(record.hostname).status == Status.REMOVED
+    assert not [c for c in stack.containers() if c.id == record.container_id]
+
+
+def test_only_one_pass_at_a_time(stack: Any) -> None:
+    first = reconciler(stack, reconcile_interval=30)
+    assert first.run().skipped is False
+    assert first.run().skipped is True
+    stack.store.redis.delete(f"{stack.settings.key_prefix}lock:reconcile")
+
+
+def test_beat_runs_reconcile_periodically(stack_factory: Any, images: dict[str, str], tmp_path: Path) -> None:
+    fast = stack_factory("beat", RECONCILE_INTERVAL=1)
+    record = active(fast, images["httpd"], "watched")
+    env = {**fast.worker.env, "PYTHONUNBUFFERED": "1"}
+    import os
+
+    beat = subprocess.Popen(
+        [str(Path(sys.executable).parent / "celery"), "-A", "worker.celery_app", "beat", "--loglevel", "INFO",
+         "--schedule", str(tmp_path / "beat-schedule")],
+        cwd=ROOT, env={**os.environ, **env}, stdout=(tmp_path / "beat.log").open("wb"), stderr=subprocess.STDOUT,
+    )
+    try:
+        fast.docker.containers.get(record.container_id).remove(force=True)
+        after = fast.wait(record.hostname, {Status.FAILED}, timeout=30)
+        assert "disappeared" in after.error
+    finally:
+        beat.terminate()
+        beat.wait(15)

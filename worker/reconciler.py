@@ -1,0 +1,138 @@
+"""Make records and engine objects agree, whatever crashed in between.
+
+One pass reads the engine once (every object labelled with this instance) and the live
+records once per live status, then:
+
+- ACTIVE whose object vanished or stopped -> FAILED with the reason (exit code, OOM, gone);
+- PENDING/STARTING past their deadline (the worker running them died) -> FAILED, object removed;
+- DELETING left over (its kill task was lost) -> the kill is done here;
+- objects labelled as ours with no live record, older than ORPHAN_GRACE -> removed (logged).
+
+Objects not labelled with this instance are never looked at. Passes take a lock that
+expires by itself, so several beat/worker processes never run two at once; every step is
+also a guarded transition or an idempotent removal, so even an overlapping pass is safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from shared.errors import EngineError, EngineUnavailable
+from shared.record import Notebook, parse_rfc3339
+from shared.settings import Settings
+from shared.status import Status
+from shared.store import Store
+from worker.engine import Engine, NotebookSpec
+from worker.spawner import Spawner
+
+log = logging.getLogger(__name__)
+
+#: Extra time past a spawn's own deadline before the reconciler takes over, so a live
+#: spawn always gets to fail its notebook itself first (with the more precise reason).
+DEADLINE_MARGIN = 15.0
+
+
+@dataclass
+class Report:
+    failed: list[str] = field(default_factory=list)
+    removed_orphans: list[str] = field(default_factory=list)
+    finished_kills: list[str] = field(default_factory=list)
+    skipped: bool = False
+
+    def as_dict(self) -> dict[str, object]:
+        return {"failed": self.failed, "removed_orphans": self.removed_orphans,
+                "finished_kills": self.finished_kills, "skipped": self.skipped}
+
+
+class Reconciler:
+    def __init__(
+        self,
+        store: Store,
+        engine: Engine,
+        spawner: Spawner,
+        settings: Settings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self.spawner = spawner
+        self.settings = settings
+        self.clock = clock
+
+    def run(self, lock: bool = True) -> Report:
+        report = Report()
+        if lock and not self.store.try_lock("reconcile", max(self.settings.reconcile_interval, 5)):
+            report.skipped = True
+            return report
+        objects = self.engine.inventory()
+        live: dict[str, Notebook] = {}
+        for status in (Status.PENDING, Status.STARTING, Status.ACTIVE, Status.DELETING):
+            for record in self.store.list(status=status):
+                live[record.hostname] = record
+        now = self.clock()
+
+        for hostname, record in live.items():
+            spec = self.spawner.spec_for(record)
+            obj = objects.get(hostname)
+            try:
+                if record.status == Status.ACTIVE:
+                    if obj is None:
+                        self._fail(report, spec, "the notebook's container disappeared", Status.ACTIVE)
+                    elif not obj.running:
+                        state = self.engine.state(spec)
+                        why = state.reason if state else "stopped"
+                        self._fail(report, spec, f"the notebook's container {why}", Status.ACTIVE)
+                elif record.status in (Status.PENDING, Status.STARTING):
+                    if now > self._deadline(record) + DEADLINE_MARGIN:
+                        self._fail(report, spec, f"did not become ready in time (still {record.status} past its "
+                                   "deadline; its worker may have stopped)", record.status)
+                elif record.status == Status.DELETING and now - parse_rfc3339(record.updated_at) > self._kill_wait():
+                    if self.spawner.kill(hostname) == Status.REMOVED:
+                        report.finished_kills.append(hostname)
+            except (EngineError, EngineUnavailable) as exc:
+                log.warning("%s: reconcile step failed, will retry next pass: %s", hostname, exc)
+
+        for hostname, obj in objects.items():
+            if hostname in live or now - obj.created < self.settings.orphan_grace:
+                continue
+            spec = NotebookSpec(hostname=hostname, image="", user="", domain="", port=self.settings.notebook_port,
+                                instance=self.settings.instance)
+            try:
+                self.engine.remove(spec)
+            except (EngineError, EngineUnavailable) as exc:
+                log.warning("%s: could not remove orphan: %s", hostname, exc)
+                continue
+            log.warning("%s: removed orphaned notebook object %s (no live record)", hostname, spec.name)
+            report.removed_orphans.append(hostname)
+        if report.failed or report.removed_orphans or report.finished_kills:
+            log.info("reconcile: %s", report.as_dict())
+        return report
+
+    def _fail(self, report: Report, spec: NotebookSpec, reason: str, current: Status) -> None:
+        if self.spawner.fail(spec, reason, allowed=frozenset({current})) == Status.FAILED:
+            report.failed.append(spec.hostname)
+
+    def _deadline(self, record: Notebook) -> float:
+        """When a live spawn would have given up on this record by itself.
+
+        STARTING: its readiness deadline. PENDING: the engine-retry deadline plus one more
+        start timeout, since a spawn taken from a long queue only then begins to wait.
+        """
+        if record.status == Status.STARTING:
+            name, extra = "ready_deadline", 0.0
+        else:
+            name, extra = "queue_deadline", self.settings.start_timeout
+        raw = self.store.internal(record.hostname, name)
+        try:
+            deadline = float(raw) if raw else 0.0
+        except ValueError:
+            deadline = 0.0
+        # A record without a deadline (written by an older version) gets one from its start.
+        return (deadline or parse_rfc3339(record.start_time) + self.settings.start_timeout) + extra
+
+    def _kill_wait(self) -> float:
+        """How long a DELETING record may wait for its kill task before the reconciler does it."""
+        return max(30.0, 3.0 * self.settings.kill_grace + 10.0)
