@@ -25,7 +25,7 @@ cat >> "$procfile" <<PROCS
 api: .venv/bin/gunicorn --bind 127.0.0.1:$port --workers ${API_WORKERS:-2} --threads 8 --access-logfile - api.wsgi:app
 worker: .venv/bin/celery -A worker.celery_app worker --loglevel INFO --hostname worker1@%h
 beat: .venv/bin/celery -A worker.celery_app beat --loglevel INFO --schedule .state/celerybeat-schedule
-flower: .venv/bin/celery -A worker.celery_app flower --port=${FLOWER_PORT:-5555} --address=127.0.0.1
+flower: FLOWER_UNAUTHENTICATED_API=true .venv/bin/celery -A worker.celery_app flower --port=${FLOWER_PORT:-5555} --address=127.0.0.1
 PROCS
 echo "swarm-manager: API http://127.0.0.1:$port/  page http://127.0.0.1:$port/manage  Flower http://127.0.0.1:${FLOWER_PORT:-5555}/" >&2
 exec .venv/bin/honcho start --procfile "$procfile" --app-root "$PWD"
