@@ -1,0 +1,57 @@
+"""The API as `make run` serves it: gunicorn on a real socket, a real worker, the real engine."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.support import ROOT, free_port, wait_for
+
+
+@pytest.fixture
+def served(stack: Any, tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    env = {**os.environ, **stack.worker.env}
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "1",
+         "--threads", "4", "api.wsgi:app"],
+        cwd=ROOT, env=env, stdout=(tmp_path / "gunicorn.log").open("wb"), stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: requests.get(base + "/healthz", timeout=1).ok, 30, "gunicorn to answer")
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+def test_spawn_poll_kill_over_http_like_the_seed(served: str, stack: Any, images: dict[str, str]) -> None:
+    # The seed's curl --data form.
+    spawned = requests.post(served + "/spawn", data=f"image={images['httpd']}&user=odewahn",
+                            headers={"Content-Type": "application/x-www-form-urlencoded"}, timeout=5)
+    assert spawned.status_code == 202
+    assert spawned.headers["Location"].endswith(f"/container/{spawned.json()['hostname']}")
+    hostname = spawned.json()["hostname"]
+
+    def status() -> str:
+        return str(requests.get(f"{served}/container/{hostname}", timeout=5).json()["status"])
+
+    assert wait_for(lambda: status() in ("ACTIVE", "FAILED") and status(), 60, "ACTIVE") == "ACTIVE"
+    record = requests.get(f"{served}/container/{hostname}", timeout=5).json()
+    assert requests.get(record["address"], timeout=5).status_code == 200
+
+    listed = requests.get(served + "/containers", params={"user": "odewahn"}, timeout=5).json()
+    assert hostname in [r["hostname"] for r in listed]
+
+    killed = requests.get(f"{served}/container/{hostname}/kill", timeout=5)
+    assert killed.json()["status"] == "DELETING"
+    assert wait_for(lambda: status() == "REMOVED", 30, "REMOVED")
+    assert not [c for c in stack.containers() if c.labels["swarm-manager.hostname"] == hostname]
