@@ -20,6 +20,7 @@ if [ "$mode" = test ]; then
   command -v ip >/dev/null 2>&1 || missing+=(iproute2)
   command -v nsenter >/dev/null 2>&1 || missing+=(util-linux)
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

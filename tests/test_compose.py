@@ -1,0 +1,352 @@
+"""docker-compose.yml, Dockerfile.api and Dockerfile.worker, checked without building or starting anything.
+
+The compose file is validated and resolved by Debian's docker-compose 1.29.2 (``config``),
+and the checks read the resolved YAML, so they see what ``docker-compose up --scale
+worker=N`` would run. A missing docker-compose is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.settings import Settings, documented_settings
+
+try:
+    import yaml
+except ImportError:  # pragma: no cover - reported by the fixture below
+    yaml = None
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKER_COMPOSE = "/usr/bin/docker-compose"
+APP_SERVICES = ("api", "worker", "beat", "flower")
+ENGINE_SERVICES = ("worker",)  # the ones that talk to the engine and get its certificates
+CERT_TARGET = "/certs"
+NOTEBOOK_NETWORK = "swarm-manager-notebooks"
+
+
+def docker_compose() -> str:
+    found = DOCKER_COMPOSE if os.access(DOCKER_COMPOSE, os.X_OK) else shutil.which("docker-compose")
+    if not found:
+        pytest.fail(
+            f"docker-compose not found at {DOCKER_COMPOSE} or on PATH; install Debian's package: "
+            "apt-get install docker-compose",
+            pytrace=False,
+        )
+    return found
+
+
+def run_compose(tmp: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """docker-compose -f docker-compose.yml ARGS with a clean environment plus ``env``.
+
+    Nothing from the developer's shell (DOCKER_HOST, DOMAIN, ...) or from an .env file
+    beside the compose file changes the result: an empty --env-file replaces the latter.
+    """
+    certs = tmp / "certs"
+    certs.mkdir(exist_ok=True)
+    for name in ("ca.pem", "cert.pem", "key.pem"):
+        (certs / name).touch()
+    empty_env_file = tmp / "empty.env"
+    empty_env_file.touch()
+    home = tmp / "home"
+    home.mkdir(exist_ok=True)
+    full_env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "DOCKER_CERT_DIR": str(certs),
+        **env,
+    }
+    cmd = [docker_compose(), "--env-file", str(empty_env_file), "-f", str(COMPOSE_FILE), *args]
+    result = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, (
+        f"`{shlex.join(cmd)}` exited with {result.returncode}:\n{result.stderr}{result.stdout}"
+    )
+    return result
+
+
+def resolved(tmp: Path, **env: str) -> dict[str, Any]:
+    if yaml is None:
+        pytest.fail("PyYAML is not installed; it is needed to read `docker-compose config`", pytrace=False)
+    config = yaml.safe_load(run_compose(tmp, "config", **env).stdout)
+    assert isinstance(config, dict) and isinstance(config.get("services"), dict), config
+    return config
+
+
+@pytest.fixture(scope="module")
+def compose_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("compose")
+
+
+@pytest.fixture(scope="module")
+def config(compose_tmp: Path) -> dict[str, Any]:
+    return resolved(compose_tmp)
+
+
+@pytest.fixture(scope="module")
+def cert_dir(compose_tmp: Path) -> Path:
+    """The host folder the fixture's DOCKER_CERT_DIR names (mounted at /certs)."""
+    return compose_tmp / "certs"
+
+
+def service(config: dict[str, Any], name: str) -> dict[str, Any]:
+    services = config["services"]
+    assert name in services, f"no service {name!r} in docker-compose.yml (has {sorted(services)})"
+    return dict(services[name])
+
+
+def environment(svc: dict[str, Any]) -> dict[str, Any]:
+    env = svc.get("environment") or {}
+    if isinstance(env, list):  # KEY=VALUE form
+        env = dict(item.split("=", 1) if "=" in item else (item, None) for item in env)
+    return dict(env)
+
+
+def mounts(svc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Volumes in one shape: {source, target, read_only}, from the short or the long syntax."""
+    out = []
+    for volume in svc.get("volumes") or []:
+        if isinstance(volume, str):
+            parts = volume.split(":")
+            if len(parts) == 1:
+                out.append({"source": None, "target": parts[0], "read_only": False})
+            else:
+                mode = parts[2] if len(parts) > 2 else "rw"
+                out.append({"source": parts[0], "target": parts[1], "read_only": "ro" in mode.split(",")})
+        else:
+            out.append(
+                {
+                    "source": volume.get("source"),
+                    "target": volume.get("target"),
+                    "read_only": bool(volume.get("read_only")),
+                }
+            )
+    return out
+
+
+def command(svc: dict[str, Any]) -> list[str]:
+    cmd = svc.get("command") or []
+    return shlex.split(cmd) if isinstance(cmd, str) else [str(part) for part in cmd]
+
+
+# -- the compose file -----------------------------------------------------------------
+def test_compose_file_is_valid(tmp_path: Path) -> None:
+    run_compose(tmp_path, "config", "-q")
+
+
+def test_services(config: dict[str, Any]) -> None:
+    assert set(config["services"]) == {"redis", *APP_SERVICES}
+
+
+def test_every_app_service_has_redis_url(config: dict[str, Any]) -> None:
+    for name in APP_SERVICES:
+        env = environment(service(config, name))
+        assert env.get("REDIS_URL") == "redis://redis:6379/0", f"{name}: REDIS_URL is {env.get('REDIS_URL')!r}"
+
+
+def test_app_services_restart_and_wait_for_redis(config: dict[str, Any]) -> None:
+    for name in ("redis", *APP_SERVICES):
+        assert service(config, name).get("restart") == "unless-stopped", name
+    for name in APP_SERVICES:
+        depends = service(config, name).get("depends_on") or {}
+        assert isinstance(depends, dict) and depends.get("redis", {}).get("condition") == "service_healthy", (
+            f"{name} must depend on redis being healthy, has {depends!r}"
+        )
+
+
+def test_worker_can_be_scaled(config: dict[str, Any]) -> None:
+    worker = service(config, "worker")
+    assert "container_name" not in worker, "a fixed container_name breaks `--scale worker=N`"
+    assert not worker.get("ports"), f"published ports break `--scale worker=N`: {worker.get('ports')}"
+    assert "hostname" not in worker, "a fixed hostname gives every replica the same Celery node name"
+
+
+def test_redis_persists_append_only(config: dict[str, Any]) -> None:
+    redis = service(config, "redis")
+    assert redis.get("image") == "redis:7"
+    args = command(redis)
+    assert "--appendonly" in args, args
+    assert args[args.index("--appendonly") + 1] == "yes", args
+    data = [m for m in mounts(redis) if m["target"] == "/data"]
+    assert data and data[0]["source"] in config.get("volumes", {}), f"/data must be a named volume: {data}"
+    assert "redis-cli" in " ".join(str(t) for t in redis.get("healthcheck", {}).get("test", [])), redis
+
+
+def test_engine_certificates_are_read_only_and_only_where_needed(config: dict[str, Any], cert_dir: Path) -> None:
+    for name in ENGINE_SERVICES:
+        svc = service(config, name)
+        certs = [m for m in mounts(svc) if m["target"] == CERT_TARGET]
+        assert len(certs) == 1, f"{name}: the engine certificates must be mounted at {CERT_TARGET}: {mounts(svc)}"
+        assert certs[0]["read_only"], f"{name}: {CERT_TARGET} must be mounted read-only: {certs[0]}"
+        assert certs[0]["source"] == str(cert_dir), f"{name}: {CERT_TARGET} must come from DOCKER_CERT_DIR"
+        env = environment(svc)
+        assert env.get("DOCKER_CERT_PATH") == CERT_TARGET, name
+        assert env.get("DOCKER_TLS_VERIFY") == "1", name
+        assert str(env.get("DOCKER_HOST", "")).startswith("tcp://"), name
+    for name in ("api", "flower"):
+        svc = service(config, name)
+        assert not [m for m in mounts(svc) if m["target"] == CERT_TARGET], f"{name} needs no engine certificates"
+        assert not [m for m in mounts(svc) if m["source"] == str(cert_dir)], name
+
+
+def test_tls_settings_only_with_mounted_certificates(config: dict[str, Any]) -> None:
+    # Settings refuse to start (ConfigError) with DOCKER_TLS_VERIFY/DOCKER_CERT_PATH set and
+    # no ca.pem, cert.pem, key.pem there: such a service would restart forever.
+    for name in APP_SERVICES:
+        svc = service(config, name)
+        env = environment(svc)
+        if env.get("DOCKER_TLS_VERIFY") or env.get("DOCKER_CERT_PATH"):
+            path = env.get("DOCKER_CERT_PATH") or ""
+            assert path in {m["target"] for m in mounts(svc)}, f"{name}: DOCKER_CERT_PATH={path!r} is not mounted"
+
+
+def test_worker_reaches_notebooks_on_their_network(config: dict[str, Any]) -> None:
+    networks = config.get("networks") or {}
+    declared = [key for key, net in networks.items() if (net or {}).get("name") == NOTEBOOK_NETWORK]
+    assert declared, f"no network named {NOTEBOOK_NETWORK}: {networks}"
+    worker = service(config, "worker")
+    joined = worker.get("networks") or {}
+    assert declared[0] in joined, f"the worker must join {declared[0]!r}: {joined}"
+    assert "default" in joined, f"the worker must stay on the default network to reach redis: {joined}"
+    env = environment(worker)
+    assert env.get("NOTEBOOK_NETWORK") == NOTEBOOK_NETWORK
+    assert env.get("PUBLISH_IP") == "", "notebooks on the shared network are reached by address, not a port"
+
+
+def test_ports(config: dict[str, Any]) -> None:
+    def targets(name: str) -> set[int]:
+        out = set()
+        for port in service(config, name).get("ports") or []:
+            if isinstance(port, dict):
+                out.add(int(port["target"]))
+            else:
+                out.add(int(str(port).split("/")[0].rsplit(":", 1)[-1]))
+        return out
+
+    assert targets("api") == {3000}
+    assert targets("flower") == {5555}
+    for name in ("redis", "worker", "beat"):
+        assert not targets(name), f"{name} must publish no port"
+
+
+def test_commands(config: dict[str, Any]) -> None:
+    assert service(config, "worker").get("build", {}).get("dockerfile") == "Dockerfile.worker"
+    assert service(config, "api").get("build", {}).get("dockerfile") == "Dockerfile.api"
+    image = service(config, "worker").get("image")
+    for name in ("beat", "flower"):
+        assert service(config, name).get("image") == image, f"{name} must use the worker image"
+    assert command(service(config, "worker"))[:4] == ["celery", "-A", "worker.celery_app", "worker"]
+    beat = command(service(config, "beat"))
+    assert beat[:4] == ["celery", "-A", "worker.celery_app", "beat"]
+    schedule = beat[beat.index("--schedule") + 1] if "--schedule" in beat else ""
+    assert schedule.startswith("/tmp/") or any(
+        schedule.startswith(m["target"] + "/") and not m["read_only"] for m in mounts(service(config, "beat"))
+    ), f"beat's schedule file {schedule!r} must be in /tmp or a writable volume"
+    flower = command(service(config, "flower"))
+    assert flower[:4] == ["celery", "-A", "worker.celery_app", "flower"] and "--port=5555" in flower, flower
+
+
+def test_app_environment_is_known_settings(config: dict[str, Any]) -> None:
+    known = {name for name, _default, _doc in documented_settings()}
+    for name in APP_SERVICES:
+        unknown = set(environment(service(config, name))) - known
+        assert not unknown, f"{name} sets {sorted(unknown)}, which shared/settings.py does not read (a typo?)"
+
+
+def test_app_environment_is_valid_settings(config: dict[str, Any], cert_dir: Path) -> None:
+    for name in APP_SERVICES:
+        svc = service(config, name)
+        env = environment(svc)
+        for key, value in env.items():
+            assert isinstance(value, str), f"{name}: {key} is {value!r}; compose would pass the host's value through"
+        if env.get("DOCKER_CERT_PATH") == CERT_TARGET:
+            env["DOCKER_CERT_PATH"] = str(cert_dir)  # the same files, as the host sees them
+        Settings.from_env(env)  # raises ConfigError naming every bad value
+
+
+def test_variables_reach_the_services(tmp_path: Path) -> None:
+    config = resolved(
+        tmp_path,
+        DOMAIN="nb.example.org",
+        DOCKER_HOST="tcp://engine.example.org:2376",
+        NOTEBOOK_NETWORK="",
+        PUBLISH_IP="10.0.0.5",
+    )
+    for name in APP_SERVICES:
+        assert environment(service(config, name))["DOMAIN"] == "nb.example.org", name
+    for name in ENGINE_SERVICES:
+        env = environment(service(config, name))
+        assert env["DOCKER_HOST"] == "tcp://engine.example.org:2376", name
+        assert env["NOTEBOOK_NETWORK"] == "" and env["PUBLISH_IP"] == "10.0.0.5", name
+
+
+# -- the Dockerfiles --------------------------------------------------------------------
+def instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order, continuation lines joined, comments dropped."""
+    assert dockerfile.is_file(), f"{dockerfile.name} is missing"
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for raw in dockerfile.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line, pending = pending + line, ""
+        keyword, _, args = line.partition(" ")
+        out.append((keyword.upper(), args.strip()))
+    assert not pending, f"{dockerfile.name} ends inside a continued line"
+    return out
+
+
+def copy_sources(steps: list[tuple[str, str]]) -> list[str]:
+    sources = []
+    for keyword, args in steps:
+        if keyword not in ("COPY", "ADD"):
+            continue
+        words = [w for w in shlex.split(args) if not w.startswith("--")]
+        sources.extend(os.path.normpath(w) for w in words[:-1])
+    return sources
+
+
+@pytest.mark.parametrize(
+    ("dockerfile", "package", "other"), [("Dockerfile.api", "api", "worker"), ("Dockerfile.worker", "worker", "api")]
+)
+def test_dockerfile(dockerfile: str, package: str, other: str) -> None:
+    steps = instructions(ROOT / dockerfile)
+    assert steps[0] == ("FROM", "python:3.11-slim"), steps[0]
+    users = [args for keyword, args in steps if keyword == "USER"]
+    assert users, f"{dockerfile} declares no USER: its processes would run as root"
+    user = users[-1].split(":")[0]
+    assert user not in {"root", "0"}, f"{dockerfile} runs as {users[-1]!r}"
+    sources = copy_sources(steps)
+    assert package in sources and "shared" in sources, f"{dockerfile} copies {sources}"
+    assert other not in sources, f"{dockerfile} must not contain {other}/"
+    assert "." not in sources, f"{dockerfile} copies the whole tree (including {other}/)"
+    installs = [args for keyword, args in steps if keyword == "RUN" and "pip install" in args]
+    assert installs and all("--no-cache-dir" in a and "-r requirements.txt" in a for a in installs), installs
+    assert any(keyword == "EXPOSE" for keyword, _ in steps), f"{dockerfile} has no EXPOSE"
+    assert any(keyword == "CMD" for keyword, _ in steps), f"{dockerfile} has no CMD"
+
+
+def test_api_dockerfile_serves_and_checks_health() -> None:
+    steps = dict(instructions(ROOT / "Dockerfile.api"))
+    assert re.search(r'"0\.0\.0\.0:3000"', steps["CMD"]) and "api.wsgi:app" in steps["CMD"], steps["CMD"]
+    assert "/healthz" in steps.get("HEALTHCHECK", ""), "the api image needs a HEALTHCHECK on /healthz"
+    assert steps["EXPOSE"] == "3000"
+
+
+def test_dockerignore_keeps_secrets_and_clutter_out() -> None:
+    ignore = (ROOT / ".dockerignore").read_text().split()
+    for entry in (".venv", ".git", ".state", "tests", "certs"):
+        assert entry in ignore, f".dockerignore does not exclude {entry}"
+    assert any("__pycache__" in entry for entry in ignore)
