@@ -6,6 +6,7 @@ Layout (every key starts with the instance prefix, e.g. ``swarm-manager:``):
 - ``idx:all``              sorted set of hostnames scored by creation time (newest-first listing)
 - ``idx:user:<user>``      the same, per user
 - ``idx:status:<STATUS>``  the same, per status
+- ``idx:ended``            hostnames of FAILED/REMOVED records scored by when they ended (retention)
 - channel ``events``       every change, published as the record's JSON
 
 Every write is one Lua script, so a record, its indexes and its event change together
@@ -22,10 +23,12 @@ from collections.abc import Callable, Iterable
 from typing import Any, ParamSpec, TypeVar
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from shared.errors import InvalidTransition, NotFound, StoreUnavailable
 from shared.record import Notebook, now_rfc3339
-from shared.status import Status, sources_of
+from shared.status import TERMINAL, Status, sources_of
 from shared.validation import HOSTNAME_ALPHABET, HOSTNAME_LENGTH
 
 P = ParamSpec("P")
@@ -47,25 +50,30 @@ redis.call('PUBLISH', ARGV[3], cjson.encode(rec))
 return 1
 """
 
-# KEYS: record, idx:all
+# KEYS: record, idx:all, idx:ended
 # ARGV: key prefix, new status ('' keeps it), allowed statuses as ',A,B,', updated_at, channel,
-#       field1, value1, ...
-# Returns {1, flat hash} on success, {0} when missing, {-1, current status} when not allowed.
+#       terminal statuses as ',A,B,', now (epoch), field1, value1, ...
+# Returns {1, flat hash} on success, {2, flat hash} when the record already has the new status
+# (nothing written: a retried or repeated move is a no-op), {0} when missing, {-1, current
+# status} when not allowed.
 # (The status index keys are derived here from the current status, which is only known
 # inside the script; fine on a single Redis, which is what this project uses.)
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return {0} end
+if cur == ARGV[2] then return {2, redis.call('HGETALL', KEYS[1])} end
 if not string.find(ARGV[3], ',' .. cur .. ',', 1, true) then return {-1, cur} end
 local new = ARGV[2]
 if new == '' then new = cur end
 redis.call('HSET', KEYS[1], 'status', new, 'updated_at', ARGV[4])
-if #ARGV >= 6 then redis.call('HSET', KEYS[1], unpack(ARGV, 6)) end
+if #ARGV >= 8 then redis.call('HSET', KEYS[1], unpack(ARGV, 8)) end
 if new ~= cur then
   local hostname = redis.call('HGET', KEYS[1], 'hostname')
   local score = redis.call('ZSCORE', KEYS[2], hostname)
   redis.call('ZREM', ARGV[1] .. 'idx:status:' .. cur, hostname)
   if score then redis.call('ZADD', ARGV[1] .. 'idx:status:' .. new, score, hostname) end
+  -- Terminal records are kept for RECORD_RETENTION from the moment they ended.
+  if string.find(ARGV[6], ',' .. new .. ',', 1, true) then redis.call('ZADD', KEYS[3], ARGV[7], hostname) end
 end
 local flat = redis.call('HGETALL', KEYS[1])
 local rec = {}
@@ -74,6 +82,18 @@ for i = 1, #flat, 2 do
 end
 redis.call('PUBLISH', ARGV[5], cjson.encode(rec))
 return {1, flat}
+"""
+
+
+# KEYS: record, idx:all, idx:ended; ARGV: key prefix, hostname
+_PURGE = """
+local user = redis.call('HGET', KEYS[1], 'user')
+local status = redis.call('HGET', KEYS[1], 'status')
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[2])
+if user then redis.call('ZREM', ARGV[1] .. 'idx:user:' .. user, ARGV[2]) end
+if status then redis.call('ZREM', ARGV[1] .. 'idx:status:' .. status, ARGV[2]) end
+return redis.call('DEL', KEYS[1])
 """
 
 
@@ -96,14 +116,22 @@ def _store_errors(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-def connect(url: str) -> redis.Redis:
-    """A Redis client with bounded timeouts, so a dead Redis fails fast instead of hanging."""
+def connect(url: str, patience: float = 0.0) -> redis.Redis:
+    """A Redis client with bounded timeouts and retries.
+
+    ``patience`` is roughly how many seconds a command keeps retrying while Redis is away
+    (restarting, failing over): workers wait it out, the API (patience 0) answers 503 at once.
+    Every write here is safe to retry: a move to the status a record already has is a no-op.
+    """
+    retries = max(1, int(patience / 0.5)) if patience > 0 else 1
     return redis.Redis.from_url(
         url,
         decode_responses=True,
-        socket_connect_timeout=3,
+        socket_connect_timeout=2,
         socket_timeout=10,
         health_check_interval=15,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError],
     )
 
 
@@ -120,6 +148,7 @@ class Store:
         self.prefix = prefix
         self._create = client.register_script(_CREATE)
         self._transition = client.register_script(_TRANSITION)
+        self._purge = client.register_script(_PURGE)
 
     # -- keys ---------------------------------------------------------------
     def key_for(self, hostname: str) -> str:
@@ -201,6 +230,17 @@ class Store:
 
     # -- writes -------------------------------------------------------------
     @_store_errors
+    def purge_ended(self, older_than: float, batch: int = 1000) -> list[str]:
+        """Delete records that ended (FAILED/REMOVED) before ``older_than`` (epoch), with their index entries."""
+        names = self.redis.zrangebyscore(self._idx("ended"), "-inf", older_than, start=0, num=batch)
+        purged = []
+        for hostname in names:
+            if self._purge(keys=[self.key_for(hostname), self._idx(), self._idx("ended")],
+                           args=[self.prefix, hostname]):
+                purged.append(hostname)
+        return purged
+
+    @_store_errors
     def create(self, *, image: str, user: str, domain: str, internal: dict[str, str] | None = None) -> Notebook:
         """Write a new PENDING record under a fresh random hostname (unique, checked atomically)."""
         for _ in range(10):
@@ -242,6 +282,8 @@ class Store:
         ``allowed`` defaults to every status the machine allows ``new`` to be entered from, and
         is narrowed to those. ``new=None`` keeps the status and only writes the fields, still
         guarded by ``allowed`` (e.g. "record the container id only while STARTING").
+        Moving a record to the status it already has writes nothing and returns it, so a
+        write retried after a lost reply, or a repeated task, is harmless.
         Raises NotFound if the record is missing and InvalidTransition if its current status
         is not allowed; in both cases nothing is written.
         """
@@ -255,12 +297,14 @@ class Store:
             "," + ",".join(s.value for s in permitted) + ",",
             now_rfc3339(),
             self.events_channel,
+            "," + ",".join(s.value for s in TERMINAL) + ",",
+            repr(time.time()),
         ]
         for k, v in fields.items():
             argv.extend((k, v))
         for k, v in (internal or {}).items():
             argv.extend((f"_{k}", v))
-        result = self._transition(keys=[self.key_for(hostname), self._idx()], args=argv)
+        result = self._transition(keys=[self.key_for(hostname), self._idx(), self._idx("ended")], args=argv)
         if result[0] == 0:
             raise NotFound(f"no notebook with hostname {hostname!r}")
         if result[0] == -1:

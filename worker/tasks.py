@@ -33,7 +33,8 @@ RETRY = {
 
 @functools.cache
 def store() -> Store:
-    return Store(connect(settings.redis_url), prefix=settings.key_prefix)
+    # Workers ride out a Redis restart instead of failing the step they are in.
+    return Store(connect(settings.redis_url, patience=30), prefix=settings.key_prefix)
 
 
 @functools.cache
