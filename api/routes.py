@@ -10,7 +10,7 @@ from flask.typing import ResponseReturnValue
 
 from shared.errors import InvalidInput, InvalidTransition, NotFound, QueueUnavailable, StoreUnavailable
 from shared.queue import Queue
-from shared.record import Notebook
+from shared.record import Notebook, rfc3339
 from shared.settings import Settings
 from shared.status import KILLABLE, Status
 from shared.store import Store
@@ -18,7 +18,7 @@ from shared.validation import is_hostname, validate_image, validate_user
 
 bp = Blueprint("api", __name__)
 
-SPAWN_FIELDS = ("image", "user")
+SPAWN_FIELDS = ("image", "user", "ttl")
 MAX_LIST_LIMIT = 10_000
 
 
@@ -79,14 +79,27 @@ def int_arg(name: str, default: int | None, lo: int, hi: int) -> int | None:
 
 
 # -- actions shared with /manage ------------------------------------------------------
-def spawn_notebook(image: object, user: object) -> Notebook:
+def lifetime(ttl: object) -> float | None:
+    """Seconds this notebook may live: the client's ``ttl`` capped by MAX_AGE; None for no limit."""
+    cap = settings().max_age or None
+    if ttl is None or ttl == "":
+        return cap
+    raw = str(ttl) if isinstance(ttl, int) and not isinstance(ttl, bool) else ttl
+    if not isinstance(raw, str) or not (raw.isascii() and raw.isdigit()) or len(raw) > 12 or int(raw) < 1:
+        raise InvalidInput("ttl must be a whole number of seconds from 1 to 999999999999")
+    return float(int(raw)) if cap is None else min(float(int(raw)), cap)
+
+
+def spawn_notebook(image: object, user: object, ttl: object = None) -> Notebook:
     """Validate, write the PENDING record, enqueue the spawn. No engine call here."""
-    image, user = validate_image(image), validate_user(user)
+    image, user, life = validate_image(image), validate_user(user), lifetime(ttl)
+    now = time.time()
     record = store().create(
         image=image,
         user=user,
         domain=settings().domain,
-        internal={"queue_deadline": str(time.time() + settings().start_timeout)},
+        expires_at=rfc3339(now + life) if life else "",
+        internal={"queue_deadline": str(now + settings().start_timeout)},
     )
     try:
         queue().spawn(record.hostname)
@@ -123,7 +136,7 @@ def kill_notebook(hostname: str) -> tuple[Notebook, bool]:
 @bp.post("/spawn", strict_slashes=False)
 def spawn() -> ResponseReturnValue:
     data = spawn_input()
-    record = spawn_notebook(data.get("image"), data.get("user"))
+    record = spawn_notebook(data.get("image"), data.get("user"), data.get("ttl"))
     response = jsonify(record.to_json())
     response.status_code = 202
     response.headers["Location"] = url_for(".container", hostname=record.hostname)

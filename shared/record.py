@@ -17,6 +17,10 @@ def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def rfc3339(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def parse_rfc3339(value: str) -> float:
     """Epoch seconds of an RFC 3339 time as written by :func:`now_rfc3339`; 0.0 if unparsable."""
     try:
@@ -40,6 +44,7 @@ class Notebook:
     updated_at: str = ""
     address: str = ""  # direct http://host:port of the notebook server, for local use and the proxy
     node: str = ""  # the engine node it runs on
+    expires_at: str = ""  # when it will be killed for age (MAX_AGE or the spawn's ttl); "" for never
 
     @classmethod
     def from_hash(cls, data: dict[str, str]) -> Notebook:

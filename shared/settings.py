@@ -116,6 +116,14 @@ class Settings:
     orphan_grace: float = setting("ORPHAN_GRACE", "60", _float(0, 86400),
                                   "Seconds an engine object labelled as ours may exist without a live "
                                   "record before the reconciler removes it.")
+    max_age: float = setting("MAX_AGE", "86400", _float(0, 365 * 86400),
+                             "Seconds a notebook may live before it is killed (0: no limit). Also the "
+                             "cap on a spawn's own `ttl`.")
+    idle_timeout: float = setting("IDLE_TIMEOUT", "0", _float(0, 365 * 86400),
+                                  "Kill notebooks whose server reports no activity (Jupyter's /api/status "
+                                  "last_activity) for this many seconds (0: off).")
+    record_retention: float = setting("RECORD_RETENTION", "604800", _float(0, 10 * 365 * 86400),
+                                      "Seconds FAILED and REMOVED records are kept after they end.")
     instance: str = setting("INSTANCE", "swarm-manager", _match(_SLUG, "instance name"),
                             "Name of this deployment: labels its engine objects and prefixes its "
                             "Redis keys, so deployments sharing an engine or a Redis never touch "

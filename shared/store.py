@@ -241,7 +241,15 @@ class Store:
         return purged
 
     @_store_errors
-    def create(self, *, image: str, user: str, domain: str, internal: dict[str, str] | None = None) -> Notebook:
+    def create(
+        self,
+        *,
+        image: str,
+        user: str,
+        domain: str,
+        expires_at: str = "",
+        internal: dict[str, str] | None = None,
+    ) -> Notebook:
         """Write a new PENDING record under a fresh random hostname (unique, checked atomically)."""
         for _ in range(10):
             hostname = new_hostname()
@@ -255,6 +263,7 @@ class Store:
                 start_time=now,
                 user=user,
                 updated_at=now,
+                expires_at=expires_at,
             )
             mapping = record.to_hash()
             mapping.update({f"_{k}": v for k, v in (internal or {}).items()})

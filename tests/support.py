@@ -240,3 +240,17 @@ def cleanup_engine(client: docker.DockerClient, instance: str) -> list[str]:
 
 def our_containers(client: docker.DockerClient, instance: str, all: bool = True) -> list[Any]:
     return client.containers.list(all=all, filters={"label": f"{LABEL_INSTANCE}={instance}"})
+
+
+def make_reconciler(stack: Any, clock: Callable[[], float] = time.time, **overrides: Any) -> Any:
+    """A Reconciler for ``stack`` on the real engine and store, with settings overridden."""
+    from dataclasses import replace
+
+    from worker.containers import ContainerEngine
+    from worker.reconciler import Reconciler
+    from worker.spawner import Spawner
+
+    settings = replace(stack.settings, **overrides)
+    engine = ContainerEngine(stack.docker, settings)
+    spawner = Spawner(stack.store, engine, settings)
+    return Reconciler(stack.store, engine, spawner, settings, clock=clock)

@@ -12,22 +12,10 @@ import docker
 import pytest
 
 from shared.status import Status
-from tests.support import ROOT, wait_for
+from tests.support import ROOT, make_reconciler as reconciler, wait_for
 from worker.containers import ContainerEngine
 from worker.engine import NotebookSpec
-from worker.reconciler import Reconciler
 from worker.spawner import Spawner
-
-
-def reconciler(stack: Any, clock: Any = time.time, **overrides: Any) -> Reconciler:
-    settings = stack.settings
-    if overrides:
-        from dataclasses import replace
-
-        settings = replace(settings, **overrides)
-    engine = ContainerEngine(stack.docker, settings)
-    spawner = Spawner(stack.store, engine, settings)
-    return Reconciler(stack.store, engine, spawner, settings, clock=clock)
 
 
 def active(stack: Any, image: str, user: str) -> Any:

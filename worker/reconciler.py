@@ -6,7 +6,10 @@ records once per live status, then:
 - ACTIVE whose object vanished or stopped -> FAILED with the reason (exit code, OOM, gone);
 - PENDING/STARTING past their deadline (the worker running them died) -> FAILED, object removed;
 - DELETING left over (its kill task was lost) -> the kill is done here;
-- objects labelled as ours with no live record, older than ORPHAN_GRACE -> removed (logged).
+- objects labelled as ours with no live record, older than ORPHAN_GRACE -> removed (logged);
+- notebooks past their ``expires_at`` (MAX_AGE or the spawn's ttl), or whose server reports no
+  activity for IDLE_TIMEOUT, are killed (DELETING with the reason in ``error``, then a kill task);
+- FAILED/REMOVED records older than RECORD_RETENTION are deleted with their index entries.
 
 Objects not labelled with this instance are never looked at. Passes take a lock that
 expires by itself, so several beat/worker processes never run two at once; every step is
@@ -18,13 +21,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 
-from shared.errors import EngineError, EngineUnavailable
+from shared.errors import EngineError, EngineUnavailable, InvalidTransition, NotFound, QueueUnavailable
 from shared.record import Notebook, parse_rfc3339
 from shared.settings import Settings
 from shared.status import Status
 from shared.store import Store
+from worker.activity import last_activity
 from worker.engine import Engine, NotebookSpec
 from worker.spawner import Spawner
 
@@ -40,11 +45,12 @@ class Report:
     failed: list[str] = field(default_factory=list)
     removed_orphans: list[str] = field(default_factory=list)
     finished_kills: list[str] = field(default_factory=list)
+    culled: list[str] = field(default_factory=list)
+    purged: list[str] = field(default_factory=list)
     skipped: bool = False
 
     def as_dict(self) -> dict[str, object]:
-        return {"failed": self.failed, "removed_orphans": self.removed_orphans,
-                "finished_kills": self.finished_kills, "skipped": self.skipped}
+        return asdict(self)
 
 
 class Reconciler:
@@ -55,12 +61,18 @@ class Reconciler:
         spawner: Spawner,
         settings: Settings,
         clock: Callable[[], float] = time.time,
+        send_kill: Callable[[str], None] | None = None,
+        activity: Callable[[str], float | None] = last_activity,
     ) -> None:
         self.store = store
         self.engine = engine
         self.spawner = spawner
         self.settings = settings
         self.clock = clock
+        # Culled notebooks are killed by kill tasks (spread over the workers); without a
+        # queue the kill runs here, in the pass.
+        self.send_kill = send_kill or (lambda hostname: self.spawner.kill(hostname) and None)
+        self.activity = activity
 
     def run(self, lock: bool = True) -> Report:
         report = Report()
@@ -95,6 +107,11 @@ class Reconciler:
             except (EngineError, EngineUnavailable) as exc:
                 log.warning("%s: reconcile step failed, will retry next pass: %s", hostname, exc)
 
+        self._cull(report, [r for r in live.values() if r.status in (Status.PENDING, Status.STARTING, Status.ACTIVE)],
+                   now)
+        if self.settings.record_retention:
+            report.purged = self.store.purge_ended(now - self.settings.record_retention)
+
         for hostname, obj in objects.items():
             if hostname in live or now - obj.created < self.settings.orphan_grace:
                 continue
@@ -107,9 +124,38 @@ class Reconciler:
                 continue
             log.warning("%s: removed orphaned notebook object %s (no live record)", hostname, spec.name)
             report.removed_orphans.append(hostname)
-        if report.failed or report.removed_orphans or report.finished_kills:
+        if any((report.failed, report.removed_orphans, report.finished_kills, report.culled, report.purged)):
             log.info("reconcile: %s", report.as_dict())
         return report
+
+    def _cull(self, report: Report, records: list[Notebook], now: float) -> None:
+        """Kill notebooks past their lifetime, and ACTIVE ones idle longer than IDLE_TIMEOUT."""
+        reasons: dict[str, str] = {}
+        for record in records:
+            if record.expires_at and parse_rfc3339(record.expires_at) <= now:
+                reasons[record.hostname] = "expired: reached the end of its lifetime"
+        idle = self.settings.idle_timeout
+        candidates = [r for r in records if idle and r.status == Status.ACTIVE and r.address
+                      and r.hostname not in reasons]
+        if candidates:
+            # Ask the servers side by side: one slow notebook must not hold up the pass.
+            with ThreadPoolExecutor(max_workers=min(16, len(candidates))) as pool:
+                seen = list(pool.map(lambda r: self.activity(r.address), candidates))
+            for record, last in zip(candidates, seen, strict=True):
+                if last is not None and now - last > idle:
+                    reasons[record.hostname] = f"culled: idle for more than {idle:g}s"
+        for hostname, reason in reasons.items():
+            try:
+                self.store.transition(hostname, Status.DELETING, error=reason)
+            except (InvalidTransition, NotFound):
+                continue  # it moved on by itself meanwhile
+            log.info("%s: %s", hostname, reason)
+            report.culled.append(hostname)
+            try:
+                self.send_kill(hostname)
+            except (EngineError, EngineUnavailable, QueueUnavailable) as exc:
+                # The record is DELETING: a later pass finishes the kill.
+                log.warning("%s: kill after culling failed for now: %s", hostname, exc)
 
     def _fail(self, report: Report, spec: NotebookSpec, reason: str, current: Status) -> None:
         if self.spawner.fail(spec, reason, allowed=frozenset({current})) == Status.FAILED:

@@ -10,7 +10,7 @@ import functools
 import logging
 
 from shared.errors import EngineUnavailable, StoreUnavailable
-from shared.queue import KILL_TASK, RECONCILE_TASK, SPAWN_TASK
+from shared.queue import KILL_TASK, RECONCILE_TASK, SPAWN_TASK, Queue
 from shared.store import Store, connect
 from worker.celery_app import app, settings
 from worker.containers import ContainerEngine
@@ -62,4 +62,4 @@ def kill(hostname: str) -> str | None:
 @app.task(name=RECONCILE_TASK, acks_late=False, ignore_result=True)
 def reconcile() -> dict[str, object]:
     sp = spawner()
-    return Reconciler(store(), sp.engine, sp, settings).run().as_dict()
+    return Reconciler(store(), sp.engine, sp, settings, send_kill=Queue(app).kill).run().as_dict()
