@@ -19,11 +19,14 @@ from shared.errors import (
     QueueUnavailable,
     StoreUnavailable,
     SwarmManagerError,
+    UnsupportedMediaType,
 )
 
 log = logging.getLogger(__name__)
 
+# First match wins: subclasses before their bases.
 STATUS_FOR: dict[type[SwarmManagerError], int] = {
+    UnsupportedMediaType: 415,
     InvalidInput: 400,
     NotFound: 404,
     InvalidTransition: 409,

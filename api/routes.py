@@ -8,7 +8,14 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, request, url_for
 from flask.typing import ResponseReturnValue
 
-from shared.errors import InvalidInput, InvalidTransition, NotFound, QueueUnavailable, StoreUnavailable
+from shared.errors import (
+    InvalidInput,
+    InvalidTransition,
+    NotFound,
+    QueueUnavailable,
+    StoreUnavailable,
+    UnsupportedMediaType,
+)
 from shared.queue import Queue
 from shared.record import Notebook, rfc3339
 from shared.settings import Settings
@@ -54,13 +61,6 @@ def spawn_input() -> dict[str, Any]:
     raise UnsupportedMediaType()
 
 
-class UnsupportedMediaType(InvalidInput):
-    code = "unsupported_media_type"
-
-    def __init__(self) -> None:
-        super().__init__("send image and user as a form (application/x-www-form-urlencoded) or as JSON")
-
-
 def checked_hostname(hostname: str) -> str:
     # Anything that is not a well-formed hostname cannot name a record: the same 404 as an
     # unknown one, and no Redis lookup with attacker-chosen key material.
@@ -73,7 +73,7 @@ def int_arg(name: str, default: int | None, lo: int, hi: int) -> int | None:
     raw = request.args.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or not lo <= int(raw) <= hi:
+    if not (raw.isascii() and raw.isdigit()) or not lo <= int(raw) <= hi:
         raise InvalidInput(f"{name} must be a whole number from {lo} to {hi}")
     return int(raw)
 
@@ -179,5 +179,5 @@ def healthz() -> ResponseReturnValue:
     try:
         store().ping()
     except StoreUnavailable as exc:
-        return {"status": "unavailable", "redis": str(exc)}, 503
+        return {"status": "unavailable", "redis": str(exc), "error": str(exc), "code": exc.code}, 503
     return {"status": "ok", "redis": "ok"}

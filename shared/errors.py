@@ -24,6 +24,15 @@ class InvalidInput(SwarmManagerError):
     code = "invalid_input"
 
 
+class UnsupportedMediaType(InvalidInput):
+    """The request body is neither a form nor JSON (HTTP 415)."""
+
+    code = "unsupported_media_type"
+
+    def __init__(self, message: str = "send image and user as a form (application/x-www-form-urlencoded) or as JSON"):
+        super().__init__(message)
+
+
 class NotFound(SwarmManagerError):
     code = "not_found"
 

@@ -193,6 +193,8 @@ class Store:
         limit: int | None = None,
     ) -> list[Notebook]:
         """Records newest first, optionally filtered; one index read plus one pipelined fetch."""
+        if limit is not None and limit <= 0:
+            return []
         if user:
             index, post_filter = self._idx("user", user), status
         elif status:

@@ -49,7 +49,7 @@ def validate_image(value: object) -> str:
     image = _text("image", value)
     if len(image) > NAME_TOTAL_LENGTH_MAX + 200:
         raise InvalidInput("image reference is too long")
-    match = IMAGE_RE.match(image)
+    match = IMAGE_RE.fullmatch(image)
     if not match:
         raise InvalidInput(f"image is not a valid Docker image reference: {image[:80]!r}")
     if match.group("name") != match.group("name").lower():
@@ -63,7 +63,7 @@ def validate_image(value: object) -> str:
 
 def validate_user(value: object) -> str:
     user = _text("user", value)
-    if not USER_RE.match(user):
+    if not USER_RE.fullmatch(user):
         raise InvalidInput(
             "user must be 1-64 characters of letters, digits and . _ @ + -, starting with a letter or digit"
         )
@@ -71,4 +71,4 @@ def validate_user(value: object) -> str:
 
 
 def is_hostname(value: str) -> bool:
-    return bool(HOSTNAME_RE.match(value))
+    return bool(HOSTNAME_RE.fullmatch(value))

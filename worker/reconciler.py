@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from shared.errors import EngineError, EngineUnavailable, InvalidTransition, NotFound, QueueUnavailable
+from shared.queue import Queue
 from shared.record import Notebook, parse_rfc3339
 from shared.settings import Settings
 from shared.status import Status
@@ -46,6 +47,7 @@ class Report:
     removed_orphans: list[str] = field(default_factory=list)
     finished_kills: list[str] = field(default_factory=list)
     culled: list[str] = field(default_factory=list)
+    resent: list[str] = field(default_factory=list)
     purged: list[str] = field(default_factory=list)
     skipped: bool = False
 
@@ -61,7 +63,7 @@ class Reconciler:
         spawner: Spawner,
         settings: Settings,
         clock: Callable[[], float] = time.time,
-        send_kill: Callable[[str], None] | None = None,
+        queue: Queue | None = None,
         activity: Callable[[str], float | None] = last_activity,
     ) -> None:
         self.store = store
@@ -70,8 +72,8 @@ class Reconciler:
         self.settings = settings
         self.clock = clock
         # Culled notebooks are killed by kill tasks (spread over the workers); without a
-        # queue the kill runs here, in the pass.
-        self.send_kill = send_kill or (lambda hostname: self.spawner.kill(hostname) and None)
+        # queue the kill runs here, in the pass, and lost spawns are not sent again.
+        self.queue = queue
         self.activity = activity
 
     def run(self, lock: bool = True) -> Report:
@@ -101,6 +103,8 @@ class Reconciler:
                     if now > self._deadline(record) + DEADLINE_MARGIN:
                         self._fail(report, spec, f"did not become ready in time (still {record.status} past its "
                                    "deadline; its worker may have stopped)", record.status)
+                    elif record.status == Status.PENDING and self._lost(record, now):
+                        self._resend(report, hostname)
                 elif record.status == Status.DELETING and now - parse_rfc3339(record.updated_at) > self._kill_wait():
                     if self.spawner.kill(hostname) == Status.REMOVED:
                         report.finished_kills.append(hostname)
@@ -124,7 +128,8 @@ class Reconciler:
                 continue
             log.warning("%s: removed orphaned notebook object %s (no live record)", hostname, spec.name)
             report.removed_orphans.append(hostname)
-        if any((report.failed, report.removed_orphans, report.finished_kills, report.culled, report.purged)):
+        if any((report.failed, report.removed_orphans, report.finished_kills, report.culled, report.purged,
+                report.resent)):
             log.info("reconcile: %s", report.as_dict())
         return report
 
@@ -152,10 +157,39 @@ class Reconciler:
             log.info("%s: %s", hostname, reason)
             report.culled.append(hostname)
             try:
-                self.send_kill(hostname)
+                if self.queue:
+                    self.queue.kill(hostname)
+                else:
+                    self.spawner.kill(hostname)
             except (EngineError, EngineUnavailable, QueueUnavailable) as exc:
                 # The record is DELETING: a later pass finishes the kill.
                 log.warning("%s: kill after culling failed for now: %s", hostname, exc)
+
+    def _lost(self, record: Notebook, now: float) -> bool:
+        """A PENDING spawn whose task should have started by now, not yet sent again.
+
+        Its message may be held, unacknowledged, by a worker that died; the broker would only
+        hand it out again after the visibility timeout, so the reconciler sends it once more
+        (spawns are idempotent: a duplicate finds the record moved on and does nothing).
+        """
+        if self.queue is None or self.store.internal(record.hostname, "resent"):
+            return False
+        raw = self.store.internal(record.hostname, "queue_deadline")
+        try:
+            return bool(raw) and now > float(raw or 0)
+        except ValueError:
+            return False
+
+    def _resend(self, report: Report, hostname: str) -> None:
+        assert self.queue is not None
+        try:
+            self.store.transition(hostname, None, allowed={Status.PENDING}, internal={"resent": "1"})
+            self.queue.spawn(hostname)
+        except (InvalidTransition, NotFound, QueueUnavailable) as exc:
+            log.info("%s: not sent again: %s", hostname, exc)
+            return
+        log.warning("%s: spawn still PENDING past its deadline; sent again", hostname)
+        report.resent.append(hostname)
 
     def _fail(self, report: Report, spec: NotebookSpec, reason: str, current: Status) -> None:
         if self.spawner.fail(spec, reason, allowed=frozenset({current})) == Status.FAILED:

@@ -62,4 +62,4 @@ def kill(hostname: str) -> str | None:
 @app.task(name=RECONCILE_TASK, acks_late=False, ignore_result=True)
 def reconcile() -> dict[str, object]:
     sp = spawner()
-    return Reconciler(store(), sp.engine, sp, settings, send_kill=Queue(app).kill).run().as_dict()
+    return Reconciler(store(), sp.engine, sp, settings, queue=Queue(app)).run().as_dict()

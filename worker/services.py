@@ -1,0 +1,377 @@
+"""The Swarm services backend: one single-replica service per notebook, on a Swarm manager.
+
+What goes on the service (and why):
+
+- name ``<INSTANCE>-<hostname>`` (``NotebookSpec.name``), so a redelivered spawn finds it;
+- one replica and restart condition ``none``: a notebook that exits stays exited and the
+  record says why, instead of the Swarm restarting it in a loop behind the record's back;
+- the notebook's labels on the service (where Swarm-aware proxies read them) and on its
+  container spec (so ``docker ps`` on any node shows whose container it is);
+- the notebook port published in host mode without a fixed port: the node's engine picks a
+  free port, and ``http://<node address>:<that port>`` reaches the notebook directly. The
+  ingress routing mesh and service VIPs need IPVS on every node and add a hop a single
+  replica does not need, so they are not used;
+- memory and CPU limits and placement constraints from the spec, when it has them.
+
+The task's state is the notebook's state. The Swarm reports what it cannot do in the task
+(``rejected`` with the engine's error, ``pending`` with "no suitable node"), and ``start``
+turns that into an :class:`EngineError` carrying the Swarm's own words within seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import docker
+import docker.errors
+import requests
+from docker.types import (
+    ContainerSpec,
+    EndpointSpec,
+    Placement as SwarmPlacement,
+    Resources,
+    RestartPolicy,
+    ServiceMode,
+    TaskTemplate,
+)
+
+from shared.errors import EngineError
+from shared.settings import Settings
+from worker.engine import (
+    LABEL_HOSTNAME,
+    LABEL_INSTANCE,
+    EngineObject,
+    EngineState,
+    NotebookSpec,
+    Placement,
+    classify,
+    probe_host,
+)
+
+log = logging.getLogger(__name__)
+
+#: Task states on the way to ``running`` (swarmkit's TaskState order).
+STARTING_STATES = frozenset({"new", "allocated", "pending", "assigned", "accepted", "preparing", "ready", "starting"})
+
+#: How long a task may stay pending with "no suitable node" before start gives up. The
+#: scheduler retries at once when nodes change, so a few seconds covers a node that is just
+#: joining or being relabelled, while a constraint nothing satisfies fails fast.
+NO_NODE_GRACE = 3.0
+
+#: Seconds between task polls while a service starts.
+POLL_INTERVAL = 0.15
+
+#: Node addresses that mean "this machine" (a manager may report its listen address).
+LOCAL_ADDRESSES = frozenset({"", "0.0.0.0", "127.0.0.1", "::", "::1"})
+
+
+class ServiceEngine:
+    """Notebooks as Swarm services; talks to a manager.
+
+    Takes a Docker client, or a function that makes one on first use (see
+    :class:`worker.containers.ContainerEngine` for why).
+    """
+
+    def __init__(
+        self,
+        client: docker.DockerClient | Callable[[], docker.DockerClient],
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._client = client if isinstance(client, docker.DockerClient) else None
+        self._factory = None if isinstance(client, docker.DockerClient) else client
+        self._lock = threading.Lock()
+        self.settings = settings
+        self.clock = clock
+        self.sleep = sleep
+        self._probe_host = probe_host(settings)
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            with self._lock:
+                if self._client is None and self._factory is not None:
+                    self._client = self._factory()
+        assert self._client is not None
+        return self._client
+
+    @property
+    def api(self) -> docker.APIClient:
+        return self.client.api
+
+    # -- Engine interface ------------------------------------------------------
+    def start(self, spec: NotebookSpec) -> Placement:
+        """Create the service unless it exists, wait until its task runs, say where it is.
+
+        Waits at most START_TIMEOUT. Raises EngineError as soon as the Swarm shows it cannot
+        run the task (rejected, failed, no suitable node), with the Swarm's own error text.
+        """
+        service = self._inspect(spec) or self._create(spec)
+        service_id = str(service["ID"])
+        deadline = self.clock() + self.settings.start_timeout
+        unplaceable_since: float | None = None
+        last = "no task yet"
+        while True:
+            task = self._latest_task(service_id)
+            now = self.clock()
+            if task is None:
+                # No task yet, or the service is gone: a kill removed it while we waited.
+                if self._inspect(spec) is None:
+                    raise EngineError(f"the service {spec.name} was removed while it was starting")
+            else:
+                status: dict[str, Any] = task.get("Status") or {}
+                state = str(status.get("State", ""))
+                err = str(status.get("Err") or "")
+                last = f"{state}: {err or status.get('Message', '')}"
+                if state == "running" and task.get("DesiredState") == "running":
+                    return self._placement(spec, service_id, task)
+                if state == "pending" and "no suitable node" in err:
+                    unplaceable_since = unplaceable_since if unplaceable_since is not None else now
+                    if now - unplaceable_since >= NO_NODE_GRACE:
+                        raise EngineError(f"the swarm cannot place the notebook: {err}")
+                else:
+                    unplaceable_since = None
+                if state == "rejected":
+                    raise EngineError(f"the swarm rejected the notebook's task: {err or status.get('Message', '')}")
+                if state not in STARTING_STATES and state != "running":
+                    reason = self._describe(task).reason
+                    raise EngineError(f"the container {reason} before answering" + self._tail_for(spec, task))
+            if now >= deadline:
+                raise EngineError(f"the swarm did not start the notebook's task within "
+                                  f"{self.settings.start_timeout:g}s (last task state {last})")
+            self.sleep(POLL_INTERVAL)
+
+    def state(self, spec: NotebookSpec) -> EngineState | None:
+        """From the service's latest task; a task on a node that is down is not running."""
+        if self._inspect(spec) is None:
+            return None
+        task = self._latest_task(spec.name)
+        if task is None:
+            return EngineState(running=False, reason="has no task (the swarm has not scheduled it)")
+        return self._describe(task)
+
+    def inventory(self) -> dict[str, EngineObject]:
+        """Every service labelled with this instance: one list call each for services, tasks and nodes.
+
+        A service's own ``ServiceStatus.RunningTasks`` still counts a task whose node went
+        down, so "running" is judged from the tasks and nodes instead.
+        """
+        label = f"{LABEL_INSTANCE}={self.settings.instance}"
+        with _engine_call("listing notebook services"):
+            services: list[dict[str, Any]] = self.api.services(filters={"label": label})
+            if not services:
+                return {}
+            tasks: list[dict[str, Any]] = self.api.tasks(filters={"label": label})
+            down = {n["ID"] for n in self.api.nodes() if (n.get("Status") or {}).get("State") == "down"}
+        latest: dict[str, dict[str, Any]] = {}
+        for task in tasks:
+            sid = str(task.get("ServiceID", ""))
+            if sid not in latest or _task_order(task) > _task_order(latest[sid]):
+                latest[sid] = task
+        out = {}
+        for service in services:
+            hostname = (service.get("Spec", {}).get("Labels") or {}).get(LABEL_HOSTNAME, "")
+            if not hostname:
+                continue
+            task = latest.get(str(service["ID"]))
+            running = bool(
+                task
+                and (task.get("Status") or {}).get("State") == "running"
+                and task.get("DesiredState") == "running"
+                and task.get("NodeID") not in down
+            )
+            out[hostname] = EngineObject(hostname=hostname, running=running,
+                                         created=_epoch(str(service.get("CreatedAt", ""))))
+        return out
+
+    def remove(self, spec: NotebookSpec) -> None:
+        """Remove the service; the Swarm stops its task with the service's stop grace period."""
+        try:
+            self.api.remove_service(spec.name)
+        except docker.errors.NotFound:
+            return  # never created, or removed by someone else: the goal is reached
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise classify(exc, f"removing {spec.name}") from exc
+        log.info("%s: service %s removed", spec.hostname, spec.name)
+
+    def logs_tail(self, spec: NotebookSpec, lines: int = 20) -> str:
+        try:
+            task = self._latest_task(spec.name)
+        except EngineError:
+            return ""
+        return self._logs(spec, task, lines) if task else ""
+
+    # -- helpers ---------------------------------------------------------------
+    def _inspect(self, spec: NotebookSpec) -> dict[str, Any] | None:
+        try:
+            service: dict[str, Any] = self.api.inspect_service(spec.name)
+        except docker.errors.NotFound:
+            return None
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise classify(exc, f"looking up {spec.name}") from exc
+        # The name filter of the engine matches prefixes; inspect by name is exact, but a
+        # service whose ID starts with our name would match too. Check.
+        if (service.get("Spec") or {}).get("Name") != spec.name:
+            return None
+        return service
+
+    def _create(self, spec: NotebookSpec) -> dict[str, Any]:
+        container = ContainerSpec(
+            spec.image,
+            args=spec.command or None,  # a service's "command" is the entrypoint; args is CMD
+            env=spec.environment or None,
+            hostname=spec.hostname,
+            labels=spec.labels,
+            stop_grace_period=int(self.settings.kill_grace * 1_000_000_000),
+        )
+        resources = None
+        if spec.mem_limit or spec.cpu_limit:
+            resources = Resources(
+                mem_limit=spec.mem_limit or None,
+                cpu_limit=int(spec.cpu_limit * 1_000_000_000) if spec.cpu_limit else None,
+            )
+        template = TaskTemplate(
+            container_spec=container,
+            resources=resources,
+            restart_policy=RestartPolicy(condition="none"),
+            placement=SwarmPlacement(constraints=list(spec.constraints)) if spec.constraints else None,
+            networks=[self.settings.notebook_network] if self.settings.notebook_network else None,
+        )
+        endpoint = None
+        if self.settings.publish_ip:
+            # Host mode, no PublishedPort: the node's engine picks a free port.
+            endpoint = EndpointSpec(ports=[{"Protocol": "tcp", "TargetPort": spec.port, "PublishMode": "host"}])
+        try:
+            created: dict[str, Any] = self.api.create_service(
+                template,
+                name=spec.name,
+                labels=spec.labels,
+                mode=ServiceMode("replicated", replicas=1),
+                endpoint_spec=endpoint,
+            )
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:
+                # Created by an earlier attempt of this spawn (redelivery): use that one.
+                found = self._inspect(spec)
+                if found is not None:
+                    return found
+            raise classify(exc, f"creating service {spec.name}") from exc
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise classify(exc, f"creating service {spec.name}") from exc
+        log.info("%s: service %s created", spec.hostname, spec.name)
+        return created
+
+    def _latest_task(self, service: str) -> dict[str, Any] | None:
+        with _engine_call(f"listing the tasks of {service}"):
+            tasks: list[dict[str, Any]] = self.api.tasks(filters={"service": service})
+        return max(tasks, key=_task_order) if tasks else None
+
+    def _node(self, node_id: str) -> dict[str, Any]:
+        with _engine_call(f"inspecting node {node_id}"):
+            node: dict[str, Any] = self.api.inspect_node(node_id)
+        return node
+
+    def _placement(self, spec: NotebookSpec, service_id: str, task: dict[str, Any]) -> Placement:
+        node = self._node(str(task.get("NodeID", "")))
+        node_name = str((node.get("Description") or {}).get("Hostname", ""))
+        if not self.settings.publish_ip:
+            return Placement(object_id=service_id, address=self._network_address(spec, task), node=node_name)
+        ports = ((task.get("Status") or {}).get("PortStatus") or {}).get("Ports") or []
+        published = next((p.get("PublishedPort") for p in ports
+                          if p.get("TargetPort") == spec.port and p.get("PublishedPort")), None)
+        if not published:
+            raise EngineError(f"{spec.name}: the swarm published no host port for {spec.port}/tcp")
+        addr = str((node.get("Status") or {}).get("Addr", ""))
+        host = self._probe_host if addr in LOCAL_ADDRESSES else addr
+        return Placement(object_id=service_id, address=f"http://{host}:{published}", node=node_name)
+
+    def _network_address(self, spec: NotebookSpec, task: dict[str, Any]) -> str:
+        """Nothing published: the task's address on NOTEBOOK_NETWORK (an attachable overlay)."""
+        wanted = self.settings.notebook_network
+        for attachment in task.get("NetworksAttachments") or []:
+            network = attachment.get("Network") or {}
+            if wanted in (network.get("ID"), (network.get("Spec") or {}).get("Name")):
+                for cidr in attachment.get("Addresses") or []:
+                    return f"http://{str(cidr).split('/')[0]}:{spec.port}"
+        raise EngineError(f"{spec.name}: the task has no address on network {wanted!r}")
+
+    def _describe(self, task: dict[str, Any]) -> EngineState:
+        """The task's state, worded to follow "the container ..."."""
+        status: dict[str, Any] = task.get("Status") or {}
+        state = str(status.get("State", ""))
+        err = str(status.get("Err") or "")
+        if state == "running":
+            node = self._node(str(task.get("NodeID", "")))
+            node_status = node.get("Status") or {}
+            if node_status.get("State") == "down":
+                name = (node.get("Description") or {}).get("Hostname") or task.get("NodeID")
+                why = node_status.get("Message") or "no heartbeat"
+                return EngineState(running=False, reason=f"was lost: its node {name} is down ({why})")
+            if task.get("DesiredState") != "running":
+                return EngineState(running=False, reason=f"is being shut down by the swarm "
+                                   f"(desired state {task.get('DesiredState')})")
+            return EngineState(running=True)
+        if state == "orphaned":
+            return EngineState(running=False, reason=f"was lost: its node {self._node_name(task)} is down "
+                               "(task orphaned)")
+        if state in ("failed", "complete"):
+            code = ((status.get("ContainerStatus") or {}).get("ExitCode")) or 0
+            return EngineState(running=False, reason=f"exited with code {code}" + (f" ({err})" if err else ""))
+        if state == "rejected":
+            return EngineState(running=False, reason=f"was rejected by the swarm ({err})")
+        if state in ("shutdown", "remove"):
+            return EngineState(running=False, reason="was shut down by the swarm" + (f" ({err})" if err else ""))
+        return EngineState(running=False, reason=f"is not running yet (task {state}" + (f": {err})" if err else ")"))
+
+    def _node_name(self, task: dict[str, Any]) -> str:
+        try:
+            node = self._node(str(task.get("NodeID", "")))
+        except EngineError:
+            return str(task.get("NodeID", ""))
+        return str((node.get("Description") or {}).get("Hostname") or task.get("NodeID", ""))
+
+    def _tail_for(self, spec: NotebookSpec, task: dict[str, Any]) -> str:
+        tail = self._logs(spec, task, 5)
+        return f"; last output: {tail[-400:]}" if tail else ""
+
+    def _logs(self, spec: NotebookSpec, task: dict[str, Any], lines: int) -> str:
+        """The service's last output; empty if its task never had a container or its node is down."""
+        if not ((task.get("Status") or {}).get("ContainerStatus") or {}).get("ContainerID"):
+            return ""
+        try:
+            node = self._node(str(task.get("NodeID", "")))
+            if (node.get("Status") or {}).get("State") == "down":
+                return ""  # the manager would wait for logs a down node cannot send
+            raw = b"".join(self.api.service_logs(spec.name, stdout=True, stderr=True, tail=lines, is_tty=False))
+        except (EngineError, docker.errors.DockerException, requests.exceptions.RequestException):
+            return ""
+        return raw.decode("utf-8", "replace").strip()
+
+
+@contextmanager
+def _engine_call(doing: str) -> Iterator[None]:
+    try:
+        yield
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        raise classify(exc, doing) from exc
+
+
+def _task_order(task: dict[str, Any]) -> tuple[str, int]:
+    return str(task.get("CreatedAt", "")), int((task.get("Version") or {}).get("Index", 0))
+
+
+def _epoch(value: str) -> float:
+    """Epoch seconds of an engine timestamp (nanosecond precision, trailing Z); 0.0 if unparsable."""
+    try:
+        head, _, frac = value.rstrip("Z").partition(".")
+        return datetime.fromisoformat(f"{head}.{(frac or '0')[:6]:0<6}+00:00").timestamp()
+    except ValueError:
+        return 0.0
