@@ -116,13 +116,16 @@ class WorkerProcess:
         self.extra_args = extra_args or []
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def command(self) -> list[str]:
+        return [str(VENV_BIN / "celery"), "-A", "worker.celery_app", "worker", "--loglevel", "INFO",
+                "--hostname", f"{self.name}-{secrets.token_hex(3)}@%h", "--without-mingle", "--without-gossip",
+                *self.extra_args]
+
     def start(self, wait: bool = True) -> None:
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         self._log = self.logfile.open("ab")
         self.proc = subprocess.Popen(
-            [str(VENV_BIN / "celery"), "-A", "worker.celery_app", "worker", "--loglevel", "INFO",
-             "--hostname", f"{self.name}-{secrets.token_hex(3)}@%h", "--without-mingle", "--without-gossip",
-             *self.extra_args],
+            self.command(),
             cwd=ROOT,
             env=env,
             stdout=self._log,
@@ -132,10 +135,12 @@ class WorkerProcess:
         if wait:
             wait_for(self._ready, 60, f"celery worker {self.name} to be ready (log: {self.logfile})", 0.2)
 
+    ready_text = " ready."
+
     def _ready(self) -> bool:
         if self.proc is None or self.proc.poll() is not None:
-            raise AssertionError(f"worker exited early:\n{self.log_tail()}")
-        return " ready." in self.logfile.read_text(errors="replace")
+            raise AssertionError(f"{self.name} exited early:\n{self.log_tail()}")
+        return self.ready_text in self.logfile.read_text(errors="replace")
 
     def log_tail(self, lines: int = 60) -> str:
         try:
@@ -160,6 +165,16 @@ class WorkerProcess:
         self.proc = None
         if getattr(self, "_log", None):
             self._log.close()
+
+
+class BeatProcess(WorkerProcess):
+    """A real ``celery beat`` process (sends the periodic reconcile task)."""
+
+    ready_text = "beat: Starting"
+
+    def command(self) -> list[str]:
+        return [str(VENV_BIN / "celery"), "-A", "worker.celery_app", "beat", "--loglevel", "INFO",
+                "--schedule", str(self.logfile.with_suffix(".schedule"))]
 
 
 # -- Images ------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """The engine boundary: what the spawner needs from Docker, the client factory, error mapping.
 
 One class per backend implements :class:`Engine` (``worker/containers.py`` for plain
-containers). The spawner only sees :class:`NotebookSpec`, :class:`Placement`,
-:class:`EngineState` and the two error classes from ``shared.errors``.
+containers, ``worker/services.py`` for Swarm services; ``worker/backends.py`` picks one).
+The spawner only sees :class:`NotebookSpec`, :class:`Placement`, :class:`EngineState` and
+the two error classes from ``shared.errors``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import os
 import ssl
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import docker
@@ -42,6 +43,10 @@ class NotebookSpec:
     instance: str
     command: list[str] | None = None
     environment: dict[str, str] = field(default_factory=dict)
+    # Per-image limits and placement (from an operator's profile); the defaults change nothing.
+    mem_limit: int | None = None  # bytes
+    cpu_limit: float | None = None  # cores, e.g. 0.5
+    constraints: list[str] = field(default_factory=list)  # Swarm placement, e.g. "node.labels.gpu==true"
 
     @property
     def name(self) -> str:
@@ -109,6 +114,29 @@ def _cert_path(settings: Settings) -> str:
     return settings.docker_cert_path or os.path.join(os.path.expanduser("~"), ".docker")
 
 
+class _EngineAPIClient(docker.APIClient):  # type: ignore[misc]
+    """docker-py's APIClient with ``trust_env`` always off, from the very first request.
+
+    ``requests.Session.__init__`` sets ``trust_env = True`` and docker-py's constructor then asks
+    the engine for its API version (``version="auto"``), so turning ``trust_env`` off after the
+    constructor is too late for that first request: with REQUESTS_CA_BUNDLE set it verifies the
+    engine against the system bundle and fails with CERTIFICATE_VERIFY_FAILED.
+    """
+
+    @property
+    def trust_env(self) -> bool:
+        return False
+
+    @trust_env.setter
+    def trust_env(self, value: bool) -> None:
+        pass  # requests.Session.__init__ sets it to True; ignore that
+
+
+class _EngineClient(docker.DockerClient):  # type: ignore[misc]
+    def __init__(self, **kwargs: Any) -> None:  # what docker.DockerClient.__init__ does, with our APIClient
+        self.api = _EngineAPIClient(**kwargs)
+
+
 def make_client(settings: Settings) -> docker.DockerClient:
     """A Docker client for DOCKER_HOST / DOCKER_TLS_VERIFY / DOCKER_CERT_PATH.
 
@@ -128,7 +156,7 @@ def make_client(settings: Settings) -> docker.DockerClient:
             verify=ca,
         )
     try:
-        client = docker.DockerClient(
+        client = _EngineClient(
             base_url=base_url,
             tls=tls,
             timeout=int(settings.engine_timeout),
@@ -137,7 +165,6 @@ def make_client(settings: Settings) -> docker.DockerClient:
         )
     except docker.errors.DockerException as exc:
         raise classify(exc, "connecting to the engine") from exc
-    client.api.trust_env = False
     return client
 
 
