@@ -6,18 +6,60 @@ imports the worker package or the Docker SDK.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
 from celery import Celery
 from kombu.exceptions import OperationalError
+from kombu.transport import redis as kombu_redis
 
 from shared.errors import QueueUnavailable
 from shared.settings import Settings
 
+log = logging.getLogger(__name__)
+
 SPAWN_TASK = "swarm_manager.spawn"
 KILL_TASK = "swarm_manager.kill"
 RECONCILE_TASK = "swarm_manager.reconcile"
+
+
+class RedisChannel(kombu_redis.Channel):  # type: ignore[misc]
+    """kombu's Redis channel, minus "restore unacknowledged messages when the channel closes".
+
+    Redis keeps every unacknowledged message in its own hash and hands it out again after
+    the visibility timeout, which is what makes a task survive a worker killed mid-task.
+    Restoring on close is extra, and harmful here: when the connection to Redis drops
+    (a Redis restart) kombu closes the channel, requeues the tasks that are still running
+    (so they run twice), and in kombu 5.7 then crashes the worker with
+    "'NoneType' object has no attribute 'hostname'" because the transport's client is
+    already gone. Without it, a Redis restart is a pause the worker rides out.
+    """
+
+    do_restore = False
+
+    # Acknowledging a task that was running when the connection dropped: the channel it came
+    # on is closed and has no connection, and kombu 5.7 crashes the worker trying to use it.
+    # Such a message stays in Redis's unacked hash and comes back after the visibility
+    # timeout; tasks are idempotent, so that second delivery finds its work done.
+    def basic_ack(self, delivery_tag: Any, multiple: bool = False) -> None:
+        if self._stale():
+            log.info("not acknowledging message %s on a channel closed by a lost connection", delivery_tag)
+            return
+        super().basic_ack(delivery_tag, multiple)
+
+    def basic_reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        if self._stale():
+            log.info("not rejecting message %s on a channel closed by a lost connection", delivery_tag)
+            return
+        super().basic_reject(delivery_tag, requeue)
+
+    def _stale(self) -> bool:
+        return bool(self.closed or self.connection is None or self.connection.client is None)
+
+
+class RedisTransport(kombu_redis.Transport):  # type: ignore[misc]
+    Channel = RedisChannel
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -30,6 +72,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     visibility = int(max(300, 3 * settings.start_timeout + 60))
     return {
         "broker_url": settings.redis_url,
+        "broker_transport": f"{__name__}:RedisTransport",
         "broker_transport_options": {
             "visibility_timeout": visibility,
             "global_keyprefix": settings.key_prefix,

@@ -138,6 +138,12 @@ class Settings:
                                       "Use TLS to the engine, verifying it against DOCKER_CERT_PATH/ca.pem.")
     docker_cert_path: str = setting("DOCKER_CERT_PATH", "", _text,
                                     "Folder with ca.pem, cert.pem, key.pem for the engine's mutual TLS.")
+    engine_backend: str = setting("ENGINE_BACKEND", "auto",
+                                  _match(re.compile(r"^(auto|containers|services)$"), "engine backend "
+                                         "(auto, containers or services)"),
+                                  "How notebooks run: services (Swarm services, on a Swarm manager), containers "
+                                  "(plain containers on one engine) or auto (services when the engine is an "
+                                  "active Swarm manager, else containers; asked once per worker process).")
     log_level: str = setting("LOG_LEVEL", "INFO", _match(re.compile(r"^(debug|info|warning|error)$"), "log level"),
                              "Log level of the API and workers.")
 

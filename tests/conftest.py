@@ -34,6 +34,9 @@ from tests.support import (
     wait_for,
 )
 
+# The second (mutual-TLS) engine in a network namespace, shared by the TLS and fault tests.
+pytest_plugins = ["tests.tls_engine"]
+
 # Engine settings from the developer's shell must not leak into workers the tests start.
 ENGINE_VARS = ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")
 

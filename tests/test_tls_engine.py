@@ -17,7 +17,7 @@ import requests
 from shared.errors import EngineError
 from shared.settings import Settings
 from shared.status import Status
-from tests.tls_engine import TlsEngine, tls_engine  # noqa: F401
+from tests.tls_engine import TlsEngine
 from worker.engine import make_client
 
 SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
@@ -42,7 +42,7 @@ def mine(engine: TlsEngine, stack: Any, hostname: str | None = None) -> list[Any
     return [c for c in found if hostname is None or c.labels.get("swarm-manager.hostname") == hostname]
 
 
-def test_spawn_and_kill_through_mutual_tls(tls_engine: TlsEngine, stack_factory: Any) -> None:  # noqa: F811
+def test_spawn_and_kill_through_mutual_tls(tls_engine: TlsEngine, stack_factory: Any) -> None:
     stack = stack_factory("tls", **tls_env(tls_engine, tls_engine.good_certs))
     hostname = stack.spawn(tls_engine.image, user="tlsuser")
     record = stack.wait(hostname, FINAL, timeout=60)
@@ -72,7 +72,7 @@ def test_spawn_and_kill_through_mutual_tls(tls_engine: TlsEngine, stack_factory:
     assert mine(tls_engine, stack, hostname) == []
 
 
-def test_engine_with_wrong_ca_fails_fast_with_tls_error(tls_engine: TlsEngine, stack_factory: Any) -> None:  # noqa: F811
+def test_engine_with_wrong_ca_fails_fast_with_tls_error(tls_engine: TlsEngine, stack_factory: Any) -> None:
     stack = stack_factory("tlsbadca", **tls_env(tls_engine, tls_engine.wrong_ca_certs, START_TIMEOUT=30))
     began = time.monotonic()
     hostname = stack.spawn(tls_engine.image, user="mallory")
@@ -86,7 +86,7 @@ def test_engine_with_wrong_ca_fails_fast_with_tls_error(tls_engine: TlsEngine, s
     assert mine(tls_engine, stack) == []
 
 
-def test_unreachable_engine_fails_after_deadline(tls_engine: TlsEngine, stack_factory: Any) -> None:  # noqa: F811
+def test_unreachable_engine_fails_after_deadline(tls_engine: TlsEngine, stack_factory: Any) -> None:
     stack = stack_factory(
         "tlsdown", **tls_env(tls_engine, tls_engine.good_certs, host=tls_engine.closed_host, START_TIMEOUT=4)
     )
@@ -104,7 +104,7 @@ def test_unreachable_engine_fails_after_deadline(tls_engine: TlsEngine, stack_fa
 
 @pytest.mark.parametrize("bundle_env", [True, False], ids=["with-REQUESTS_CA_BUNDLE", "clean-env"])
 def test_make_client_verifies_against_engine_ca(
-    tls_engine: TlsEngine,  # noqa: F811
+    tls_engine: TlsEngine,
     monkeypatch: pytest.MonkeyPatch,
     bundle_env: bool,
 ) -> None:
@@ -127,7 +127,7 @@ def test_make_client_verifies_against_engine_ca(
 
 @pytest.mark.parametrize("folder", ["wrong_ca_certs", "untrusted_client_certs"])
 def test_make_client_rejects_wrong_certificates(
-    tls_engine: TlsEngine,  # noqa: F811
+    tls_engine: TlsEngine,
     monkeypatch: pytest.MonkeyPatch,
     folder: str,
 ) -> None:

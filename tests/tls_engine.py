@@ -64,6 +64,20 @@ class TlsEngine:
     untrusted_client_certs: Path  # the engine's CA, but a client cert signed by the unrelated CA
     client: docker.DockerClient  # plain client on the namespace engine's unix socket
     image: str  # the test image, loaded into the namespace engine
+    certs: dict[str, Path]  # everything make_certificates made (the server's too, for restarts)
+
+    def stop_engine(self) -> None:
+        """Stop the namespace dockerd (an engine outage); its containers stop with it."""
+        pid = int((self.base / "pid").read_text().strip())
+        _signal([pid], signal.SIGTERM)
+        left = _wait_gone([pid], 30)
+        _signal(left, signal.SIGKILL)
+        _wait_gone(left, 10)
+
+    def start_engine(self) -> None:
+        """Start it again on the same data root, address and certificates."""
+        proc = _start_dockerd(self.name, self.base, self.engine_ip, self.certs)
+        self.client = _wait_engine(proc, self.base, self.engine_ip)
 
     @property
     def socket_url(self) -> str:
@@ -516,6 +530,7 @@ def tls_engine(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory)
             untrusted_client_certs=certs["untrusted_client"],
             client=client,
             image=ref,
+            certs=certs,
         )
     finally:
         try:

@@ -145,6 +145,11 @@ class ContainerEngine:
             kwargs["network"] = self.settings.notebook_network
         if spec.command:
             kwargs["command"] = spec.command
+        if spec.mem_limit:
+            kwargs["mem_limit"] = spec.mem_limit
+        if spec.cpu_limit:
+            kwargs["nano_cpus"] = int(spec.cpu_limit * 1_000_000_000)
+        # spec.constraints are Swarm placement rules: one engine has nowhere else to place it.
         try:
             return self.client.containers.create(spec.image, **kwargs)
         except docker.errors.ImageNotFound as exc:

@@ -34,14 +34,16 @@ import requests
 from docker.types import (
     ContainerSpec,
     EndpointSpec,
-    Placement as SwarmPlacement,
     Resources,
     RestartPolicy,
     ServiceMode,
     TaskTemplate,
 )
+from docker.types import (
+    Placement as SwarmPlacement,
+)
 
-from shared.errors import EngineError
+from shared.errors import EngineError, EngineUnavailable
 from shared.settings import Settings
 from worker.engine import (
     LABEL_HOSTNAME,
@@ -141,19 +143,22 @@ class ServiceEngine:
                     unplaceable_since = None
                 if state == "rejected":
                     raise EngineError(f"the swarm rejected the notebook's task: {err or status.get('Message', '')}")
-                if state not in STARTING_STATES and state != "running":
+                if state not in STARTING_STATES:  # ended, or running but being stopped (node down, removal)
                     reason = self._describe(task).reason
                     raise EngineError(f"the container {reason} before answering" + self._tail_for(spec, task))
             if now >= deadline:
-                raise EngineError(f"the swarm did not start the notebook's task within "
-                                  f"{self.settings.start_timeout:g}s (last task state {last})")
+                raise EngineError(
+                    f"the swarm did not start the notebook's task within "
+                    f"{self.settings.start_timeout:g}s (last task state {last})"
+                )
             self.sleep(POLL_INTERVAL)
 
     def state(self, spec: NotebookSpec) -> EngineState | None:
         """From the service's latest task; a task on a node that is down is not running."""
-        if self._inspect(spec) is None:
+        service = self._inspect(spec)
+        if service is None:
             return None
-        task = self._latest_task(spec.name)
+        task = self._latest_task(str(service["ID"]))
         if task is None:
             return EngineState(running=False, reason="has no task (the swarm has not scheduled it)")
         return self._describe(task)
@@ -181,15 +186,16 @@ class ServiceEngine:
             hostname = (service.get("Spec", {}).get("Labels") or {}).get(LABEL_HOSTNAME, "")
             if not hostname:
                 continue
-            task = latest.get(str(service["ID"]))
+            newest = latest.get(str(service["ID"]))
             running = bool(
-                task
-                and (task.get("Status") or {}).get("State") == "running"
-                and task.get("DesiredState") == "running"
-                and task.get("NodeID") not in down
+                newest
+                and (newest.get("Status") or {}).get("State") == "running"
+                and newest.get("DesiredState") == "running"
+                and newest.get("NodeID") not in down
             )
-            out[hostname] = EngineObject(hostname=hostname, running=running,
-                                         created=_epoch(str(service.get("CreatedAt", ""))))
+            out[hostname] = EngineObject(
+                hostname=hostname, running=running, created=_epoch(str(service.get("CreatedAt", "")))
+            )
         return out
 
     def remove(self, spec: NotebookSpec) -> None:
@@ -199,13 +205,14 @@ class ServiceEngine:
         except docker.errors.NotFound:
             return  # never created, or removed by someone else: the goal is reached
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise classify(exc, f"removing {spec.name}") from exc
+            raise _classify(exc, f"removing {spec.name}") from exc
         log.info("%s: service %s removed", spec.hostname, spec.name)
 
     def logs_tail(self, spec: NotebookSpec, lines: int = 20) -> str:
         try:
-            task = self._latest_task(spec.name)
-        except EngineError:
+            service = self._inspect(spec)
+            task = self._latest_task(str(service["ID"])) if service else None
+        except (EngineError, EngineUnavailable):
             return ""
         return self._logs(spec, task, lines) if task else ""
 
@@ -216,9 +223,8 @@ class ServiceEngine:
         except docker.errors.NotFound:
             return None
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise classify(exc, f"looking up {spec.name}") from exc
-        # The name filter of the engine matches prefixes; inspect by name is exact, but a
-        # service whose ID starts with our name would match too. Check.
+            raise _classify(exc, f"looking up {spec.name}") from exc
+        # The engine resolves the reference as an ID, a name, then an ID prefix: only the name counts.
         if (service.get("Spec") or {}).get("Name") != spec.name:
             return None
         return service
@@ -263,16 +269,32 @@ class ServiceEngine:
                 found = self._inspect(spec)
                 if found is not None:
                     return found
-            raise classify(exc, f"creating service {spec.name}") from exc
+            raise _classify(exc, f"creating service {spec.name}") from exc
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise classify(exc, f"creating service {spec.name}") from exc
+            raise _classify(exc, f"creating service {spec.name}") from exc
         log.info("%s: service %s created", spec.hostname, spec.name)
         return created
 
     def _latest_task(self, service: str) -> dict[str, Any] | None:
-        with _engine_call(f"listing the tasks of {service}"):
-            tasks: list[dict[str, Any]] = self.api.tasks(filters={"service": service})
+        """The service's newest task; None if it has none yet, or the service is gone."""
+        try:
+            with _engine_call(f"listing the tasks of {service}"):
+                tasks: list[dict[str, Any]] = self.api.tasks(filters={"service": service})
+        except EngineError:
+            # The engine refuses a filter naming a service that no longer exists (404).
+            if self._exists(service):
+                raise
+            return None
         return max(tasks, key=_task_order) if tasks else None
+
+    def _exists(self, service: str) -> bool:
+        try:
+            self.api.inspect_service(service)
+        except docker.errors.NotFound:
+            return False
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise _classify(exc, f"looking up {service}") from exc
+        return True
 
     def _node(self, node_id: str) -> dict[str, Any]:
         with _engine_call(f"inspecting node {node_id}"):
@@ -285,8 +307,9 @@ class ServiceEngine:
         if not self.settings.publish_ip:
             return Placement(object_id=service_id, address=self._network_address(spec, task), node=node_name)
         ports = ((task.get("Status") or {}).get("PortStatus") or {}).get("Ports") or []
-        published = next((p.get("PublishedPort") for p in ports
-                          if p.get("TargetPort") == spec.port and p.get("PublishedPort")), None)
+        published = next(
+            (p.get("PublishedPort") for p in ports if p.get("TargetPort") == spec.port and p.get("PublishedPort")), None
+        )
         if not published:
             raise EngineError(f"{spec.name}: the swarm published no host port for {spec.port}/tcp")
         addr = str((node.get("Status") or {}).get("Addr", ""))
@@ -316,12 +339,14 @@ class ServiceEngine:
                 why = node_status.get("Message") or "no heartbeat"
                 return EngineState(running=False, reason=f"was lost: its node {name} is down ({why})")
             if task.get("DesiredState") != "running":
-                return EngineState(running=False, reason=f"is being shut down by the swarm "
-                                   f"(desired state {task.get('DesiredState')})")
+                return EngineState(
+                    running=False, reason=f"is being shut down by the swarm (desired state {task.get('DesiredState')})"
+                )
             return EngineState(running=True)
         if state == "orphaned":
-            return EngineState(running=False, reason=f"was lost: its node {self._node_name(task)} is down "
-                               "(task orphaned)")
+            return EngineState(
+                running=False, reason=f"was lost: its node {self._node_name(task)} is down (task orphaned)"
+            )
         if state in ("failed", "complete"):
             code = ((status.get("ContainerStatus") or {}).get("ExitCode")) or 0
             return EngineState(running=False, reason=f"exited with code {code}" + (f" ({err})" if err else ""))
@@ -334,7 +359,7 @@ class ServiceEngine:
     def _node_name(self, task: dict[str, Any]) -> str:
         try:
             node = self._node(str(task.get("NodeID", "")))
-        except EngineError:
+        except (EngineError, EngineUnavailable):
             return str(task.get("NodeID", ""))
         return str((node.get("Description") or {}).get("Hostname") or task.get("NodeID", ""))
 
@@ -351,7 +376,7 @@ class ServiceEngine:
             if (node.get("Status") or {}).get("State") == "down":
                 return ""  # the manager would wait for logs a down node cannot send
             raw = b"".join(self.api.service_logs(spec.name, stdout=True, stderr=True, tail=lines, is_tty=False))
-        except (EngineError, docker.errors.DockerException, requests.exceptions.RequestException):
+        except (EngineError, EngineUnavailable, docker.errors.DockerException, requests.exceptions.RequestException):
             return ""
         return raw.decode("utf-8", "replace").strip()
 
@@ -361,7 +386,21 @@ def _engine_call(doing: str) -> Iterator[None]:
     try:
         yield
     except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-        raise classify(exc, doing) from exc
+        raise _classify(exc, doing) from exc
+
+
+def _classify(exc: Exception, doing: str) -> EngineError | EngineUnavailable:
+    """:func:`classify`, except that an engine that is no Swarm manager is a lasting error.
+
+    The engine answers 503 for it, which would otherwise read as "retry later"; it is a
+    setting to fix (ENGINE_BACKEND or DOCKER_HOST), not something waiting will cure.
+    """
+    if isinstance(exc, docker.errors.APIError) and "not a swarm manager" in str(exc.explanation or exc):
+        return EngineError(
+            f"ENGINE_BACKEND=services needs a Swarm manager, but while {doing} the engine said: "
+            f"{exc.explanation or exc}"
+        )
+    return classify(exc, doing)
 
 
 def _task_order(task: dict[str, Any]) -> tuple[str, int]:

@@ -12,8 +12,8 @@ import logging
 from shared.errors import EngineUnavailable, StoreUnavailable
 from shared.queue import KILL_TASK, RECONCILE_TASK, SPAWN_TASK, Queue
 from shared.store import Store, connect
+from worker.backends import make_engine
 from worker.celery_app import app, settings
-from worker.containers import ContainerEngine
 from worker.engine import make_client
 from worker.reconciler import Reconciler
 from worker.spawner import Spawner
@@ -42,9 +42,10 @@ def spawner() -> Spawner:
     """One Spawner (one Docker client and connection pool) per worker process.
 
     The Docker client is made on first use (``make_client`` talks to the engine), so an
-    engine that is down when the worker starts is an ordinary retried engine error.
+    engine that is down when the worker starts is an ordinary retried engine error; with
+    ENGINE_BACKEND=auto the backend is chosen at that first use too.
     """
-    return Spawner(store(), ContainerEngine(lambda: make_client(settings), settings), settings)
+    return Spawner(store(), make_engine(settings, lambda: make_client(settings)), settings)
 
 
 @app.task(name=SPAWN_TASK, **RETRY)
