@@ -9,7 +9,7 @@ from typing import Any
 from shared.record import Notebook
 from shared.status import Status
 
-FINAL = {Status.ACTIVE, Status.FAILED}
+FINAL = {Status.ACTIVE, Status.FAILED, Status.REMOVED}
 
 
 @dataclass
@@ -17,6 +17,7 @@ class Outcome:
     trials: int = 0
     active: int = 0
     failed: int = 0
+    removed: int = 0
     lost: int = 0  # records that vanished
     stuck: int = 0  # records that never reached ACTIVE or FAILED
     orphans: int = 0  # containers with no live record, or a FAILED/REMOVED record's container still there
@@ -29,7 +30,7 @@ class Outcome:
 
 
 def settle(stack: Any, hostnames: list[str], timeout: float) -> list[Notebook | None]:
-    """Wait (bounded) until every record is ACTIVE or FAILED; return what each ended as."""
+    """Wait (bounded) until every record is ACTIVE, FAILED or REMOVED; return what each ended as."""
     deadline = time.monotonic() + timeout
     while True:
         records = [_get(stack, h) for h in hostnames]
@@ -72,8 +73,11 @@ def check_outcome(stack: Any, records: list[Notebook | None], grace: float = 5.0
                 out.duplicates += 1
             if not [c for c in mine if c.status == "running"]:
                 out.broken += 1
-        elif r.status == Status.FAILED:
-            out.failed += 1
+        elif r.status in (Status.FAILED, Status.REMOVED):
+            if r.status == Status.FAILED:
+                out.failed += 1
+            else:
+                out.removed += 1
             out.orphans += len(mine)
         else:
             out.stuck += 1

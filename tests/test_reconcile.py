@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import requests
 import pytest
 
 from shared.status import Status
@@ -127,3 +128,18 @@ def test_beat_runs_reconcile_periodically(stack_factory: Any, images: dict[str, 
     finally:
         beat.terminate()
         beat.wait(15)
+
+
+def test_starting_notebook_that_answers_is_adopted(stack: Any, images: dict[str, str]) -> None:
+    """A spawn lost with its worker leaves a STARTING record whose server answers: it becomes ACTIVE."""
+    record = stack.store.create(image=images["httpd"], user="orphaned-spawn", domain="nb.test",
+                                internal={"queue_deadline": str(time.time() + 60)})
+    engine = ContainerEngine(stack.docker, stack.settings)
+    spec = Spawner(stack.store, engine, stack.settings).spec_for(record)
+    placement = engine.start(spec)  # what the dead spawn had done
+    stack.store.transition(record.hostname, Status.STARTING, container_id=placement.object_id,
+                           address=placement.address, internal={"ready_deadline": str(time.time() + 60)})
+    wait_for(lambda: requests.get(placement.address, timeout=1).ok, 20, "the server to answer")
+    report = reconciler(stack).run(lock=False)
+    assert report.adopted == [record.hostname]
+    assert stack.record(record.hostname).status == Status.ACTIVE

@@ -496,9 +496,12 @@ def _load_image(base: Path, ref: str) -> None:
         raise RuntimeError(f"copying {ref} to the namespace engine failed: {save_err.strip()} {load.stderr.strip()}")
 
 
-@pytest.fixture(scope="session")
-def tls_engine(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsEngine]:
-    """A second, mutual-TLS-only-over-TCP dockerd in its own network namespace (see the module doc)."""
+@contextlib.contextmanager
+def running_tls_engine(images: dict[str, str], certdir: Path) -> Iterator[TlsEngine]:
+    """A second, mutual-TLS-only-over-TCP dockerd in its own network namespace (see the module doc).
+
+    Torn down on exit whatever happened; also usable outside pytest (bench/faults.py).
+    """
     _require_tools()
     cleanup_leftovers()
     tag = secrets.token_hex(3)
@@ -509,14 +512,14 @@ def tls_engine(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory)
     client: docker.DockerClient | None = None
     try:
         net = _free_subnet()
-        certs = make_certificates(tmp_path_factory.mktemp("tls-certs"), str(net[2]))
+        certs = make_certificates(certdir, str(net[2]))
         host_ip, engine_ip = _make_namespace(name, net)
         proc = _start_dockerd(name, base, engine_ip, certs)
         try:
             client = _wait_engine(proc, base, engine_ip)
         except AssertionError as exc:
             log = (base / "dockerd.log").read_text(errors="replace").splitlines()[-30:]
-            pytest.fail(f"{exc}\n--- dockerd log ---\n" + "\n".join(log), pytrace=False)
+            raise AssertionError(f"{exc}\n--- dockerd log ---\n" + "\n".join(log)) from None
         ref = images["httpd"]
         assert ref == image_ref("httpd")
         _load_image(base, ref)
@@ -545,3 +548,9 @@ def tls_engine(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory)
             if proc is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def tls_engine(images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsEngine]:
+    with running_tls_engine(images, tmp_path_factory.mktemp("tls-certs")) as engine:
+        yield engine

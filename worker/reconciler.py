@@ -31,7 +31,7 @@ from shared.settings import Settings
 from shared.status import Status
 from shared.store import Store
 from worker.activity import last_activity
-from worker.engine import Engine, NotebookSpec
+from worker.engine import Engine, EngineObject, NotebookSpec
 from worker.spawner import Spawner
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ class Report:
     finished_kills: list[str] = field(default_factory=list)
     culled: list[str] = field(default_factory=list)
     resent: list[str] = field(default_factory=list)
+    adopted: list[str] = field(default_factory=list)
     purged: list[str] = field(default_factory=list)
     skipped: bool = False
 
@@ -100,7 +101,9 @@ class Reconciler:
                         why = state.reason if state else "stopped"
                         self._fail(report, spec, f"the notebook's container {why}", Status.ACTIVE)
                 elif record.status in (Status.PENDING, Status.STARTING):
-                    if now > self._deadline(record) + DEADLINE_MARGIN:
+                    if self._adopt(record, obj):
+                        report.adopted.append(hostname)
+                    elif now > self._deadline(record) + DEADLINE_MARGIN:
                         self._fail(report, spec, f"did not become ready in time (still {record.status} past its "
                                    "deadline; its worker may have stopped)", record.status)
                     elif record.status == Status.PENDING and self._lost(record, now):
@@ -129,7 +132,7 @@ class Reconciler:
             log.warning("%s: removed orphaned notebook object %s (no live record)", hostname, spec.name)
             report.removed_orphans.append(hostname)
         if any((report.failed, report.removed_orphans, report.finished_kills, report.culled, report.purged,
-                report.resent)):
+                report.resent, report.adopted)):
             log.info("reconcile: %s", report.as_dict())
         return report
 
@@ -164,6 +167,23 @@ class Reconciler:
             except (EngineError, EngineUnavailable, QueueUnavailable) as exc:
                 # The record is DELETING: a later pass finishes the kill.
                 log.warning("%s: kill after culling failed for now: %s", hostname, exc)
+
+    def _adopt(self, record: Notebook, obj: EngineObject | None) -> bool:
+        """Mark ACTIVE a STARTING notebook whose container runs and answers.
+
+        Normally its spawn does that within one probe interval; one that is still STARTING
+        while its server answers lost its spawn (the worker died), and the notebook is fine.
+        """
+        if record.status != Status.STARTING or obj is None or not obj.running or not record.address:
+            return False
+        if not self.spawner.probe(record.address):
+            return False
+        try:
+            self.store.transition(record.hostname, Status.ACTIVE, allowed={Status.STARTING})
+        except (InvalidTransition, NotFound):
+            return False
+        log.warning("%s: adopted as ACTIVE (its server answers; its spawn task was lost)", record.hostname)
+        return True
 
     def _lost(self, record: Notebook, now: float) -> bool:
         """A PENDING spawn whose task should have started by now, not yet sent again.
