@@ -11,6 +11,8 @@ from typing import Any
 
 from flask import Flask
 
+from shared.pool import Pool
+from shared.profiles import Profiles, load_profiles
 from shared.queue import Queue, make_celery
 from shared.settings import Settings
 from shared.store import Store, connect
@@ -21,6 +23,7 @@ def create_app(
     *,
     store: Store | None = None,
     queue: Queue | None = None,
+    profiles: Profiles | None = None,
     **config: Any,
 ) -> Flask:
     settings = settings or Settings.from_env()
@@ -35,6 +38,8 @@ def create_app(
     app.extensions["settings"] = settings
     app.extensions["store"] = store or Store(connect(settings.redis_url), prefix=settings.key_prefix)
     app.extensions["queue"] = queue or Queue(make_celery(settings, name="swarm_manager_api"))
+    app.extensions["profiles"] = profiles if profiles is not None else load_profiles(settings.profiles_file)
+    app.extensions["pool"] = Pool(app.extensions["store"], settings.pool_sizes) if settings.pool else None
 
     from api import errors, manage, routes
 
@@ -43,4 +48,12 @@ def create_app(
     # The original implementation also served everything under /api/ for tmpnb-style clients.
     app.register_blueprint(routes.bp, url_prefix="/api", name="api_compat")
     app.register_blueprint(manage.bp)
+    from api import events
+
+    # Server-Sent Events (also under /api/, like the JSON routes).
+    app.register_blueprint(events.bp)
+    app.register_blueprint(events.bp, url_prefix="/api", name="api_events")
+    from api import metrics
+
+    app.register_blueprint(metrics.bp)
     return app

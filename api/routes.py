@@ -16,6 +16,8 @@ from shared.errors import (
     StoreUnavailable,
     UnsupportedMediaType,
 )
+from shared.pool import Pool
+from shared.profiles import Limits, Profiles
 from shared.queue import Queue
 from shared.record import Notebook, rfc3339
 from shared.settings import Settings
@@ -25,7 +27,7 @@ from shared.validation import is_hostname, validate_image, validate_user
 
 bp = Blueprint("api", __name__)
 
-SPAWN_FIELDS = ("image", "user", "ttl")
+SPAWN_FIELDS = ("image", "user", "ttl", "profile", "mem_limit", "cpu_limit")
 MAX_LIST_LIMIT = 10_000
 
 
@@ -39,6 +41,10 @@ def queue() -> Queue:
 
 def settings() -> Settings:
     return current_app.extensions["settings"]  # type: ignore[no-any-return]
+
+
+def profiles() -> Profiles:
+    return current_app.extensions["profiles"]
 
 
 # -- input ------------------------------------------------------------------------
@@ -90,16 +96,29 @@ def lifetime(ttl: object) -> float | None:
     return float(int(raw)) if cap is None else min(float(int(raw)), cap)
 
 
-def spawn_notebook(image: object, user: object, ttl: object = None) -> Notebook:
+def spawn_notebook(
+    image: object,
+    user: object,
+    ttl: object = None,
+    profile: object = None,
+    mem_limit: object = None,
+    cpu_limit: object = None,
+) -> Notebook:
     """Validate, write the PENDING record, enqueue the spawn. No engine call here."""
     image, user, life = validate_image(image), validate_user(user), lifetime(ttl)
+    chosen, limits = choose_profile(image, profile, mem_limit, cpu_limit)
     now = time.time()
+    # A pooled notebook was started with the image's defaults: not for a named profile or own limits.
+    claimed = claim_from_pool(image, user, now, life) if not profile and limits == Limits() else None
+    if claimed is not None:
+        return claimed
     record = store().create(
         image=image,
         user=user,
         domain=settings().domain,
         expires_at=rfc3339(now + life) if life else "",
-        internal={"queue_deadline": str(now + settings().start_timeout)},
+        profile=chosen,
+        internal={"queue_deadline": str(now + settings().start_timeout), **limits.internal()},
     )
     try:
         queue().spawn(record.hostname)
@@ -110,6 +129,29 @@ def spawn_notebook(image: object, user: object, ttl: object = None) -> Notebook:
         except (StoreUnavailable, InvalidTransition):
             pass
         raise
+    return record
+
+
+def choose_profile(image: str, name: object, mem_limit: object, cpu_limit: object) -> tuple[str, Limits]:
+    """The spawn's profile name ("" for none) and the limits it asks for, checked; raises InvalidInput."""
+    profile = profiles().choose(image, name)
+    if profile is None:
+        if mem_limit not in (None, "") or cpu_limit not in (None, ""):
+            raise InvalidInput(f"mem_limit and cpu_limit need a profile that allows them; none applies to {image!r}")
+        return "", Limits()
+    return profile.name, profile.requested(mem_limit, cpu_limit)
+
+
+def claim_from_pool(image: str, user: str, now: float, life: float | None) -> Notebook | None:
+    """An ACTIVE notebook from the warm pool, if ``image`` has one ready; a refill is queued."""
+    pool: Pool | None = current_app.extensions.get("pool")
+    if pool is None or not pool.pooled(image):
+        return None
+    record = pool.claim(image, user, rfc3339(now), now, rfc3339(now + life) if life else "")
+    try:
+        queue().refill(image)  # whether or not one was ready: a pool that ran dry needs refilling too
+    except QueueUnavailable:
+        pass  # the reconciler refills every pass
     return record
 
 
@@ -136,7 +178,14 @@ def kill_notebook(hostname: str) -> tuple[Notebook, bool]:
 @bp.post("/spawn", strict_slashes=False)
 def spawn() -> ResponseReturnValue:
     data = spawn_input()
-    record = spawn_notebook(data.get("image"), data.get("user"), data.get("ttl"))
+    record = spawn_notebook(
+        data.get("image"),
+        data.get("user"),
+        data.get("ttl"),
+        profile=data.get("profile"),
+        mem_limit=data.get("mem_limit"),
+        cpu_limit=data.get("cpu_limit"),
+    )
     response = jsonify(record.to_json())
     response.status_code = 202
     response.headers["Location"] = url_for(".container", hostname=record.hostname)

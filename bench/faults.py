@@ -31,7 +31,7 @@ from shared.settings import Settings
 from shared.status import Status
 from shared.store import Store, connect
 from tests.conftest import Stack, base_env
-from tests.faults import Outcome, check_outcome, settle
+from tests.faults import check_outcome, settle
 from tests.support import BeatProcess, RedisServer, WorkerProcess, build_images, unique_instance, wait_for
 from tests.tls_engine import running_tls_engine
 
@@ -62,8 +62,11 @@ def spawn_many(st: Stack, image: str, n: int, user: str) -> list[str]:
 
 def worker_sigkill(st: Stack, images: dict[str, str], n: int, workdir: Path) -> list[str]:
     hostnames = spawn_many(st, images["slow3"], n, "k")
-    wait_for(lambda: sum(st.record(h).status == Status.STARTING for h in hostnames) >= max(1, n // 4), 60,
-             "spawns in progress")
+    wait_for(
+        lambda: sum(st.record(h).status == Status.STARTING for h in hostnames) >= max(1, n // 4),
+        60,
+        "spawns in progress",
+    )
     assert st.worker is not None
     st.worker.kill(signal.SIGKILL)
     st.worker = WorkerProcess(st.worker.env, workdir / "replacement.log", name="replacement")
@@ -120,8 +123,19 @@ def run_fault(name: str, fn: Any, make: Any, images: dict[str, str], n: int, wor
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    cols = ["fault", "trials", "active", "failed", "removed", "lost", "stuck", "orphans", "duplicates", "broken",
-            "seconds"]
+    cols = [
+        "fault",
+        "trials",
+        "active",
+        "failed",
+        "removed",
+        "lost",
+        "stuck",
+        "orphans",
+        "duplicates",
+        "broken",
+        "seconds",
+    ]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in rows:
         lines.append("| " + " | ".join(str(row[c]) for c in cols) + " |")
@@ -150,10 +164,16 @@ def main() -> int:
             }
             for name in wanted:
                 if name in plain:
-                    rows.append(run_fault(name, plain[name],
-                                          lambda name=name: stack(redis, client, workdir, name.replace("-", ""),
-                                                                  START_TIMEOUT=20),
-                                          images, args.spawns, workdir))
+                    rows.append(
+                        run_fault(
+                            name,
+                            plain[name],
+                            lambda name=name: stack(redis, client, workdir, name.replace("-", ""), START_TIMEOUT=20),
+                            images,
+                            args.spawns,
+                            workdir,
+                        )
+                    )
                 elif name == "engine-restart":
                     rows.append(engine_restart(redis, client, images, args.spawns, workdir))
                 else:
@@ -164,18 +184,29 @@ def main() -> int:
     print()
     print(table(rows))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"spawns_per_fault": args.spawns, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                   time.gmtime()), "rows": rows}, indent=2) + "\n")
+    RESULTS.write_text(
+        json.dumps(
+            {"spawns_per_fault": args.spawns, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows},
+            indent=2,
+        )
+        + "\n"
+    )
     bad = [r for r in rows if r["lost"] or r["stuck"] or r["orphans"] or r["duplicates"] or r["broken"]]
     return 1 if bad else 0
 
 
-def engine_restart(redis: RedisServer, client: docker.DockerClient, images: dict[str, str], n: int,
-                   workdir: Path) -> dict[str, Any]:
+def engine_restart(
+    redis: RedisServer, client: docker.DockerClient, images: dict[str, str], n: int, workdir: Path
+) -> dict[str, Any]:
     started = time.monotonic()
     with running_tls_engine(images, workdir / "certs") as engine:
-        env = {"DOCKER_HOST": engine.tls_host, "DOCKER_TLS_VERIFY": "1", "DOCKER_CERT_PATH": str(engine.good_certs),
-               "PUBLISH_IP": "0.0.0.0", "START_TIMEOUT": 60}
+        env = {
+            "DOCKER_HOST": engine.tls_host,
+            "DOCKER_TLS_VERIFY": "1",
+            "DOCKER_CERT_PATH": str(engine.good_certs),
+            "PUBLISH_IP": "0.0.0.0",
+            "START_TIMEOUT": 60,
+        }
         with stack(redis, engine.client, workdir, "enginerestart", **env) as st:
             engine.stop_engine()
             try:

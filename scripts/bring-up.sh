@@ -2,7 +2,8 @@
 # Bring up what swarm-manager needs on a Debian machine, installing only what is missing:
 #   Debian packages (docker.io, redis-server; for tests also busybox-static, openssl,
 #   iproute2, chromium), a running Docker engine (tests only; `make run` supervises its own),
-#   and the Python virtualenv in .venv with the pinned dependencies.
+#   the Python virtualenv in .venv with the pinned dependencies, and configurable-http-proxy
+#   in .state/chp (tests, and `make run` when PROXY_API_URL is set or PROXY=chp).
 # Usage: scripts/bring-up.sh run|test
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,8 +11,15 @@ mode=${1:-run}
 
 say() { printf '\033[1m[bring-up]\033[0m %s\n' "$*" >&2; }
 
+want_chp=
+if [ "$mode" = test ] || [ -n "${PROXY_API_URL:-}" ] || [ "${PROXY:-}" = chp ]; then want_chp=1; fi
+
 missing=()
 command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+if [ -n "$want_chp" ]; then
+  command -v node >/dev/null 2>&1 || missing+=(nodejs)
+  command -v npm >/dev/null 2>&1 || missing+=(npm)
+fi
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-venv)
 if [ "$mode" = test ]; then
@@ -54,4 +62,17 @@ if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ "$reqs" -nt "$sta
   .venv/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . 2>/dev/null \
     || .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
   touch "$stamp"
+fi
+
+# configurable-http-proxy, the routing proxy: from the npm registry into .state/chp (never
+# globally), at the versions pinned in scripts/chp/package-lock.json; reinstalled only when
+# that lock file changes.
+if [ -n "$want_chp" ]; then
+  chp=.state/chp
+  if [ ! -x "$chp/node_modules/.bin/configurable-http-proxy" ] || ! cmp -s scripts/chp/package-lock.json "$chp/package-lock.json"; then
+    say "installing configurable-http-proxy into $chp"
+    mkdir -p "$chp"
+    cp scripts/chp/package.json scripts/chp/package-lock.json "$chp/"
+    npm ci --prefix "$chp" --no-audit --no-fund --loglevel=error >/dev/null
+  fi
 fi

@@ -18,6 +18,29 @@ if ! .venv/bin/python -c "import redis,sys; redis.Redis.from_url(sys.argv[1], so
     *) echo "REDIS_URL=$REDIS_URL does not answer and is not local; start it first" >&2; exit 1 ;;
   esac
 fi
+# configurable-http-proxy (routes <hostname>.<DOMAIN> to notebooks): with PROXY=chp, or a local
+# PROXY_API_URL, on 127.0.0.1:8000 (public) and :8001 (API) unless those URLs say otherwise.
+# Installed into .state/chp by scripts/bring-up.sh. The token is passed by environment only.
+if [ "${PROXY:-}" = chp ] || [ -n "${PROXY_API_URL:-}" ]; then
+  export PROXY_API_URL=${PROXY_API_URL:-http://127.0.0.1:8001}
+  export PROXY_PUBLIC_URL=${PROXY_PUBLIC_URL:-http://127.0.0.1:8000}
+  if [ -z "${PROXY_AUTH_TOKEN:-}" ]; then
+    PROXY_AUTH_TOKEN=$(.venv/bin/python -c "import secrets; print(secrets.token_hex(24))")
+    export PROXY_AUTH_TOKEN
+  fi
+  case "$PROXY_API_URL" in
+    http://127.0.0.1:*|http://localhost:*)
+      api_port=$(echo "$PROXY_API_URL" | sed -E 's#^http://[^:]+:([0-9]+).*#\1#')
+      public_port=$(echo "$PROXY_PUBLIC_URL" | sed -E 's#^http://[^:]+:([0-9]+).*#\1#')
+      if (exec 3<>"/dev/tcp/127.0.0.1/$api_port") 2>/dev/null; then
+        echo "a proxy API already answers on port $api_port: using it (PROXY_AUTH_TOKEN must match)" >&2
+      else
+        echo "chp: CONFIGPROXY_AUTH_TOKEN=\"\$PROXY_AUTH_TOKEN\" .state/chp/node_modules/.bin/configurable-http-proxy --host-routing --ip 127.0.0.1 --port $public_port --api-ip 127.0.0.1 --api-port $api_port --log-level warn" >> "$procfile"
+      fi
+      echo "swarm-manager: notebooks at http://<hostname>.${DOMAIN:-localhost}:$public_port/ through configurable-http-proxy" >&2 ;;
+    *) echo "using the proxy API at $PROXY_API_URL (not started here)" >&2 ;;
+  esac
+fi
 if [ -z "${DOCKER_HOST:-}" ] && ! docker info >/dev/null 2>&1; then
   echo "dockerd: dockerd --data-root /var/lib/docker" >> "$procfile"
 fi

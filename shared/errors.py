@@ -71,3 +71,9 @@ class EngineUnavailable(SwarmManagerError):
     """The engine could not be reached or answered with a server error; worth retrying."""
 
     code = "engine_unavailable"
+
+
+class ProxyError(SwarmManagerError):
+    """The routing proxy's API refused a route change or could not be reached."""
+
+    code = "proxy_error"

@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 SPAWN_TASK = "swarm_manager.spawn"
 KILL_TASK = "swarm_manager.kill"
 RECONCILE_TASK = "swarm_manager.reconcile"
+REFILL_TASK = "swarm_manager.refill_pool"
+#: The one Celery queue; in Redis it is the list ``<INSTANCE>:swarm-manager`` (global_keyprefix).
+QUEUE_NAME = "swarm-manager"
 
 
 class RedisChannel(kombu_redis.Channel):  # type: ignore[misc]
@@ -87,7 +90,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Flower shows live task history from these events.
         "worker_send_task_events": True,
         "task_send_sent_event": True,
-        "task_default_queue": "swarm-manager",
+        "task_default_queue": QUEUE_NAME,
         # A publish that cannot reach Redis fails in about a second instead of hanging a request.
         "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0, "interval_step": 0.2,
                                       "interval_max": 0.5},
@@ -108,14 +111,17 @@ class Queue:
     def __init__(self, app: Celery) -> None:
         self.app = app
 
-    def _send(self, name: str, hostname: str, task_id: str) -> None:
+    def _send(self, name: str, arg: str, task_id: str) -> None:
         try:
-            self.app.send_task(name, args=[hostname], task_id=task_id)
+            self.app.send_task(name, args=[arg], task_id=task_id)
         except (OperationalError, OSError) as exc:
             raise QueueUnavailable(f"the task queue is unavailable: {exc}") from exc
 
     def spawn(self, hostname: str) -> None:
         self._send(SPAWN_TASK, hostname, f"spawn-{hostname}")
+
+    def refill(self, image: str) -> None:
+        self._send(REFILL_TASK, image, f"refill-{uuid.uuid4().hex[:12]}")
 
     def kill(self, hostname: str) -> None:
         # Unique ids: a kill can be sent again (by the reconciler) and each send is its own task.

@@ -45,6 +45,7 @@ class Notebook:
     address: str = ""  # direct http://host:port of the notebook server, for local use and the proxy
     node: str = ""  # the engine node it runs on
     expires_at: str = ""  # when it will be killed for age (MAX_AGE or the spawn's ttl); "" for never
+    profile: str = ""  # the per-image profile it was spawned with (shared/profiles.py); "" for none
 
     @classmethod
     def from_hash(cls, data: dict[str, str]) -> Notebook:

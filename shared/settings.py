@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 from shared.errors import ConfigError
+from shared.profiles import load_profiles
 
 T = TypeVar("T")
 
@@ -78,8 +79,31 @@ def _docker_host(raw: str) -> str:
     return raw
 
 
+def _pool(raw: str) -> tuple[tuple[str, int], ...]:
+    """``image=count,image=count`` for the warm pool."""
+    from shared.validation import validate_image  # validation has no settings import: no cycle
+
+    sizes: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        image, sep, count = part.rpartition("=")
+        if not sep or not (count.isascii() and count.isdigit()) or not 1 <= int(count) <= 100:
+            raise ValueError(f"expected image=count with a count from 1 to 100, got {part!r}")
+        try:
+            sizes[validate_image(image)] = int(count)
+        except Exception as exc:
+            raise ValueError(f"{part!r}: {exc}") from None
+    return tuple(sizes.items())
+
+
 def _text(raw: str) -> str:
     return raw.strip()
+
+
+def _http_url(raw: str) -> str:
+    value = raw.strip().rstrip("/")
+    if value and not re.match(r"^https?://[^/?#\s]+$", value):
+        raise ValueError(f"expected http://HOST:PORT, got {raw!r}")
+    return value
 
 
 def setting(env: str, default: str, parse: Callable[[str], Any], doc: str) -> Any:
@@ -124,6 +148,10 @@ class Settings:
                                   "last_activity) for this many seconds (0: off).")
     record_retention: float = setting("RECORD_RETENTION", "604800", _float(0, 10 * 365 * 86400),
                                       "Seconds FAILED and REMOVED records are kept after they end.")
+    pool: tuple[tuple[str, int], ...] = setting(
+        "POOL", "", _pool,
+        "Warm pool: `image=count,...` notebooks kept running ahead of demand; a spawn of such an "
+        "image gets one at once (ACTIVE, no engine call) and a replacement is started.")
     instance: str = setting("INSTANCE", "swarm-manager", _match(_SLUG, "instance name"),
                             "Name of this deployment: labels its engine objects and prefixes its "
                             "Redis keys, so deployments sharing an engine or a Redis never touch "
@@ -144,6 +172,21 @@ class Settings:
                                   "How notebooks run: services (Swarm services, on a Swarm manager), containers "
                                   "(plain containers on one engine) or auto (services when the engine is an "
                                   "active Swarm manager, else containers; asked once per worker process).")
+    profiles_file: str = setting("PROFILES_FILE", "", _text,
+                                 "YAML file of per-image profiles (port, command, environment, limits, "
+                                 "placement); validated at start-up. Empty: no profiles.")
+    proxy_api_url: str = setting("PROXY_API_URL", "", _http_url,
+                                 "REST API of configurable-http-proxy, e.g. http://127.0.0.1:8001: workers add "
+                                 "the route <hostname>.<DOMAIN> when a notebook becomes ACTIVE and delete it when "
+                                 "it ends. Empty: no proxy.")
+    proxy_auth_token: str = setting("PROXY_AUTH_TOKEN", "", _text,
+                                    "The proxy's API token (its CONFIGPROXY_AUTH_TOKEN).")
+    proxy_public_url: str = setting("PROXY_PUBLIC_URL", "", _http_url,
+                                    "Where workers reach the proxy's public side, e.g. http://127.0.0.1:8000 "
+                                    "(needed by READY_THROUGH_PROXY).")
+    ready_through_proxy: bool = setting("READY_THROUGH_PROXY", "", _bool,
+                                        "1: a notebook is ACTIVE only once a request through the proxy with "
+                                        "Host: <hostname>.<DOMAIN> reaches it (the public URL answers).")
     log_level: str = setting("LOG_LEVEL", "INFO", _match(re.compile(r"^(debug|info|warning|error)$"), "log level"),
                              "Log level of the API and workers.")
 
@@ -177,12 +220,23 @@ class Settings:
                     problems.append(f"DOCKER_CERT_PATH: {name} not found in {path}")
             if self.docker_host and not self.docker_host.startswith(("tcp://", "https://")):
                 problems.append("DOCKER_TLS_VERIFY/DOCKER_CERT_PATH need a tcp:// DOCKER_HOST")
+        if self.ready_through_proxy and not (self.proxy_api_url and self.proxy_public_url):
+            problems.append("READY_THROUGH_PROXY needs PROXY_API_URL and PROXY_PUBLIC_URL")
+        try:
+            # Parsed here so a bad profiles file stops the API and the workers at start-up.
+            load_profiles(self.profiles_file)
+        except ConfigError as exc:
+            problems.append(str(exc))
         return problems
 
     @property
     def tls(self) -> bool:
         """TLS to the engine is on whenever certificates are configured, and then always verifies."""
         return bool(self.docker_tls_verify or self.docker_cert_path)
+
+    @property
+    def pool_sizes(self) -> dict[str, int]:
+        return dict(self.pool)
 
     @property
     def key_prefix(self) -> str:
@@ -192,6 +246,7 @@ class Settings:
         """Settings safe to log (no credentials in the Redis URL)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["redis_url"] = re.sub(r"//[^@/]*@", "//***@", self.redis_url)
+        out["proxy_auth_token"] = "***" if self.proxy_auth_token else ""
         return out
 
 

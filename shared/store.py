@@ -7,7 +7,13 @@ Layout (every key starts with the instance prefix, e.g. ``swarm-manager:``):
 - ``idx:user:<user>``      the same, per user
 - ``idx:status:<STATUS>``  the same, per status
 - ``idx:ended``            hostnames of FAILED/REMOVED records scored by when they ended (retention)
-- channel ``events``       every change, published as the record's JSON
+- channel ``events``       every change, published as the record's JSON (a *record event*: the
+                           public record, exactly as ``GET /container/<hostname>`` shows it), and
+                           progress within a stage from the workers (a *progress event*:
+                           ``{"event": "progress", "hostname", "stage", "message", "at"}``).
+                           A record event never has an ``event`` field; :func:`parse_event` tells them apart.
+- ``metrics``              hash: counters for /metrics (``shared/metrics.py``); a spawn's outcome is
+                           counted when its record first enters ACTIVE, FAILED or DELETING
 
 Every write is one Lua script, so a record, its indexes and its event change together
 or not at all, and a status move checks the current status in the same atomic step
@@ -16,10 +22,14 @@ or not at all, and a status move checks the current status in the same atomic st
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
+import logging
 import secrets
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
 import redis
@@ -27,12 +37,18 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from shared.errors import InvalidTransition, NotFound, StoreUnavailable
+from shared.metrics import OUTCOME_OF, Metrics
 from shared.record import Notebook, now_rfc3339
 from shared.status import TERMINAL, Status, sources_of
 from shared.validation import HOSTNAME_ALPHABET, HOSTNAME_LENGTH
 
+log = logging.getLogger(__name__)
+
 P = ParamSpec("P")
 R = TypeVar("R")
+
+#: The ``event`` field of a progress event on the events channel (record events have none).
+PROGRESS_EVENT = "progress"
 
 # KEYS: record, idx:all, idx:user:<u>, idx:status:<s>
 # ARGV: score, hostname, channel, field1, value1, ...
@@ -140,6 +156,68 @@ def new_hostname() -> str:
     return "".join(secrets.choice(HOSTNAME_ALPHABET) for _ in range(HOSTNAME_LENGTH))
 
 
+@dataclass(frozen=True)
+class Event:
+    """One message from the events channel: a record event (``record`` set) or a progress event."""
+
+    hostname: str
+    record: Notebook | None = None  # the record as written, for a record event
+    stage: str = ""  # for a progress event: what the worker is doing now, e.g. "creating"
+    message: str = ""  # for a progress event: the same in words, for people
+
+
+def parse_event(raw: str) -> Event | None:
+    """The event a channel message carries; None for anything else (never raises on bad input)."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("hostname"), str):
+        return None
+    if "event" in data:
+        if data["event"] != PROGRESS_EVENT:
+            return None
+        return Event(data["hostname"], stage=str(data.get("stage", "")), message=str(data.get("message", "")))
+    try:
+        return Event(data["hostname"], record=Notebook.from_hash({k: str(v) for k, v in data.items()}))
+    except (TypeError, ValueError):
+        return None  # not a record this version understands
+
+
+class Subscription:
+    """A subscription to the store's events channel, already confirmed by Redis.
+
+    Every event published after :meth:`Store.subscribe` returned is delivered, in publishing
+    order. Holds one Redis connection until :meth:`close` (safe to call more than once).
+    """
+
+    def __init__(self, pubsub: Any) -> None:
+        self._pubsub = pubsub
+        self.closed = False
+
+    @_store_errors
+    def get(self, timeout: float) -> Event | None:
+        """The next event, waiting at most ``timeout`` seconds; None if none came."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            remaining = deadline - time.monotonic()
+            # None also for messages that are not data (a health-check reply): wait on then.
+            message = self._pubsub.get_message(timeout=max(0.0, remaining))
+            if message is not None and message.get("type") == "message":
+                event = parse_event(message["data"])
+                if event is not None:
+                    return event
+            elif remaining <= 0:
+                return None
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(redis.RedisError):  # the connection is dropped either way
+            self._pubsub.close()
+
+
 class Store:
     """Notebook records in Redis. Takes its client; builds every key from one prefix."""
 
@@ -149,6 +227,7 @@ class Store:
         self._create = client.register_script(_CREATE)
         self._transition = client.register_script(_TRANSITION)
         self._purge = client.register_script(_PURGE)
+        self.metrics = Metrics(client, prefix)
 
     # -- keys ---------------------------------------------------------------
     def key_for(self, hostname: str) -> str:
@@ -160,6 +239,44 @@ class Store:
 
     def _idx(self, kind: str = "all", value: str = "") -> str:
         return f"{self.prefix}idx:{kind}" + (f":{value}" if value else "")
+
+    # -- events -------------------------------------------------------------
+    def progress(self, hostname: str, stage: str, message: str) -> bool:
+        """Publish a progress event for ``hostname`` on the events channel; nothing is stored.
+
+        Best effort: progress is for people watching, so a Redis failure is logged and
+        reported as False, never raised into the step that reports it.
+        """
+        payload = json.dumps(
+            {"event": PROGRESS_EVENT, "hostname": hostname, "stage": stage, "message": message, "at": now_rfc3339()}
+        )
+        try:
+            self.redis.publish(self.events_channel, payload)
+        except redis.RedisError as exc:
+            log.warning("%s: could not publish progress %r: %s", hostname, stage, exc)
+            return False
+        return True
+
+    @_store_errors
+    def subscribe(self, confirm_within: float = 5.0) -> Subscription:
+        """Subscribe to the events channel and wait until Redis confirms it.
+
+        Read a record only after this returns, and no change made after that read is missed.
+        Raises StoreUnavailable when Redis is away or does not confirm in time.
+        """
+        pubsub = self.redis.pubsub()
+        try:
+            pubsub.subscribe(self.events_channel)
+            deadline = time.monotonic() + confirm_within
+            while (remaining := deadline - time.monotonic()) > 0:
+                message = pubsub.get_message(timeout=remaining)
+                if message is not None and message.get("type") == "subscribe":
+                    return Subscription(pubsub)
+        except BaseException:
+            pubsub.close()
+            raise
+        pubsub.close()
+        raise StoreUnavailable(f"Redis did not confirm the subscription within {confirm_within:g}s")
 
     # -- reads --------------------------------------------------------------
     @_store_errors
@@ -250,6 +367,7 @@ class Store:
         user: str,
         domain: str,
         expires_at: str = "",
+        profile: str = "",
         internal: dict[str, str] | None = None,
     ) -> Notebook:
         """Write a new PENDING record under a fresh random hostname (unique, checked atomically)."""
@@ -266,6 +384,7 @@ class Store:
                 user=user,
                 updated_at=now,
                 expires_at=expires_at,
+                profile=profile,
             )
             mapping = record.to_hash()
             mapping.update({f"_{k}": v for k, v in (internal or {}).items()})
@@ -321,4 +440,8 @@ class Store:
         if result[0] == -1:
             raise InvalidTransition(hostname, result[1], new.value if new is not None else "(update)")
         flat = result[1]
-        return Notebook.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
+        record = Notebook.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
+        if new in OUTCOME_OF:
+            # Also on a repeated move: the first count may have been lost; it counts once anyway.
+            self.metrics.spawn_settled(record)
+        return record

@@ -177,6 +177,57 @@ class BeatProcess(WorkerProcess):
                 "--schedule", str(self.logfile.with_suffix(".schedule"))]
 
 
+# -- The API on a real socket ------------------------------------------------------------------
+class ApiServer:
+    """``gunicorn api.wsgi:app`` as `make run` serves it (gthread workers), on a free loopback port."""
+
+    def __init__(self, env: Mapping[str, str], logfile: Path, threads: int = 16) -> None:
+        self.env = dict(env)
+        self.logfile = logfile
+        self.threads = threads
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        import requests
+
+        self._log = self.logfile.open("ab")
+        self.proc = subprocess.Popen(
+            [str(VENV_BIN / "gunicorn"), "--bind", f"127.0.0.1:{self.port}", "--workers", "1",
+             "--threads", str(self.threads), "--graceful-timeout", "3", "api.wsgi:app"],
+            cwd=ROOT, env={**os.environ, **self.env}, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+        def answers() -> bool:
+            if self.proc is None or self.proc.poll() is not None:
+                raise AssertionError(f"gunicorn exited early:\n{self.log_tail()}")
+            return requests.get(self.url + "/healthz", timeout=1).ok
+
+        wait_for(answers, 30, f"gunicorn on port {self.port} to answer")
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+        if getattr(self, "_log", None):
+            self._log.close()
+
+
 # -- Images ------------------------------------------------------------------------------
 IMAGE_REPO = "swarm-manager-test"
 

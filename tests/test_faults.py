@@ -35,13 +35,16 @@ def test_worker_killed_mid_spawn(stack_factory: Any, images: dict[str, str], tmp
     replacement = WorkerProcess(st.worker.env, tmp_path / "worker2.log", name="replacement")
     try:
         hostnames = [st.spawn(images["slow3"], user=f"k{i}") for i in range(10)]
-        wait_for(lambda: sum(st.record(h).status == Status.STARTING for h in hostnames) >= 3, 30,
-                 "spawns to be in progress")
+        wait_for(
+            lambda: sum(st.record(h).status == Status.STARTING for h in hostnames) >= 3, 30, "spawns to be in progress"
+        )
         st.worker.kill(signal.SIGKILL)  # the worker dies with spawns half done
         replacement.start()
         records = settle(st, hostnames, timeout=120)
         outcome = check_outcome(st, records)
-        assert (outcome.lost, outcome.stuck, outcome.duplicates, outcome.orphans, outcome.broken) == (0, 0, 0, 0, 0), outcome
+        assert (outcome.lost, outcome.stuck, outcome.duplicates, outcome.orphans, outcome.broken) == (0, 0, 0, 0, 0), (
+            outcome
+        )
         assert outcome.active + outcome.failed == len(hostnames), outcome
         for r in records:  # FAILED ones say why
             assert r.status == Status.ACTIVE or r.error, r
@@ -63,8 +66,13 @@ def test_redis_restarted_under_load(
     own_redis.stop()
     try:
         # While Redis is away the API answers 503 JSON, never 500.
-        for method, path in (("get", f"/container/{hostnames[0]}"), ("get", "/containers"),
-                             ("post", "/spawn"), ("get", "/healthz"), ("delete", f"/container/{hostnames[1]}")):
+        for method, path in (
+            ("get", f"/container/{hostnames[0]}"),
+            ("get", "/containers"),
+            ("post", "/spawn"),
+            ("get", "/healthz"),
+            ("delete", f"/container/{hostnames[1]}"),
+        ):
             response = getattr(st.http, method)(path, data={"image": images["httpd"], "user": "x"})
             assert response.status_code == 503, (path, response.status_code)
             assert response.is_json and response.get_json()["error"], path
@@ -76,7 +84,9 @@ def test_redis_restarted_under_load(
         outcome = check_outcome(st, records)
     finally:
         beat.stop()
-    assert (outcome.lost, outcome.stuck, outcome.duplicates, outcome.orphans, outcome.broken) == (0, 0, 0, 0, 0), outcome
+    assert (outcome.lost, outcome.stuck, outcome.duplicates, outcome.orphans, outcome.broken) == (0, 0, 0, 0, 0), (
+        outcome
+    )
     assert outcome.active + outcome.failed == len(hostnames)
     st.worker.stop()
     st.cleanup()
@@ -86,8 +96,13 @@ def test_engine_outage_spawns_wait_then_complete(stack_factory: Any, tls_engine:
     """The engine stops for a while: queued spawns retry with backoff and finish when it is back;
     a notebook that was running dies with the engine and leaves ACTIVE with the reason."""
     st = stack_factory(
-        "outage", DOCKER_HOST=tls_engine.tls_host, DOCKER_TLS_VERIFY="1", DOCKER_CERT_PATH=str(tls_engine.good_certs),
-        PUBLISH_IP="0.0.0.0", START_TIMEOUT=45, RECONCILE_INTERVAL=1,
+        "outage",
+        DOCKER_HOST=tls_engine.tls_host,
+        DOCKER_TLS_VERIFY="1",
+        DOCKER_CERT_PATH=str(tls_engine.good_certs),
+        PUBLISH_IP="0.0.0.0",
+        START_TIMEOUT=45,
+        RECONCILE_INTERVAL=1,
     )
     before = st.spawn(tls_engine.image, user="before")
     assert st.wait(before, {Status.ACTIVE, Status.FAILED}, timeout=60).status == Status.ACTIVE
@@ -119,8 +134,12 @@ def test_engine_outage_spawns_wait_then_complete(stack_factory: Any, tls_engine:
 
 def test_engine_down_past_the_deadline_fails_clearly(stack_factory: Any, tls_engine: Any) -> None:
     st = stack_factory(
-        "outagelong", DOCKER_HOST=tls_engine.tls_host, DOCKER_TLS_VERIFY="1",
-        DOCKER_CERT_PATH=str(tls_engine.good_certs), PUBLISH_IP="0.0.0.0", START_TIMEOUT=4,
+        "outagelong",
+        DOCKER_HOST=tls_engine.tls_host,
+        DOCKER_TLS_VERIFY="1",
+        DOCKER_CERT_PATH=str(tls_engine.good_certs),
+        PUBLISH_IP="0.0.0.0",
+        START_TIMEOUT=4,
     )
     tls_engine.stop_engine()
     try:

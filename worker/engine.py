@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import ssl
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -54,7 +55,14 @@ class NotebookSpec:
         return f"{self.instance}-{self.hostname}"
 
     @property
+    def public_host(self) -> str:
+        """``<hostname>.<DOMAIN>``: the name proxies route to this notebook (the record's ``url``)."""
+        return f"{self.hostname}.{self.domain}"
+
+    @property
     def labels(self) -> dict[str, str]:
+        # Traefik's router and service names are label path segments: no dots in them.
+        router = re.sub(r"[^A-Za-z0-9-]", "-", self.name)
         return {
             LABEL_INSTANCE: self.instance,
             LABEL_HOSTNAME: self.hostname,
@@ -63,6 +71,11 @@ class NotebookSpec:
             "interlock.hostname": self.hostname,
             "interlock.domain": self.domain,
             "interlock.port": str(self.port),
+            # Traefik (Docker and Swarm providers) routes Host(<hostname>.<domain>) to this port.
+            "traefik.enable": "true",
+            f"traefik.http.routers.{router}.rule": f"Host(`{self.public_host}`)",
+            f"traefik.http.routers.{router}.service": router,
+            f"traefik.http.services.{router}.loadbalancer.server.port": str(self.port),
         }
 
 

@@ -24,7 +24,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
-from shared.errors import EngineError, EngineUnavailable, InvalidTransition, NotFound, QueueUnavailable
+from shared.errors import EngineError, EngineUnavailable, InvalidTransition, NotFound, ProxyError, QueueUnavailable
+from shared.pool import POOL_USER
 from shared.queue import Queue
 from shared.record import Notebook, parse_rfc3339
 from shared.settings import Settings
@@ -32,6 +33,8 @@ from shared.status import Status
 from shared.store import Store
 from worker.activity import last_activity
 from worker.engine import Engine, EngineObject, NotebookSpec
+from worker.pool import Refiller
+from worker.proxy import Route
 from worker.spawner import Spawner
 
 log = logging.getLogger(__name__)
@@ -49,7 +52,10 @@ class Report:
     culled: list[str] = field(default_factory=list)
     resent: list[str] = field(default_factory=list)
     adopted: list[str] = field(default_factory=list)
+    pool_started: list[str] = field(default_factory=list)
     purged: list[str] = field(default_factory=list)
+    routed: list[str] = field(default_factory=list)  # proxy routes added for ACTIVE notebooks missing one
+    unrouted: list[str] = field(default_factory=list)  # proxy routes removed: their notebook is no longer live
     skipped: bool = False
 
     def as_dict(self) -> dict[str, object]:
@@ -66,6 +72,7 @@ class Reconciler:
         clock: Callable[[], float] = time.time,
         queue: Queue | None = None,
         activity: Callable[[str], float | None] = last_activity,
+        refiller: Refiller | None = None,
     ) -> None:
         self.store = store
         self.engine = engine
@@ -75,6 +82,7 @@ class Reconciler:
         # Culled notebooks are killed by kill tasks (spread over the workers); without a
         # queue the kill runs here, in the pass, and lost spawns are not sent again.
         self.queue = queue
+        self.refiller = refiller
         self.activity = activity
 
     def run(self, lock: bool = True) -> Report:
@@ -83,6 +91,7 @@ class Reconciler:
             report.skipped = True
             return report
         objects = self.engine.inventory()
+        routes = self._routes()  # before the records: see _sync_routes
         live: dict[str, Notebook] = {}
         for status in (Status.PENDING, Status.STARTING, Status.ACTIVE, Status.DELETING):
             for record in self.store.list(status=status):
@@ -116,6 +125,10 @@ class Reconciler:
 
         self._cull(report, [r for r in live.values() if r.status in (Status.PENDING, Status.STARTING, Status.ACTIVE)],
                    now)
+        self._sync_routes(report, routes, live)
+        if self.refiller is not None:  # keeps the warm pool full, and fills it at start-up
+            for image in self.refiller.pool.sizes:
+                report.pool_started.extend(self.refiller.refill(image))
         if self.settings.record_retention:
             report.purged = self.store.purge_ended(now - self.settings.record_retention)
 
@@ -132,7 +145,7 @@ class Reconciler:
             log.warning("%s: removed orphaned notebook object %s (no live record)", hostname, spec.name)
             report.removed_orphans.append(hostname)
         if any((report.failed, report.removed_orphans, report.finished_kills, report.culled, report.purged,
-                report.resent, report.adopted)):
+                report.resent, report.adopted, report.routed, report.unrouted)):
             log.info("reconcile: %s", report.as_dict())
         return report
 
@@ -143,8 +156,9 @@ class Reconciler:
             if record.expires_at and parse_rfc3339(record.expires_at) <= now:
                 reasons[record.hostname] = "expired: reached the end of its lifetime"
         idle = self.settings.idle_timeout
+        # Warm-pool members are idle by design: only their age limit applies.
         candidates = [r for r in records if idle and r.status == Status.ACTIVE and r.address
-                      and r.hostname not in reasons]
+                      and r.hostname not in reasons and r.user != POOL_USER]
         if candidates:
             # Ask the servers side by side: one slow notebook must not hold up the pass.
             with ThreadPoolExecutor(max_workers=min(16, len(candidates))) as pool:
@@ -183,7 +197,54 @@ class Reconciler:
         except (InvalidTransition, NotFound):
             return False
         log.warning("%s: adopted as ACTIVE (its server answers; its spawn task was lost)", record.hostname)
+        self.spawner.offer_to_pool(self.spawner.spec_for(record))
         return True
+
+    def _routes(self) -> dict[str, Route] | None:
+        """This instance's proxy routes by hostname; None without a proxy or when it cannot be read."""
+        if self.spawner.proxy is None:
+            return None
+        try:
+            return self.spawner.proxy.routes()
+        except ProxyError as exc:
+            log.warning("reconcile: cannot read the proxy's routes, will retry next pass: %s", exc)
+            return None
+
+    def _sync_routes(self, report: Report, routes: dict[str, Route] | None, live: dict[str, Notebook]) -> None:
+        """Route every ACTIVE notebook to its address, and remove routes of notebooks that ended.
+
+        This retries what a spawn, kill or failure could not do at the proxy. The routes were
+        read before the records, and a record only moves forward: a route whose record was
+        not live afterwards is stale for good, while a route added meanwhile for a notebook
+        still starting (READY_THROUGH_PROXY routes it while STARTING) is kept.
+        """
+        proxy = self.spawner.proxy
+        if proxy is None or routes is None:
+            return
+        ended = set(report.failed) | set(report.culled)
+        for hostname, record in live.items():
+            active = record.status == Status.ACTIVE or hostname in report.adopted
+            if not active or hostname in ended or not record.address:
+                continue
+            route = routes.get(hostname)
+            if route is not None and route.target == record.address:
+                continue
+            try:
+                proxy.add(record.url, record.address, hostname)
+            except ProxyError as exc:
+                log.warning("%s: could not add the proxy route, will retry next pass: %s", hostname, exc)
+                continue
+            report.routed.append(hostname)
+        for hostname, route in routes.items():
+            owner = live.get(hostname)
+            if owner is not None and owner.status != Status.DELETING and hostname not in ended:
+                continue
+            try:
+                proxy.remove(route.host)
+            except ProxyError as exc:
+                log.warning("%s: could not remove the proxy route, will retry next pass: %s", hostname, exc)
+                continue
+            report.unrouted.append(hostname)
 
     def _lost(self, record: Notebook, now: float) -> bool:
         """A PENDING spawn whose task should have started by now, not yet sent again.

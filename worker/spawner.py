@@ -14,13 +14,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
-from shared.errors import EngineError, EngineUnavailable, InvalidTransition, NotFound
+from shared.errors import EngineError, EngineUnavailable, InvalidTransition, NotFound, ProxyError
+from shared.pool import POOL_USER, Pool
+from shared.profiles import Limits, Profile, Profiles, load_profiles
 from shared.record import Notebook
 from shared.settings import Settings
 from shared.status import Status
 from shared.store import Store
 from worker.engine import Engine, NotebookSpec
+from worker.proxy import Proxy
 from worker.readiness import answers_http
 
 log = logging.getLogger(__name__)
@@ -39,6 +43,9 @@ class Spawner:
         probe: Callable[[str], bool] = answers_http,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        profiles: Profiles | None = None,
+        proxy: Proxy | None = None,
+        pool: Pool | None = None,
     ) -> None:
         self.store = store
         self.engine = engine
@@ -46,9 +53,13 @@ class Spawner:
         self.probe = probe
         self.clock = clock
         self.sleep = sleep
+        # The profiles are PROFILES_FILE's unless given; the proxy (CHP routes) only when given.
+        self.profiles = profiles if profiles is not None else load_profiles(settings.profiles_file)
+        self.proxy = proxy
+        self.pool = pool
 
     def spec_for(self, record: Notebook) -> NotebookSpec:
-        return NotebookSpec(
+        spec = NotebookSpec(
             hostname=record.hostname,
             image=record.image,
             user=record.user,
@@ -56,6 +67,8 @@ class Spawner:
             port=self.settings.notebook_port,
             instance=self.settings.instance,
         )
+        profile = self.profiles.get(record.profile) if record.profile else None
+        return self._with_profile(spec, profile) if profile else spec
 
     # -- spawn -------------------------------------------------------------------
     def spawn(self, hostname: str) -> Status | None:
@@ -73,13 +86,18 @@ class Spawner:
             log.info("%s: spawn skipped, record is %s", hostname, record.status)
             return record.status
         spec = self.spec_for(record)
+        if record.profile and record.profile not in self.profiles:
+            return self.fail(spec, f"profile {record.profile!r} is not in this worker's PROFILES_FILE")
+        self.store.progress(hostname, "creating", "creating and starting the container")
         try:
             placement = self.engine.start(spec)
         except EngineUnavailable as exc:
+            self.store.metrics.engine_error(exc)
             if self.clock() < self._deadline(hostname, "queue_deadline"):
                 raise
             return self.fail(spec, f"{exc} (gave up after {self.settings.start_timeout:g}s)")
         except EngineError as exc:
+            self.store.metrics.engine_error(exc)
             return self.fail(spec, str(exc))
 
         started_at = self.clock()
@@ -106,18 +124,20 @@ class Spawner:
             log.info("%s: killed while starting; removing its container", hostname)
             self.engine.remove(spec)
             return self._status(hostname)
+        self.store.progress(hostname, "waiting", f"waiting for the notebook to answer on port {spec.port}")
         return self._wait_ready(spec, placement.address)
 
     def _wait_ready(self, spec: NotebookSpec, address: str) -> Status | None:
         hostname = spec.hostname
         deadline = self._deadline(hostname, "ready_deadline")
         next_check = self.clock() + CHECK_EVERY
-        while not self.probe(address):
+        ready = self._readiness(spec, address)
+        while not ready():
             now = self.clock()
             if now >= deadline:
                 return self.fail(
                     spec,
-                    f"the notebook did not answer HTTP on port {spec.port} within "
+                    f"the notebook did not answer HTTP on port {spec.port}{self._via_proxy(spec)} within "
                     f"{self.settings.start_timeout:g}s" + self._logs(spec),
                 )
             if now >= next_check:
@@ -125,10 +145,12 @@ class Spawner:
                 current = self._status(hostname)
                 if current != Status.STARTING:
                     log.info("%s: stopped waiting, record is %s", hostname, current)
+                    self._remove_route(spec)  # in case it was added after the kill removed it
                     return current  # a kill won; the kill task removes the container
                 try:
                     state = self.engine.state(spec)
                 except EngineUnavailable as exc:
+                    self.store.metrics.engine_error(exc)
                     # Keep probing; the start deadline still bounds the wait.
                     log.warning("%s: engine check failed while waiting: %s", hostname, exc)
                 else:
@@ -137,13 +159,21 @@ class Spawner:
                     if not state.running:
                         return self.fail(spec, f"the container {state.reason} before answering" + self._logs(spec))
             self.sleep(self.settings.probe_interval)
+        self._add_route(spec, address)  # before ACTIVE, so an ACTIVE notebook is routed
         try:
             self.store.transition(hostname, Status.ACTIVE, allowed={Status.STARTING})
         except InvalidTransition as exc:
             log.info("%s: ready, but the record is now %s", hostname, exc.current)
+            self._remove_route(spec)
             return self._status(hostname)
         log.info("%s: ACTIVE at %s", hostname, address)
+        self.offer_to_pool(spec)
         return Status.ACTIVE
+
+    def offer_to_pool(self, spec: NotebookSpec) -> None:
+        """A warm-pool member that became ACTIVE can now be claimed by a spawn."""
+        if self.pool is not None and spec.user == POOL_USER:
+            self.pool.offer(spec.image, spec.hostname)
 
     # -- kill --------------------------------------------------------------------
     def kill(self, hostname: str) -> Status | None:
@@ -157,7 +187,12 @@ class Spawner:
             return None
         if record.status != Status.DELETING:
             return record.status
-        self.engine.remove(self.spec_for(record))
+        try:
+            self.engine.remove(self.spec_for(record))
+        except (EngineError, EngineUnavailable) as exc:
+            self.store.metrics.engine_error(exc)
+            raise  # the task retries an unavailable engine
+        self._remove_route(self.spec_for(record))
         try:
             self.store.transition(hostname, Status.REMOVED)
         except InvalidTransition:
@@ -177,8 +212,10 @@ class Spawner:
         try:
             self.engine.remove(spec)
         except (EngineError, EngineUnavailable) as exc:
+            self.store.metrics.engine_error(exc)
             # Left for the reconciler's orphan sweep: the record is FAILED, so it is not live.
             log.warning("%s: could not remove after failure: %s", spec.hostname, exc)
+        self._remove_route(spec)
         try:
             self.store.transition(spec.hostname, Status.FAILED, allowed=allowed, error=reason)
         except InvalidTransition:
@@ -199,3 +236,69 @@ class Spawner:
     def _logs(self, spec: NotebookSpec) -> str:
         tail = self.engine.logs_tail(spec, lines=5)
         return f"; last output: {tail[-400:]}" if tail else ""
+
+    # -- profiles and routes ---------------------------------------------------------
+    def _with_profile(self, spec: NotebookSpec, profile: Profile) -> NotebookSpec:
+        """``spec`` with what ``profile`` sets; limits a user asked for (within its maxima) win."""
+        asked = Limits()
+        if profile.user_limits:  # only then can the record hold asked-for limits
+            asked = Limits.from_internal(
+                self.store.internal(spec.hostname, "mem_limit"), self.store.internal(spec.hostname, "cpu_limit")
+            )
+        return replace(
+            spec,
+            port=profile.port or spec.port,
+            command=list(profile.command) if profile.command else None,
+            environment=dict(profile.environment),
+            mem_limit=asked.mem_limit or profile.mem_limit,
+            cpu_limit=asked.cpu_limit or profile.cpu_limit,
+            constraints=list(profile.constraints),
+        )
+
+    def _readiness(self, spec: NotebookSpec, address: str) -> Callable[[], bool]:
+        """The readiness check: the notebook's own address, or with READY_THROUGH_PROXY its public route.
+
+        Through the proxy the route has to exist first; adding it is retried at most once per
+        CHECK_EVERY while the proxy refuses, and the start deadline still bounds the wait.
+        """
+        proxy = self.proxy
+        if proxy is None or not self.settings.ready_through_proxy:
+            return lambda: self.probe(address)
+        routed, retry_at = False, 0.0
+
+        def through_proxy() -> bool:
+            nonlocal routed, retry_at
+            if not routed and self.clock() >= retry_at:
+                routed, retry_at = self._add_route(spec, address), self.clock() + CHECK_EVERY
+            return routed and proxy.reaches(spec.public_host)
+
+        return through_proxy
+
+    def _via_proxy(self, spec: NotebookSpec) -> str:
+        if self.proxy is None or not self.settings.ready_through_proxy:
+            return ""
+        return f" through the proxy (Host: {spec.public_host})"
+
+    def _add_route(self, spec: NotebookSpec, address: str) -> bool:
+        """Route ``<hostname>.<DOMAIN>`` to ``address``; False (logged) when the proxy refuses.
+
+        A failed route never fails the spawn: the reconciler adds missing routes on its next pass.
+        """
+        if self.proxy is None:
+            return True
+        try:
+            self.proxy.add(spec.public_host, address, spec.hostname)
+        except ProxyError as exc:
+            log.warning("%s: could not add the proxy route (the reconciler retries): %s", spec.hostname, exc)
+            return False
+        log.info("%s: routed %s -> %s", spec.hostname, spec.public_host, address)
+        return True
+
+    def _remove_route(self, spec: NotebookSpec) -> None:
+        """Remove the notebook's route; a failure is logged and left for the reconciler's sweep."""
+        if self.proxy is None:
+            return
+        try:
+            self.proxy.remove(spec.public_host)
+        except ProxyError as exc:
+            log.warning("%s: could not remove the proxy route (the reconciler retries): %s", spec.hostname, exc)

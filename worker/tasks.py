@@ -10,11 +10,14 @@ import functools
 import logging
 
 from shared.errors import EngineUnavailable, StoreUnavailable
-from shared.queue import KILL_TASK, RECONCILE_TASK, SPAWN_TASK, Queue
+from shared.pool import Pool
+from shared.queue import KILL_TASK, RECONCILE_TASK, REFILL_TASK, SPAWN_TASK, Queue
 from shared.store import Store, connect
 from worker.backends import make_engine
 from worker.celery_app import app, settings
 from worker.engine import make_client
+from worker.pool import Refiller
+from worker.proxy import make_proxy
 from worker.reconciler import Reconciler
 from worker.spawner import Spawner
 
@@ -45,7 +48,19 @@ def spawner() -> Spawner:
     engine that is down when the worker starts is an ordinary retried engine error; with
     ENGINE_BACKEND=auto the backend is chosen at that first use too.
     """
-    return Spawner(store(), make_engine(settings, lambda: make_client(settings)), settings)
+    return Spawner(
+        store(), make_engine(settings, lambda: make_client(settings)), settings, pool=pool(), proxy=make_proxy(settings)
+    )
+
+
+@functools.cache
+def pool() -> Pool | None:
+    return Pool(store(), settings.pool_sizes) if settings.pool else None
+
+
+def refiller() -> Refiller | None:
+    p = pool()
+    return Refiller(store(), p, Queue(app), settings) if p else None
 
 
 @app.task(name=SPAWN_TASK, **RETRY)
@@ -63,4 +78,10 @@ def kill(hostname: str) -> str | None:
 @app.task(name=RECONCILE_TASK, acks_late=False, ignore_result=True)
 def reconcile() -> dict[str, object]:
     sp = spawner()
-    return Reconciler(store(), sp.engine, sp, settings, queue=Queue(app)).run().as_dict()
+    return Reconciler(store(), sp.engine, sp, settings, queue=Queue(app), refiller=refiller()).run().as_dict()
+
+
+@app.task(name=REFILL_TASK, **RETRY)
+def refill_pool(image: str) -> list[str]:
+    r = refiller()
+    return r.refill(image) if r else []

@@ -1,0 +1,194 @@
+"""Server-Sent Events: live notebook changes, driven by Redis pub/sub (the API never polls).
+
+- ``GET /container/<hostname>/events``: one notebook. Starts with its current state (a client
+  that connects late sees where it is), then every change, and ends by itself once the notebook
+  settles (ready, failed or removed), or after ``START_TIMEOUT * 2 + 60`` seconds.
+- ``GET /events``: every notebook's changes (the /manage page), for at most ``EVENTS_LIFETIME``
+  seconds (10 minutes); browsers' EventSource reconnects by itself.
+
+Each event is one SSE message::
+
+    event: <stage>
+    data: {"hostname": "...", "status": "STARTING", "stage": "starting", "message": "...", "record": {...}}
+
+``stage`` is one of :data:`STAGES`. Record changes (``queued``, ``starting``, ``ready``, ``failed``,
+``stopping``, ``removed``) carry the record and its ``status``; the workers' progress within a
+status (``creating``, ``waiting``) has ``"status": null`` and ``"record": null``. Both streams send
+a comment line (``: keep-alive``) every ``EVENTS_HEARTBEAT`` seconds (15) so proxies keep them open,
+and a client that goes away is noticed at the next write and its subscription closed.
+
+If Redis is away when a stream is asked for, the answer is the usual 503 JSON error, before any
+streaming starts. Each open stream holds one server thread and one Redis connection.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, Response, current_app, stream_with_context
+from flask.typing import ResponseReturnValue
+
+from api.routes import checked_hostname, settings, store
+from shared.errors import StoreUnavailable
+from shared.record import Notebook
+from shared.status import Status
+from shared.store import Event, Subscription
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("events", __name__)
+
+#: Seconds between keep-alive comments (app config ``EVENTS_HEARTBEAT``).
+HEARTBEAT = 15.0
+#: Seconds /events stays open (app config ``EVENTS_LIFETIME``).
+ALL_LIFETIME = 600.0
+#: Milliseconds a browser waits before reconnecting a stream that ended.
+RETRY_MS = 3000
+
+#: The stage each record status is reported as.
+STAGE_OF: dict[Status, str] = {
+    Status.PENDING: "queued",
+    Status.STARTING: "starting",
+    Status.ACTIVE: "ready",
+    Status.FAILED: "failed",
+    Status.DELETING: "stopping",
+    Status.REMOVED: "removed",
+}
+#: Every stage, in the order a notebook's life goes through them.
+STAGES = ("queued", "creating", "starting", "waiting", "ready", "failed", "stopping", "removed")
+
+
+def message_for(record: Notebook) -> str:
+    """What a record's status means, in words for the person watching."""
+    status = record.status
+    if status is Status.PENDING:
+        return "queued: waiting for a worker"
+    if status is Status.STARTING:
+        where = f" on {record.node}" if record.node else ""
+        return f"starting: the container runs{where}"
+    if status is Status.ACTIVE:
+        return f"ready at http://{record.url}/"
+    if status is Status.FAILED:
+        return f"failed: {record.error or 'no reason given'}"
+    if status is Status.DELETING:
+        return "stopping" + (f": {record.error}" if record.error else "")
+    return "removed"
+
+
+def record_message(record: Notebook) -> str:
+    data = {
+        "hostname": record.hostname,
+        "status": record.status.value,
+        "stage": STAGE_OF[record.status],
+        "message": message_for(record),
+        "record": record.to_json(),
+    }
+    return sse(STAGE_OF[record.status], data)
+
+
+def progress_message(event: Event) -> str:
+    data = {"hostname": event.hostname, "status": None, "stage": event.stage, "message": event.message, "record": None}
+    return sse(event.stage or "progress", data)
+
+
+def sse(name: str, data: dict[str, Any]) -> str:
+    # json.dumps escapes newlines inside strings, so the data is one line; the name is ours.
+    return f"event: {name}\ndata: {json.dumps(data)}\n\n"
+
+
+def follow(sub: Subscription, lifetime: float, heartbeat: float) -> Iterator[Event | None]:
+    """Events as they are published, and None each time a keep-alive is due, for ``lifetime`` seconds."""
+    now = time.monotonic()
+    end, beat = now + lifetime, now + heartbeat
+    while (now := time.monotonic()) < end:
+        event = sub.get(timeout=min(beat, end) - now)
+        if event is not None:
+            yield event
+        if time.monotonic() >= beat:
+            yield None
+            beat = time.monotonic() + heartbeat
+
+
+def one_notebook(sub: Subscription, record: Notebook, lifetime: float, heartbeat: float) -> Iterator[str]:
+    try:
+        yield f"retry: {RETRY_MS}\n\n"
+        yield record_message(record)
+        if record.settled:
+            return
+        # The subscription was confirmed before the record was read, so a change made around
+        # that read arrives again: skip the record exactly as already sent.
+        last = (record.status, record.updated_at)
+        for event in follow(sub, lifetime, heartbeat):
+            if event is None:
+                yield ": keep-alive\n\n"
+            elif event.hostname != record.hostname:
+                continue
+            elif event.record is None:
+                yield progress_message(event)
+            elif (event.record.status, event.record.updated_at) != last:
+                last = (event.record.status, event.record.updated_at)
+                yield record_message(event.record)
+                if event.record.settled:
+                    return
+        yield ": time limit reached; reconnect to follow on\n\n"
+    except StoreUnavailable as exc:
+        log.warning("%s: events stream ended: %s", record.hostname, exc)
+        yield ": the store is unavailable\n\n"
+    finally:
+        sub.close()
+
+
+def every_notebook(sub: Subscription, lifetime: float, heartbeat: float) -> Iterator[str]:
+    try:
+        yield f"retry: {RETRY_MS}\n\n"
+        yield ": connected\n\n"  # sends the headers now, so the client knows it is listening
+        for event in follow(sub, lifetime, heartbeat):
+            if event is None:
+                yield ": keep-alive\n\n"
+            elif event.record is None:
+                yield progress_message(event)
+            else:
+                yield record_message(event.record)
+        yield ": time limit reached; reconnect to follow on\n\n"
+    except StoreUnavailable as exc:
+        log.warning("events stream ended: %s", exc)
+        yield ": the store is unavailable\n\n"
+    finally:
+        sub.close()
+
+
+def stream(body: Iterator[str], sub: Subscription) -> Response:
+    response = current_app.response_class(stream_with_context(body), mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
+    # Also when the client is gone before the body was first read (the generator never ran).
+    response.call_on_close(sub.close)
+    return response
+
+
+def heartbeat() -> float:
+    return float(current_app.config.get("EVENTS_HEARTBEAT", HEARTBEAT))
+
+
+@bp.get("/container/<hostname>/events", strict_slashes=False)
+def container_events(hostname: str) -> ResponseReturnValue:
+    hostname = checked_hostname(hostname)
+    sub = store().subscribe()  # before reading the record: no change after the read is missed
+    try:
+        record = store().require(hostname)
+    except BaseException:
+        sub.close()
+        raise
+    lifetime = float(current_app.config.get("CONTAINER_EVENTS_LIFETIME", settings().start_timeout * 2 + 60))
+    return stream(one_notebook(sub, record, lifetime, heartbeat()), sub)
+
+
+@bp.get("/events", strict_slashes=False)
+def all_events() -> ResponseReturnValue:
+    sub = store().subscribe()
+    lifetime = float(current_app.config.get("EVENTS_LIFETIME", ALL_LIFETIME))
+    return stream(every_notebook(sub, lifetime, heartbeat()), sub)

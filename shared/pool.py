@@ -1,0 +1,110 @@
+"""The warm pool: notebooks started ahead of demand, handed out to a spawn at once.
+
+An operator sets ``POOL`` (``image=count,...``). For each image, that many notebooks are kept
+running under the pseudo-user :data:`POOL_USER` (never a valid user name, so it cannot be
+claimed by spawning as it). They are ordinary records and containers: spawned, reconciled,
+aged out and killed like any notebook. Keys, beside the store's:
+
+- ``pool:<image>:ready``    list of ACTIVE members ready to hand out (oldest first)
+- ``pool:<image>:members``  set of every live member (starting or ready), for refilling
+
+A spawn for a pooled image *claims* a ready member in one Lua step: the record gets the
+user, a fresh start time and expiry, moves to the user's index and is published as a change.
+The client gets an ACTIVE notebook with no engine call on its path; a refill is queued.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.record import Notebook
+from shared.store import Store, _store_errors
+
+POOL_USER = "_pool"  # fails shared.validation.USER_RE: no client can spawn or filter as it by accident
+
+# KEYS: ready list, members set, idx:all, idx:user:_pool, idx:status:ACTIVE
+# ARGV: key prefix, user, now (RFC 3339), score (epoch), expires_at, channel
+# Returns the claimed record as a flat hash, or nil when no ready member is left.
+_CLAIM = """
+while true do
+  local h = redis.call('LPOP', KEYS[1])
+  if not h then return nil end
+  local key = ARGV[1] .. 'nb:' .. h
+  -- A member that died, was culled or killed since it was offered is skipped (and dropped).
+  if redis.call('HGET', key, 'status') == 'ACTIVE' and redis.call('HGET', key, 'user') == '_pool' then
+    redis.call('SREM', KEYS[2], h)
+    redis.call('HDEL', key, '_pool')
+    redis.call('HSET', key, 'user', ARGV[2], 'start_time', ARGV[3], 'updated_at', ARGV[3],
+               'expires_at', ARGV[5])
+    redis.call('ZREM', KEYS[4], h)
+    redis.call('ZADD', ARGV[1] .. 'idx:user:' .. ARGV[2], ARGV[4], h)
+    redis.call('ZADD', KEYS[3], ARGV[4], h)
+    redis.call('ZADD', KEYS[5], ARGV[4], h)
+    local flat = redis.call('HGETALL', key)
+    local rec = {}
+    for i = 1, #flat, 2 do
+      if string.sub(flat[i], 1, 1) ~= '_' then rec[flat[i]] = flat[i + 1] end
+    end
+    redis.call('PUBLISH', ARGV[6], cjson.encode(rec))
+    return flat
+  end
+end
+"""
+
+
+class Pool:
+    """Warm-pool bookkeeping on the store's Redis and key prefix."""
+
+    def __init__(self, store: Store, sizes: dict[str, int]) -> None:
+        self.store = store
+        self.redis = store.redis
+        self.sizes = sizes
+        self._claim = self.redis.register_script(_CLAIM)
+
+    def _key(self, image: str, kind: str) -> str:
+        return f"{self.store.prefix}pool:{image}:{kind}"
+
+    def pooled(self, image: str) -> bool:
+        return image in self.sizes
+
+    @_store_errors
+    def claim(self, image: str, user: str, now: str, score: float, expires_at: str) -> Notebook | None:
+        """Hand a ready member of ``image``'s pool to ``user``; None if none is ready."""
+        if image not in self.sizes:
+            return None
+        keys = [
+            self._key(image, "ready"),
+            self._key(image, "members"),
+            f"{self.store.prefix}idx:all",
+            f"{self.store.prefix}idx:user:{POOL_USER}",
+            f"{self.store.prefix}idx:status:ACTIVE",
+        ]
+        flat: Any = self._claim(
+            keys=keys, args=[self.store.prefix, user, now, score, expires_at, self.store.events_channel]
+        )
+        if not flat:
+            return None
+        return Notebook.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
+
+    @_store_errors
+    def add_member(self, image: str, hostname: str) -> None:
+        self.redis.sadd(self._key(image, "members"), hostname)
+
+    @_store_errors
+    def offer(self, image: str, hostname: str) -> None:
+        """A member became ACTIVE: it may now be claimed."""
+        self.redis.rpush(self._key(image, "ready"), hostname)
+
+    @_store_errors
+    def members(self, image: str) -> set[str]:
+        return {str(h) for h in self.redis.smembers(self._key(image, "members"))}
+
+    @_store_errors
+    def ready_count(self, image: str) -> int:
+        return int(self.redis.llen(self._key(image, "ready")))
+
+    @_store_errors
+    def forget(self, image: str, hostnames: set[str]) -> None:
+        """Drop members that are no longer live (failed, culled, killed) from the members set."""
+        if hostnames:
+            self.redis.srem(self._key(image, "members"), *hostnames)

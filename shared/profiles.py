@@ -1,0 +1,442 @@
+"""Per-image profiles: what a notebook from a given image gets (port, command, limits, placement).
+
+An operator writes them in a YAML file named by ``PROFILES_FILE``::
+
+    profiles:
+      - name: gpu
+        images: ["*/tensorflow-notebook:*", "registry.example/gpu/*"]
+        mem_limit: 4g
+        cpu_limit: 2
+        constraints: ["node.labels.gpu==true"]
+        user_limits: true          # users may ask for other limits ...
+        max_mem_limit: 16g         # ... up to these
+        max_cpu_limit: 8
+
+Both sides load the same file: the API to pick a spawn's profile and check the limits a user
+asks for, the workers to build the notebook's spec from it. The file is validated completely
+at start-up (:func:`load_profiles`, called from ``Settings.from_env``); every problem is
+reported at once, naming the file, the profile and the field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import math
+import re
+import shlex
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from shared.errors import ConfigError, InvalidInput
+
+KIB = 1024
+#: The engine refuses smaller memory limits ("Minimum memory limit allowed is 6MB").
+MIN_MEMORY = 6 * KIB * KIB
+MAX_MEMORY = 2**62
+#: Docker's CPU limit is in billionths of a core; below a hundredth it is meaningless for a notebook.
+MIN_CPUS = 0.01
+MAX_CPUS = 4096.0
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?$", re.IGNORECASE)
+_UNITS = {"": 1, "k": KIB, "m": KIB**2, "g": KIB**3, "t": KIB**4}
+# A Swarm placement constraint: <attribute> ==|!= <value>, e.g. node.labels.gpu==true.
+_CONSTRAINT = re.compile(r"^\s*[A-Za-z0-9_.\-]+\s*(==|!=)\s*\S+\s*$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+FIELDS = (
+    "name",
+    "images",
+    "port",
+    "command",
+    "environment",
+    "mem_limit",
+    "cpu_limit",
+    "constraints",
+    "user_limits",
+    "max_mem_limit",
+    "max_cpu_limit",
+)
+
+
+# -- values ------------------------------------------------------------------------------
+def parse_size(value: object) -> int:
+    """Bytes from a whole number of bytes or a string like ``512m``, ``2g``, ``1.5GiB``.
+
+    Units are binary (k = 1024), as Docker's own ``--memory`` reads them. Raises ValueError.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"expected a size such as 512m or 2g, got {type(value).__name__} {value!r}")
+    if isinstance(value, int):
+        size = value
+    else:
+        match = _SIZE.fullmatch(value.strip())
+        if not match:
+            raise ValueError(f"not a size: {value!r} (a number of bytes, or a number with k, m, g or t, e.g. 512m)")
+        size = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    if size < MIN_MEMORY:
+        raise ValueError(f"{value!r} is less than the engine's minimum of 6m")
+    if size > MAX_MEMORY:
+        raise ValueError(f"{value!r} is too large")
+    return size
+
+
+def parse_cpus(value: object) -> float:
+    """Cores from a number or a numeric string (``0.5``, ``2``). Raises ValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"expected a number of cores such as 0.5 or 2, got {type(value).__name__} {value!r}")
+    try:
+        cpus = float(value)
+    except ValueError:
+        raise ValueError(f"not a number of cores: {value!r}") from None
+    if not math.isfinite(cpus) or not MIN_CPUS <= cpus <= MAX_CPUS:
+        raise ValueError(f"expected a number of cores from {MIN_CPUS:g} to {MAX_CPUS:g}, got {value!r}")
+    return cpus
+
+
+def format_size(size: int) -> str:
+    """``2147483648`` -> ``2g``: sizes in messages as an operator would write them."""
+    for unit in ("t", "g", "m", "k"):
+        if size % _UNITS[unit] == 0:
+            return f"{size // _UNITS[unit]}{unit}"
+    return str(size)
+
+
+# -- the model ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Profile:
+    """One profile; ``None``/empty fields leave the settings' defaults (NOTEBOOK_PORT, the image's CMD)."""
+
+    name: str
+    images: tuple[str, ...] = ()  # fnmatch globs on the spawn's image reference; empty: only by name
+    port: int | None = None
+    command: tuple[str, ...] | None = None
+    environment: Mapping[str, str] = field(default_factory=dict)
+    mem_limit: int | None = None  # bytes
+    cpu_limit: float | None = None  # cores
+    constraints: tuple[str, ...] = ()
+    user_limits: bool = False  # may a spawn ask for other limits (up to the maxima)?
+    max_mem_limit: int | None = None
+    max_cpu_limit: float | None = None
+
+    def matches(self, image: str) -> bool:
+        return any(fnmatch.fnmatchcase(image, pattern) for pattern in self.images)
+
+    def requested(self, mem_limit: object = None, cpu_limit: object = None) -> Limits:
+        """The limits a spawn asks for, checked against this profile; raises InvalidInput."""
+        mem = None if _absent(mem_limit) else mem_limit
+        cpu = None if _absent(cpu_limit) else cpu_limit
+        if mem is None and cpu is None:
+            return Limits()
+        if not self.user_limits:
+            raise InvalidInput(f"profile {self.name!r} does not let users choose mem_limit or cpu_limit")
+        out = Limits()
+        if mem is not None:
+            if self.max_mem_limit is None:
+                raise InvalidInput(f"profile {self.name!r} does not let users choose mem_limit")
+            try:
+                size = parse_size(mem)
+            except ValueError as exc:
+                raise InvalidInput(f"mem_limit: {exc}") from None
+            if size > self.max_mem_limit:
+                raise InvalidInput(
+                    f"mem_limit {format_size(size)} is over the maximum of profile {self.name!r} "
+                    f"({format_size(self.max_mem_limit)})"
+                )
+            out = Limits(mem_limit=size)
+        if cpu is not None:
+            if self.max_cpu_limit is None:
+                raise InvalidInput(f"profile {self.name!r} does not let users choose cpu_limit")
+            try:
+                cores = parse_cpus(cpu)
+            except ValueError as exc:
+                raise InvalidInput(f"cpu_limit: {exc}") from None
+            if cores > self.max_cpu_limit:
+                raise InvalidInput(
+                    f"cpu_limit {cores:g} is over the maximum of profile {self.name!r} ({self.max_cpu_limit:g})"
+                )
+            out = Limits(mem_limit=out.mem_limit, cpu_limit=cores)
+        return out
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Limits a user asked for (None: the profile's own)."""
+
+    mem_limit: int | None = None
+    cpu_limit: float | None = None
+
+    def internal(self) -> dict[str, str]:
+        """As the record's internal fields (``_mem_limit``, ``_cpu_limit``): only what was asked for."""
+        out = {}
+        if self.mem_limit is not None:
+            out["mem_limit"] = str(self.mem_limit)
+        if self.cpu_limit is not None:
+            out["cpu_limit"] = repr(self.cpu_limit)
+        return out
+
+    @classmethod
+    def from_internal(cls, mem_limit: str | None, cpu_limit: str | None) -> Limits:
+        """Back from the record; a value that does not parse is ignored (the profile's own applies)."""
+        mem: int | None
+        cpu: float | None
+        try:
+            mem = int(mem_limit) if mem_limit else None
+        except ValueError:
+            mem = None
+        try:
+            cpu = float(cpu_limit) if cpu_limit else None
+        except ValueError:
+            cpu = None
+        return cls(mem_limit=mem, cpu_limit=cpu)
+
+
+class Profiles:
+    """The operator's profiles, in file order (the first whose pattern matches an image wins)."""
+
+    def __init__(self, profiles: Sequence[Profile] = (), source: str = "") -> None:
+        self._profiles = list(profiles)
+        self._by_name = {p.name: p for p in self._profiles}
+        self.source = source
+
+    def __iter__(self) -> Iterator[Profile]:
+        return iter(self._profiles)
+
+    def __len__(self) -> int:
+        return len(self._profiles)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def get(self, name: str) -> Profile | None:
+        return self._by_name.get(name)
+
+    def for_image(self, image: str) -> Profile | None:
+        return next((p for p in self._profiles if p.matches(image)), None)
+
+    def choose(self, image: str, name: object = None) -> Profile | None:
+        """The profile a spawn of ``image`` gets: the one it names, else the image's first match.
+
+        A named profile must exist and, if it has image patterns, match the image (an operator
+        who ties a profile to images means it); one without patterns can be named for any
+        image. Raises InvalidInput.
+        """
+        if _absent(name):
+            return self.for_image(image)
+        if not isinstance(name, str):
+            raise InvalidInput("profile must be a string")
+        profile = self._by_name.get(name.strip())
+        if profile is None:
+            known = ", ".join(sorted(self._by_name)) or "none are configured"
+            raise InvalidInput(f"no profile named {name.strip()[:64]!r} (known: {known})")
+        if profile.images and not profile.matches(image):
+            raise InvalidInput(
+                f"profile {profile.name!r} does not apply to image {image!r} "
+                f"(it applies to {', '.join(profile.images)})"
+            )
+        return profile
+
+
+def _absent(value: object) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+# -- loading -----------------------------------------------------------------------------
+class _UniqueKeyLoader(yaml.SafeLoader):  # type: ignore[misc]
+    """SafeLoader that refuses a key given twice in one mapping (YAML would keep the last silently)."""
+
+
+def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def load_profiles(path: str) -> Profiles:
+    """Read and validate ``path`` (empty: no profiles); raise ConfigError listing every problem."""
+    if not path:
+        return Profiles()
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError(f"PROFILES_FILE {path}: cannot read it: {exc.strerror or exc}") from None
+    return parse_profiles(text, path)
+
+
+def parse_profiles(text: str, source: str = "<profiles>") -> Profiles:
+    """Validate YAML ``text``; ``source`` names it in messages. Raises ConfigError."""
+    where = f"PROFILES_FILE {source}"
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{where}: not valid YAML{at}: {exc.problem or exc.context or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML: {exc}") from None
+    if data is None:
+        return Profiles(source=source)  # an empty file: no profiles
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping with a 'profiles' list at the top, got {_kind(data)}")
+    unknown = sorted(str(k) for k in data if k != "profiles")
+    if unknown:
+        raise ConfigError(f"{where}: unknown top-level key(s) {', '.join(map(repr, unknown))} (expected 'profiles')")
+    items = data.get("profiles")
+    if items is None:
+        return Profiles(source=source)
+    if not isinstance(items, list):
+        raise ConfigError(f"{where}: 'profiles' must be a list of profiles, got {_kind(items)}")
+
+    problems: list[str] = []
+    profiles: list[Profile] = []
+    first_at: dict[str, int] = {}
+    for index, item in enumerate(items, start=1):
+        label, name = f"profile #{index}", None
+        if isinstance(item, dict) and isinstance(item.get("name"), str) and item["name"].strip():
+            name = item["name"].strip()
+            label = f"profile {name!r}"
+        found: list[str] = []
+        profile = _profile(item, found)
+        problems.extend(f"{label}: {p}" for p in found)
+        if name is not None and name in first_at:
+            problems.append(f"{label} (#{index}): name: already used by profile #{first_at[name]}")
+            continue
+        if name is not None:
+            first_at[name] = index
+        if profile is not None:
+            profiles.append(profile)
+    if problems:
+        raise ConfigError(f"{where}: " + "; ".join(problems))
+    return Profiles(profiles, source=source)
+
+
+def _kind(value: object) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "true/false"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _profile(item: object, problems: list[str]) -> Profile | None:
+    """One profile from its mapping; appends "field: what is wrong" to ``problems``."""
+    if not isinstance(item, dict):
+        problems.append(f"expected a mapping of {', '.join(FIELDS[:3])}, ..., got {_kind(item)}")
+        return None
+    for key in item:
+        if key not in FIELDS:
+            close = difflib.get_close_matches(str(key), FIELDS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(FIELDS)})"
+            problems.append(f"unknown key {key!r}{hint}")
+
+    def check(name: str, parse: Any) -> Any:
+        if item.get(name) is None:
+            return None
+        try:
+            return parse(item[name])
+        except ValueError as exc:
+            problems.append(f"{name}: {exc}")
+            return None
+
+    name = check("name", _name)
+    if "name" not in item or item["name"] is None:
+        problems.append("name: is required")
+    values: dict[str, Any] = {
+        "images": check("images", _patterns) or (),
+        "port": check("port", _port),
+        "command": check("command", _command),
+        "environment": check("environment", _environment) or {},
+        "mem_limit": check("mem_limit", parse_size),
+        "cpu_limit": check("cpu_limit", parse_cpus),
+        "constraints": check("constraints", _constraints) or (),
+        "user_limits": bool(check("user_limits", _flag)),
+        "max_mem_limit": check("max_mem_limit", parse_size),
+        "max_cpu_limit": check("max_cpu_limit", parse_cpus),
+    }
+    # The maxima only mean something when users may choose, and must allow the profile's own limits.
+    for limit in ("mem_limit", "cpu_limit"):
+        maximum = values[f"max_{limit}"]
+        if maximum is None:
+            continue
+        if not values["user_limits"]:
+            problems.append(f"max_{limit}: only applies with user_limits: true")
+        elif values[limit] is not None and values[limit] > maximum:
+            problems.append(f"max_{limit}: is below the profile's own {limit}")
+    if values["user_limits"] and values["max_mem_limit"] is None and values["max_cpu_limit"] is None:
+        problems.append("user_limits: true needs max_mem_limit and/or max_cpu_limit")
+    if problems or name is None:
+        return None
+    return Profile(name=name, **values)
+
+
+def _name(value: object) -> str:
+    if not isinstance(value, str) or not _NAME.fullmatch(value.strip()):
+        raise ValueError(f"expected 1-63 letters, digits and . _ - (starting with a letter or digit), got {value!r}")
+    return value.strip()
+
+
+def _patterns(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ValueError(f"expected a list of image patterns (globs such as 'jupyter/*'), got {value!r}")
+    return tuple(v.strip() for v in value)
+
+
+def _port(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValueError(f"expected a port number from 1 to 65535, got {value!r}")
+    return value
+
+
+def _command(value: object) -> tuple[str, ...]:
+    # A string is split as a shell would (without running one): "jupyter lab --port=9999".
+    if isinstance(value, str):
+        try:
+            value = shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"cannot split {value!r}: {exc}") from None
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of strings (or one string), got {value!r}")
+    return tuple(value)
+
+
+def _environment(value: object) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a mapping of NAME: value, got {_kind(value)}")
+    out = {}
+    for key, raw in value.items():
+        if not isinstance(key, str) or not _ENV_NAME.fullmatch(key):
+            raise ValueError(f"{key!r} is not a variable name")
+        # Numbers are written as YAML gives them; true/false would become "True", so quote those.
+        if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+            raise ValueError(f"{key}: expected a string or a number (quote true/false), got {raw!r}")
+        out[key] = str(raw)
+    return out
+
+
+def _constraints(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of Swarm constraints such as 'node.labels.gpu==true', got {value!r}")
+    for item in value:
+        if not isinstance(item, str) or not _CONSTRAINT.fullmatch(item):
+            raise ValueError(f"{item!r} is not a Swarm constraint (<attribute>==<value> or <attribute>!=<value>)")
+    return tuple("".join(item.split()) for item in value)
+
+
+def _flag(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value

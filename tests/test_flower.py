@@ -1,0 +1,134 @@
+"""Flower, as `make run` starts it, shows the task history: a real Flower process on the stack's
+broker sees a completed spawn task named swarm_manager.spawn with the notebook's hostname."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from shared.queue import SPAWN_TASK
+from shared.status import Status
+from tests.support import ROOT, VENV_BIN, free_port, wait_for
+
+
+class FlowerProcess:
+    """``celery -A worker.celery_app flower`` on a free loopback port, with the stack's settings."""
+
+    def __init__(self, env: dict[str, str], logfile: Path) -> None:
+        self.env = env
+        self.logfile = logfile
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        env = {**os.environ, **self.env, "FLOWER_UNAUTHENTICATED_API": "true", "PYTHONUNBUFFERED": "1"}
+        self._log = self.logfile.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                str(VENV_BIN / "celery"),
+                "-A",
+                "worker.celery_app",
+                "flower",
+                f"--port={self.port}",
+                "--address=127.0.0.1",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_for(self._healthy, 60, f"Flower on port {self.port} (log: {self.logfile})", 0.2)
+
+    def _healthy(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            raise AssertionError(f"Flower exited early:\n{self.log_tail()}")
+        return requests.get(f"{self.url}/healthcheck", timeout=2).text.strip() == "OK"
+
+    def get(self, path: str, **params: Any) -> Any:
+        response = requests.get(f"{self.url}{path}", params=params, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.proc = None
+        if getattr(self, "_log", None):
+            self._log.close()
+
+
+@pytest.fixture
+def flower(stack: Any, tmp_path: Path) -> Iterator[FlowerProcess]:
+    proc = FlowerProcess(stack.worker.env, tmp_path / "flower.log")
+    try:
+        proc.start()
+        # Flower builds its task history from worker events: wait until it has heard the stack's
+        # worker (its heartbeats), so the spawn's events are not sent before Flower listens.
+        worker_name = wait_for(
+            lambda: [
+                name
+                for name, alive in proc.get("/api/workers", status="true").items()
+                if alive and name.startswith(f"{stack.worker.name}-")
+            ],
+            30,
+            "Flower to see the stack's worker alive",
+            0.3,
+        )
+        assert worker_name
+        yield proc
+    finally:
+        proc.stop()
+
+
+def test_flower_shows_a_completed_spawn_with_its_hostname(
+    flower: FlowerProcess, stack: Any, images: dict[str, str]
+) -> None:
+    hostname = stack.spawn(images["httpd"], user="flower")
+    try:
+        assert stack.wait(hostname).status.value == "ACTIVE"
+
+        def spawn_task() -> dict[str, Any] | None:
+            tasks = flower.get("/api/tasks", taskname=SPAWN_TASK, state="SUCCESS")
+            return next((t for t in tasks.values() if hostname in str(t.get("args"))), None)
+
+        try:
+            task = wait_for(spawn_task, 20, f"Flower to list a SUCCESS {SPAWN_TASK} for {hostname}", 0.3)
+        except AssertionError:
+            print(f"--- flower log ---\n{flower.log_tail()}")
+            raise
+        assert task["name"] == SPAWN_TASK
+        assert task["state"] == "SUCCESS"
+        assert task["uuid"] == f"spawn-{hostname}"
+        assert task["args"] == repr([hostname])  # the hostname is the task's only argument
+        assert task["result"] == repr("ACTIVE")
+        assert task["sent"], "the API's send event (task_send_sent_event) reached Flower"
+        assert task["worker"].startswith(f"{stack.worker.name}-")
+        # The task's own detail page in Flower's API names it too.
+        info = flower.get(f"/api/task/info/spawn-{hostname}")
+        assert info["name"] == SPAWN_TASK and hostname in info["args"]
+    finally:
+        stack.kill(hostname)
+        stack.wait(hostname, {Status.REMOVED}, timeout=30)
