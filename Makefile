@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 PYTEST_ARGS ?=
 
-.PHONY: run test worker lint typecheck clean
+.PHONY: run test bench profile bench-tools worker lint typecheck clean
 
 run:
 	scripts/bring-up.sh run
@@ -12,6 +12,25 @@ run:
 test:
 	scripts/bring-up.sh test
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
+
+# Benchmarks side by side with raw Docker (bench/spawn.py): figures on stdout, bench/results/bench-latest.json
+# and .png. BENCH_ARGS e.g. "--sections cold --n 10". Its tools (requirements-bench.txt) are installed only here.
+BENCH_ARGS ?=
+
+bench: bench-tools
+	.venv/bin/python -m bench.spawn $(BENCH_ARGS)
+
+# Call trees and round trips of the hot paths (bench/profile.py): bench/results/profile-latest.json and .txt.
+profile: bench-tools
+	.venv/bin/python -m bench.profile $(BENCH_ARGS)
+
+bench-tools:
+	scripts/bring-up.sh test
+	@if [ ! -f .venv/.installed-bench ] || [ requirements-bench.txt -nt .venv/.installed-bench ] \
+	    || [ .venv/.installed-test -nt .venv/.installed-bench ]; then \
+	  echo "installing benchmark tools from requirements-bench.txt"; \
+	  .venv/bin/pip install -q --disable-pip-version-check -r requirements-bench.txt && touch .venv/.installed-bench; \
+	fi
 
 # One more worker process beside a running `make run` (to scale out, or replace a dead one).
 worker:

@@ -56,4 +56,13 @@ def create_app(
     from api import metrics
 
     app.register_blueprint(metrics.bp)
+    from api import openapi
+
+    app.register_blueprint(openapi.bp)
+    from api import auth, tokens
+
+    # Tokens and roles (api/auth.py): one before_request decides for every route, /manage's
+    # sign-in and session, CORS. Raises ConfigError with AUTH on and no ADMIN_TOKEN.
+    app.register_blueprint(tokens.bp)
+    auth.init_app(app)
     return app

@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask, Response, jsonify
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
 from shared.errors import (
+    Forbidden,
+    ImageNotAllowed,
     InvalidInput,
     InvalidTransition,
     NotFound,
     QueueUnavailable,
+    QuotaExceeded,
     StoreUnavailable,
     SwarmManagerError,
+    Unauthorized,
     UnsupportedMediaType,
 )
 
@@ -32,10 +36,14 @@ STATUS_FOR: dict[type[SwarmManagerError], int] = {
     InvalidTransition: 409,
     StoreUnavailable: 503,
     QueueUnavailable: 503,
+    Unauthorized: 401,
+    Forbidden: 403,
+    ImageNotAllowed: 403,
+    QuotaExceeded: 429,
 }
 
 
-def error_response(status: int, code: str, message: str) -> ResponseReturnValue:
+def error_response(status: int, code: str, message: str) -> tuple[Response, int]:
     response = jsonify(error=message, code=code)
     if status == 503:
         response.headers["Retry-After"] = "5"
@@ -50,12 +58,17 @@ def register(app: Flask) -> None:
             log.warning("dependency unavailable: %s", exc)
         elif status == 500:
             log.exception("unexpected error")
-        return error_response(status, exc.code, str(exc))
+        response, status = error_response(status, exc.code, str(exc))
+        if isinstance(exc, Unauthorized):
+            response.headers["WWW-Authenticate"] = exc.challenge
+        if isinstance(exc, QuotaExceeded):
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response, status
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> ResponseReturnValue:
         code = (exc.name or "error").lower().replace(" ", "_")
-        response, status = error_response(exc.code or 500, code, exc.description or exc.name)  # type: ignore[misc]
+        response, status = error_response(exc.code or 500, code, exc.description or exc.name)
         if exc.code == 405 and exc.response is None:
             allowed = getattr(exc, "valid_methods", None)
             if allowed:

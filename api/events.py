@@ -26,12 +26,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import Blueprint, Response, current_app, stream_with_context
 from flask.typing import ResponseReturnValue
 
+from api import auth
 from api.routes import checked_hostname, settings, store
 from shared.errors import StoreUnavailable
 from shared.record import Notebook
@@ -142,13 +143,18 @@ def one_notebook(sub: Subscription, record: Notebook, lifetime: float, heartbeat
         sub.close()
 
 
-def every_notebook(sub: Subscription, lifetime: float, heartbeat: float) -> Iterator[str]:
+def every_notebook(
+    sub: Subscription, lifetime: float, heartbeat: float, visible: Callable[[Event], bool] | None = None
+) -> Iterator[str]:
+    """``visible``: which events this caller may see (None: all; ``auth.event_filter``)."""
     try:
         yield f"retry: {RETRY_MS}\n\n"
         yield ": connected\n\n"  # sends the headers now, so the client knows it is listening
         for event in follow(sub, lifetime, heartbeat):
             if event is None:
                 yield ": keep-alive\n\n"
+            elif visible is not None and not visible(event):
+                continue
             elif event.record is None:
                 yield progress_message(event)
             else:
@@ -179,7 +185,7 @@ def container_events(hostname: str) -> ResponseReturnValue:
     hostname = checked_hostname(hostname)
     sub = store().subscribe()  # before reading the record: no change after the read is missed
     try:
-        record = store().require(hostname)
+        record = auth.check_visible(store().require(hostname))  # another user's: 404
     except BaseException:
         sub.close()
         raise
@@ -189,6 +195,7 @@ def container_events(hostname: str) -> ResponseReturnValue:
 
 @bp.get("/events", strict_slashes=False)
 def all_events() -> ResponseReturnValue:
+    visible = auth.event_filter()  # a user token: only its own notebooks' events
     sub = store().subscribe()
     lifetime = float(current_app.config.get("EVENTS_LIFETIME", ALL_LIFETIME))
-    return stream(every_notebook(sub, lifetime, heartbeat()), sub)
+    return stream(every_notebook(sub, lifetime, heartbeat(), visible), sub)

@@ -14,9 +14,18 @@ import time
 from flask import Blueprint, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
+from api import auth
 from api.events import STAGES
-from api.routes import checked_hostname, kill_notebook, spawn_notebook, store
-from shared.errors import InvalidInput, NotFound, QueueUnavailable, StoreUnavailable
+from api.routes import checked_hostname, kill_notebook, public_record, spawn_notebook, store
+from shared.errors import (
+    Forbidden,
+    ImageNotAllowed,
+    InvalidInput,
+    NotFound,
+    QueueUnavailable,
+    QuotaExceeded,
+    StoreUnavailable,
+)
 from shared.record import parse_rfc3339
 from shared.status import KILLABLE, Status
 from shared.validation import validate_user
@@ -63,6 +72,11 @@ def page() -> ResponseReturnValue:
         except InvalidInput as exc:
             problems.append(f"user filter ignored: {exc}")
             user_filter = ""
+    try:
+        user = auth.scoped_user(user)  # signed in with a user token: its own notebooks only
+    except Forbidden as exc:
+        problems.append(f"user filter ignored: {exc}")
+        user_filter, user = "", auth.scoped_user(None)
     if status_filter:
         try:
             status = Status(status_filter)
@@ -97,12 +111,12 @@ def page() -> ResponseReturnValue:
 def spawn() -> ResponseReturnValue:
     try:
         record = spawn_notebook(request.form.get("image"), request.form.get("user"))
-    except (InvalidInput, QueueUnavailable, StoreUnavailable) as exc:
+    except (InvalidInput, Forbidden, ImageNotAllowed, QuotaExceeded, QueueUnavailable, StoreUnavailable) as exc:
         if wants_json():
             raise  # the app's error handler answers with the JSON error and its status
         return redirect(url_for(".page", error=str(exc)), 303)
     if wants_json():
-        return record.to_json(), 202
+        return public_record(record), 202
     return redirect(url_for(".page", message=f"spawning {record.hostname}"), 303)
 
 
@@ -115,5 +129,5 @@ def kill(hostname: str) -> ResponseReturnValue:
             raise
         return redirect(url_for(".page", error=str(exc)), 303)
     if wants_json():
-        return record.to_json(), 202 if started else 200
+        return public_record(record), 202 if started else 200
     return redirect(url_for(".page", message=f"{record.hostname} is {record.status}"), 303)

@@ -13,7 +13,6 @@ from flask import Blueprint, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from api.routes import store
 from shared.metrics import Snapshot
@@ -39,7 +38,7 @@ class SnapshotCollector(Collector):
             spawns.add_metric([outcome], n)
         yield spawns
 
-        buckets = [(floatToGoString(bound), n) for bound, n in s.latency_buckets.items()]
+        buckets = [(repr(float(bound)), n) for bound, n in s.latency_buckets.items()]  # le="0.5", "1.0"
         buckets.append(("+Inf", s.latency_count))
         yield HistogramMetricFamily(
             "swarm_manager_spawn_duration_seconds",

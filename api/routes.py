@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request, url_for
+from flask.blueprints import BlueprintSetupState
 from flask.typing import ResponseReturnValue
 
+from api import auth
 from shared.errors import (
     InvalidInput,
     InvalidTransition,
     NotFound,
     QueueUnavailable,
     StoreUnavailable,
+    Unauthorized,
     UnsupportedMediaType,
 )
+from shared.limits import Allowlist, Quota
+from shared.notebook_token import FIELD as TOKEN_FIELD
+from shared.notebook_token import new_token, notebook_url, wanted
 from shared.pool import Pool
 from shared.profiles import Limits, Profiles
 from shared.queue import Queue
@@ -24,6 +33,8 @@ from shared.settings import Settings
 from shared.status import KILLABLE, Status
 from shared.store import Store
 from shared.validation import is_hostname, validate_image, validate_user
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("api", __name__)
 
@@ -45,6 +56,64 @@ def settings() -> Settings:
 
 def profiles() -> Profiles:
     return current_app.extensions["profiles"]
+
+
+@functools.lru_cache(maxsize=8)
+def _allowlist(patterns: tuple[str, ...]) -> Allowlist:
+    return Allowlist(patterns)
+
+
+def allowlist() -> Allowlist:
+    """ALLOWED_IMAGES, parsed once per set of patterns."""
+    return _allowlist(settings().allowed_images)
+
+
+def quota() -> Quota:
+    """The limits every spawn is checked against (MAX_NOTEBOOKS, MAX_NOTEBOOKS_PER_USER, SPAWN_RATE)."""
+    s = settings()
+    return Quota(max_total=s.max_notebooks, max_per_user=s.max_notebooks_per_user, rate=s.spawn_rate)
+
+
+@bp.record_once
+def _warn_about_open_allowlist(state: BlueprintSetupState) -> None:
+    s: Settings = state.app.extensions["settings"]
+    if s.auth and _allowlist(s.allowed_images).allows_everything:
+        log.warning("ALLOWED_IMAGES allows every image: any signed-in user may start any image on the engine; "
+                    "set it to the images this service is for (e.g. ALLOWED_IMAGES='jupyter/*')")
+
+
+# -- output -----------------------------------------------------------------------
+def may_see_secrets(record: Notebook) -> bool:
+    """Whether the caller owns ``record`` or is an admin (with AUTH off everyone is the admin)."""
+    try:
+        who = auth.caller()
+    except Unauthorized:
+        return False  # fail closed: no caller, no secrets
+    return who.is_admin or who.user == record.user
+
+
+def public_record(record: Notebook, token: str | None = None) -> dict[str, str]:
+    """The record as the caller may see it: every route serialises records through this.
+
+    Its owner and admins also get ``token`` (the notebook's own secret, "" when it has none)
+    and ``notebook_url`` (ready to open: ``http://<url>/?token=<token>``); nobody else does.
+    ``token`` None reads it from the record's internal field.
+    """
+    out = record.to_json()
+    if not may_see_secrets(record):
+        return out
+    if token is None:
+        token = store().internal(record.hostname, TOKEN_FIELD) or ""
+    out["token"] = token
+    out["notebook_url"] = notebook_url(record.url, token)
+    return out
+
+
+def public_records(records: Iterable[Notebook]) -> list[dict[str, str]]:
+    """:func:`public_record` for many, reading the tokens the caller may see in one round trip."""
+    records = list(records)
+    tokens = store().internals((r.hostname for r in records if may_see_secrets(r)), TOKEN_FIELD)
+    return [public_record(r, tokens.get(r.hostname, "")) for r in records]
 
 
 # -- input ------------------------------------------------------------------------
@@ -90,6 +159,8 @@ def lifetime(ttl: object) -> float | None:
     cap = settings().max_age or None
     if ttl is None or ttl == "":
         return cap
+    if isinstance(ttl, float) and ttl.is_integer():
+        ttl = int(ttl)  # JSON has one number type: 3600.0 is a whole number of seconds too
     raw = str(ttl) if isinstance(ttl, int) and not isinstance(ttl, bool) else ttl
     if not isinstance(raw, str) or not (raw.isascii() and raw.isdigit()) or len(raw) > 12 or int(raw) < 1:
         raise InvalidInput("ttl must be a whole number of seconds from 1 to 999999999999")
@@ -105,20 +176,28 @@ def spawn_notebook(
     cpu_limit: object = None,
 ) -> Notebook:
     """Validate, write the PENDING record, enqueue the spawn. No engine call here."""
+    user = auth.spawn_user(user)  # a user token spawns only for itself (403 for anyone else)
     image, user, life = validate_image(image), validate_user(user), lifetime(ttl)
+    allowlist().check(image)  # 403 with the reason
     chosen, limits = choose_profile(image, profile, mem_limit, cpu_limit)
     now = time.time()
     # A pooled notebook was started with the image's defaults: not for a named profile or own limits.
     claimed = claim_from_pool(image, user, now, life) if not profile and limits == Limits() else None
     if claimed is not None:
         return claimed
+    token = new_token() if wanted(settings().notebook_token, profiles().get(chosen) if chosen else None) else ""
     record = store().create(
         image=image,
         user=user,
         domain=settings().domain,
         expires_at=rfc3339(now + life) if life else "",
         profile=chosen,
-        internal={"queue_deadline": str(now + settings().start_timeout), **limits.internal()},
+        internal={
+            "queue_deadline": str(now + settings().start_timeout),
+            **limits.internal(),
+            **({TOKEN_FIELD: token} if token else {}),
+        },
+        quota=quota(),  # 429 over a limit, checked atomically with the write
     )
     try:
         queue().spawn(record.hostname)
@@ -147,7 +226,7 @@ def claim_from_pool(image: str, user: str, now: float, life: float | None) -> No
     pool: Pool | None = current_app.extensions.get("pool")
     if pool is None or not pool.pooled(image):
         return None
-    record = pool.claim(image, user, rfc3339(now), now, rfc3339(now + life) if life else "")
+    record = pool.claim(image, user, rfc3339(now), now, rfc3339(now + life) if life else "", quota=quota())
     try:
         queue().refill(image)  # whether or not one was ready: a pool that ran dry needs refilling too
     except QueueUnavailable:
@@ -161,7 +240,7 @@ def kill_notebook(hostname: str) -> tuple[Notebook, bool]:
     Killing a notebook that is already deleting, removed or failed is a no-op.
     """
     for _ in range(5):  # the spawn may move the record between our read and our write
-        record = store().require(hostname)
+        record = auth.check_visible(store().require(hostname))  # another user's: 404
         if record.status not in KILLABLE:
             return record, False
         try:
@@ -186,7 +265,7 @@ def spawn() -> ResponseReturnValue:
         mem_limit=data.get("mem_limit"),
         cpu_limit=data.get("cpu_limit"),
     )
-    response = jsonify(record.to_json())
+    response = jsonify(public_record(record))
     response.status_code = 202
     response.headers["Location"] = url_for(".container", hostname=record.hostname)
     return response
@@ -194,19 +273,19 @@ def spawn() -> ResponseReturnValue:
 
 @bp.get("/container/<hostname>", strict_slashes=False)
 def container(hostname: str) -> ResponseReturnValue:
-    return store().require(checked_hostname(hostname)).to_json()
+    return public_record(auth.check_visible(store().require(checked_hostname(hostname))))
 
 
 @bp.route("/container/<hostname>/kill", methods=["GET", "POST"], strict_slashes=False)
 @bp.delete("/container/<hostname>", strict_slashes=False)
 def kill(hostname: str) -> ResponseReturnValue:
     record, started = kill_notebook(checked_hostname(hostname))
-    return record.to_json(), 202 if started else 200
+    return public_record(record), 202 if started else 200
 
 
 @bp.get("/containers", strict_slashes=False)
 def containers() -> ResponseReturnValue:
-    user = request.args.get("user") or None
+    user = auth.scoped_user(request.args.get("user") or None)  # a user token: its own only
     raw_status = request.args.get("status") or None
     status = None
     if raw_status is not None:
@@ -220,7 +299,7 @@ def containers() -> ResponseReturnValue:
         offset=int_arg("offset", 0, 0, 10**9) or 0,
         limit=int_arg("limit", None, 1, MAX_LIST_LIMIT),
     )
-    return jsonify([r.to_json() for r in records])
+    return jsonify(public_records(records))
 
 
 @bp.get("/healthz", strict_slashes=False)

@@ -102,8 +102,9 @@ def remove_containers(client: docker.DockerClient, instance: str, threads: int =
         with contextlib.suppress(docker.errors.NotFound):
             client.api.remove_container(c.id, force=True)
 
-    workers = [threading.Thread(target=lambda chunk=found[i::threads]: [remove(c) for c in chunk])
-               for i in range(threads)]
+    workers = [
+        threading.Thread(target=lambda chunk=found[i::threads]: [remove(c) for c in chunk]) for i in range(threads)
+    ]
     for w in workers:
         w.start()
     for w in workers:
@@ -220,9 +221,24 @@ class Gunicorn:
 
         self._log = self.logfile.open("ab")
         self.proc = subprocess.Popen(
-            [str(VENV_BIN / "gunicorn"), "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers),
-             "--threads", str(self.threads), "--access-logfile", "-", "--graceful-timeout", "3", "api.wsgi:app"],
-            cwd=ROOT, env={**os.environ, **self.env}, stdout=self._log, stderr=subprocess.STDOUT,
+            [
+                str(VENV_BIN / "gunicorn"),
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--workers",
+                str(self.workers),
+                "--threads",
+                str(self.threads),
+                "--access-logfile",
+                "-",
+                "--graceful-timeout",
+                "3",
+                "api.wsgi:app",
+            ],
+            cwd=ROOT,
+            env={**os.environ, **self.env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
 
         def answers() -> bool:

@@ -120,8 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", default="GET")
     parser.add_argument("--path", action="append", default=[], help="path to request (repeatable, round-robin)")
     parser.add_argument("--paths-file", help="file with one path per line (round-robin)")
-    parser.add_argument("--form", action="append", default=[], type=lambda s: tuple(s.split("=", 1)),
-                        help="NAME=VALUE form field of the body (repeatable)")
+    parser.add_argument(
+        "--form",
+        action="append",
+        default=[],
+        type=lambda s: tuple(s.split("=", 1)),
+        help="NAME=VALUE form field of the body (repeatable)",
+    )
     parser.add_argument("--rate", type=float, default=200.0, help="requests per second")
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--max-seconds", type=float, default=60.0)

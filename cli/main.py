@@ -68,12 +68,14 @@ def _reason(exc: Exception) -> str:
 class Api:
     """The swarm-manager HTTP API at ``base``."""
 
-    def __init__(self, base: str, timeout: float = HTTP_TIMEOUT) -> None:
+    def __init__(self, base: str, token: str = "", timeout: float = HTTP_TIMEOUT) -> None:
         if not re.match(r"^https?://[^/\s]+", base):
             raise CliError(f"--api must be an http:// or https:// URL, got {base!r}", EXIT_USAGE)
         self.base = base.rstrip("/")
         self.timeout = timeout
         self.session = requests.Session()
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
 
     def _unreachable(self, exc: Exception) -> CliError:
         return CliError(
@@ -95,8 +97,9 @@ class Api:
         try:
             return response.json()
         except ValueError:
-            raise CliError(f"the API answered {method} {path} with something that is not JSON: "
-                           f"{response.text[:200]!r}") from None
+            raise CliError(
+                f"the API answered {method} {path} with something that is not JSON: {response.text[:200]!r}"
+            ) from None
 
     @staticmethod
     def error_of(response: requests.Response) -> CliError:
@@ -246,8 +249,9 @@ def age(start_time: str, now: float | None = None) -> str:
 
 def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-             for row in [header, *rows]]
+    lines = [
+        "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]
+    ]
     return "\n".join(lines)
 
 
@@ -273,7 +277,9 @@ class Output:
 
 # -- commands ------------------------------------------------------------------------------------
 def cmd_spawn(api: Api, out: Output, args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {"image": args.image, "user": args.user}
+    body: dict[str, Any] = {"image": args.image}
+    if args.user is not None:
+        body["user"] = args.user
     if args.ttl is not None:
         body["ttl"] = args.ttl
     record = dict(api.request("POST", "/spawn", json=body))
@@ -301,11 +307,24 @@ def cmd_status(api: Api, out: Output, args: argparse.Namespace) -> int:
 
 
 def cmd_list(api: Api, out: Output, args: argparse.Namespace) -> int:
-    params = {k: v for k, v in {"user": args.user, "status": args.status, "limit": args.limit,
-                                "offset": args.offset}.items() if v is not None}
+    params = {
+        k: v
+        for k, v in {"user": args.user, "status": args.status, "limit": args.limit, "offset": args.offset}.items()
+        if v is not None
+    }
     records = api.request("GET", "/containers", params=params)
-    rows = [[r.get("hostname", ""), r.get("status", ""), r.get("user", ""), r.get("image", ""),
-             age(r.get("start_time", "")), r.get("node", "") or "-", r.get("url", "")] for r in records]
+    rows = [
+        [
+            r.get("hostname", ""),
+            r.get("status", ""),
+            r.get("user", ""),
+            r.get("image", ""),
+            age(r.get("start_time", "")),
+            r.get("node", "") or "-",
+            r.get("url", ""),
+        ]
+        for r in records
+    ]
     human = table(rows, ["HOSTNAME", "STATUS", "USER", "IMAGE", "AGE", "NODE", "URL"]) if rows else "no notebooks"
     out.data(records, human)
     return EXIT_OK
@@ -320,6 +339,28 @@ def cmd_kill(api: Api, out: Output, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- user tokens (the admin's token only; see the README's Security section) ----------------------
+def cmd_token_create(api: Api, out: Output, args: argparse.Namespace) -> int:
+    made = dict(api.request("POST", "/tokens", json={"user": args.user}))
+    if not out.as_json:  # stdout is the token alone: TOKEN=$(swarm-manager token create --user alice)
+        print(f"token {made.get('id')} for {made.get('user')}; it is shown only now", file=sys.stderr)
+    out.data(made, str(made.get("token", "")))
+    return EXIT_OK
+
+
+def cmd_token_list(api: Api, out: Output, args: argparse.Namespace) -> int:
+    tokens = api.request("GET", "/tokens", params={"user": args.user} if args.user else None)
+    rows = [[t.get("id", ""), t.get("user", ""), t.get("created", "")] for t in tokens]
+    out.data(tokens, table(rows, ["ID", "USER", "CREATED"]) if rows else "no tokens")
+    return EXIT_OK
+
+
+def cmd_token_revoke(api: Api, out: Output, args: argparse.Namespace) -> int:
+    revoked = dict(api.request("DELETE", f"/tokens/{args.id}"))
+    out.data(revoked, f"{revoked.get('id')}  revoked (was {revoked.get('user')}'s)")
+    return EXIT_OK
+
+
 def _exec(program: str, argv: list[str]) -> NoReturn:
     beside = Path(sys.executable).parent / program  # the same virtualenv as this command
     path = str(beside) if beside.exists() else shutil.which(program)
@@ -331,14 +372,28 @@ def _exec(program: str, argv: list[str]) -> NoReturn:
 
 def cmd_serve(args: argparse.Namespace, extra: list[str]) -> int:
     bind = args.bind or f"127.0.0.1:{os.environ.get('PORT', '3000')}"
-    _exec("gunicorn", ["--bind", bind, "--workers", str(args.workers), "--threads", str(args.threads),
-                       "--access-logfile", "-", *extra, "api.wsgi:app"])
+    _exec(
+        "gunicorn",
+        [
+            "--bind",
+            bind,
+            "--workers",
+            str(args.workers),
+            "--threads",
+            str(args.threads),
+            "--graceful-timeout",
+            "10",
+            "--access-logfile",
+            "-",
+            *extra,
+            "api.wsgi:app",
+        ],
+    )
 
 
 def cmd_worker(args: argparse.Namespace, extra: list[str]) -> int:
     hostname = args.hostname or f"worker-{os.getpid()}@%h"
-    _exec("celery", ["-A", "worker.celery_app", "worker", "--loglevel", args.loglevel, "--hostname", hostname,
-                     *extra])
+    _exec("celery", ["-A", "worker.celery_app", "worker", "--loglevel", args.loglevel, "--hostname", hostname, *extra])
 
 
 # -- arguments -----------------------------------------------------------------------------------
@@ -356,13 +411,28 @@ def parser() -> argparse.ArgumentParser:
     # --api and --json work before or after the command: a parent on the main parser and on each
     # command, SUPPRESSed so the one given after the command does not reset the one before it.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--api", default=argparse.SUPPRESS, metavar="URL",
-                        help=f"the API's base URL (default: $SWARM_MANAGER_URL or {DEFAULT_API})")
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                        help="print the API's JSON instead of tables (for scripts)")
+    common.add_argument(
+        "--api",
+        default=argparse.SUPPRESS,
+        metavar="URL",
+        help=f"the API's base URL (default: $SWARM_MANAGER_URL or {DEFAULT_API})",
+    )
+    common.add_argument(
+        "--token",
+        default=argparse.SUPPRESS,
+        help="the admin's or a user's token, sent as Authorization: Bearer "
+        "(default: $SWARM_MANAGER_TOKEN; needed when the API runs with AUTH on)",
+    )
+    common.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print the API's JSON instead of tables (for scripts)",
+    )
 
     main = argparse.ArgumentParser(
-        prog="swarm-manager", parents=[common],
+        prog="swarm-manager",
+        parents=[common],
         description="Spawn, watch and kill Jupyter notebook servers through the swarm-manager API.",
         epilog="Exit status: 0 done, 1 failed, 2 bad usage, 3 API unreachable.",
     )
@@ -370,11 +440,12 @@ def parser() -> argparse.ArgumentParser:
 
     spawn = commands.add_parser("spawn", parents=[common], help="start a notebook")
     spawn.add_argument("--image", required=True, help="Docker image of the notebook server")
-    spawn.add_argument("--user", required=True, help="whose notebook it is")
+    spawn.add_argument("--user", help="whose notebook it is (with a user's token: that user)")
     spawn.add_argument("--ttl", type=int, metavar="SECONDS", help="kill it after this long (capped by MAX_AGE)")
     spawn.add_argument("--wait", action="store_true", help="follow it until ACTIVE or FAILED, then print its URL")
-    spawn.add_argument("--timeout", type=positive, default=300.0, metavar="SECONDS",
-                       help="how long --wait waits (default 300)")
+    spawn.add_argument(
+        "--timeout", type=positive, default=300.0, metavar="SECONDS", help="how long --wait waits (default 300)"
+    )
     spawn.set_defaults(run=cmd_spawn)
 
     status = commands.add_parser("status", parents=[common], help="show one notebook's record")
@@ -391,22 +462,45 @@ def parser() -> argparse.ArgumentParser:
     kill = commands.add_parser("kill", parents=[common], help="stop and remove a notebook")
     kill.add_argument("hostname")
     kill.add_argument("--wait", action="store_true", help="follow it until REMOVED")
-    kill.add_argument("--timeout", type=positive, default=120.0, metavar="SECONDS",
-                      help="how long --wait waits (default 120)")
+    kill.add_argument(
+        "--timeout", type=positive, default=120.0, metavar="SECONDS", help="how long --wait waits (default 120)"
+    )
     kill.set_defaults(run=cmd_kill)
 
-    serve = commands.add_parser("serve", help="run the API under gunicorn (as `make run` does); "
-                                "other options are passed to gunicorn")
+    serve = commands.add_parser(
+        "serve", help="run the API under gunicorn (as `make run` does); other options are passed to gunicorn"
+    )
     serve.add_argument("--bind", help="address:port (default 127.0.0.1:$PORT, PORT defaulting to 3000)")
-    serve.add_argument("--workers", type=int, default=int(os.environ.get("API_WORKERS", "2")),
-                       help="gunicorn worker processes (default $API_WORKERS or 2)")
-    serve.add_argument("--threads", type=int, default=8, help="threads per worker process (default 8)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("API_WORKERS", "2")),
+        help="gunicorn worker processes (default $API_WORKERS or 2)",
+    )
+    serve.add_argument(
+        "--threads",
+        type=int,
+        default=int(os.environ.get("API_THREADS", "32")),
+        help="threads per worker process (default $API_THREADS or 32; each open events stream holds one)",
+    )
     serve.set_defaults(server=cmd_serve)
 
     worker = commands.add_parser("worker", help="run a Celery worker; other options are passed to celery")
     worker.add_argument("--hostname", help="the worker's node name (default worker-<pid>@<host>)")
     worker.add_argument("--loglevel", default="INFO")
     worker.set_defaults(server=cmd_worker)
+
+    token = commands.add_parser("token", help="create, list and revoke user tokens (needs the admin's token)")
+    token_commands = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    token_create = token_commands.add_parser("create", parents=[common], help="a new token for a user (printed once)")
+    token_create.add_argument("--user", required=True, help="the user the token acts as")
+    token_create.set_defaults(run=cmd_token_create)
+    token_list = token_commands.add_parser("list", parents=[common], help="live tokens, without their secrets")
+    token_list.add_argument("--user", help="only this user's")
+    token_list.set_defaults(run=cmd_token_list)
+    token_revoke = token_commands.add_parser("revoke", parents=[common], help="revoke a token (stops it at once)")
+    token_revoke.add_argument("id", help="the token's id (from token create or token list)")
+    token_revoke.set_defaults(run=cmd_token_revoke)
     return main
 
 
@@ -418,7 +512,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(args.server(args, extra))
         if extra:
             p.error(f"unrecognized arguments: {' '.join(extra)}")
-        api = Api(getattr(args, "api", None) or os.environ.get("SWARM_MANAGER_URL") or DEFAULT_API)
+        api = Api(
+            getattr(args, "api", None) or os.environ.get("SWARM_MANAGER_URL") or DEFAULT_API,
+            token=getattr(args, "token", None) or os.environ.get("SWARM_MANAGER_TOKEN", ""),
+        )
         return int(args.run(api, Output(getattr(args, "json", False)), args))
     except CliError as exc:
         print(f"swarm-manager: error: {exc}", file=sys.stderr)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Bring up what swarm-manager needs on a Debian machine, installing only what is missing:
 #   Debian packages (docker.io, redis-server; for tests also busybox-static, openssl,
-#   iproute2, chromium), a running Docker engine (tests only; `make run` supervises its own),
+#   iproute2, chromium, debootstrap), a running Docker engine (tests only; `make run` supervises its own),
 #   the Python virtualenv in .venv with the pinned dependencies, and configurable-http-proxy
 #   in .state/chp (tests, and `make run` when PROXY_API_URL is set or PROXY=chp).
 # Usage: scripts/bring-up.sh run|test
@@ -29,6 +29,8 @@ if [ "$mode" = test ]; then
   command -v nsenter >/dev/null 2>&1 || missing+=(util-linux)
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+  # The real Jupyter Notebook test image is built from Debian packages (tests/jupyter_image.py).
+  command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
@@ -56,7 +58,9 @@ if [ ! -x .venv/bin/python ]; then
   say "creating .venv"
   python3 -m venv .venv
 fi
-if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ "$reqs" -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+# (Also when the project's console script, `swarm-manager`, is not installed yet.)
+if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ "$reqs" -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ] \
+   || [ ! -x .venv/bin/swarm-manager ]; then
   say "installing Python dependencies from $reqs"
   .venv/bin/pip install -q --disable-pip-version-check -r "$reqs"
   .venv/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . 2>/dev/null \

@@ -41,11 +41,31 @@ if [ "${PROXY:-}" = chp ] || [ -n "${PROXY_API_URL:-}" ]; then
     *) echo "using the proxy API at $PROXY_API_URL (not started here)" >&2 ;;
   esac
 fi
+# Authentication is on unless AUTH=off is set. Without ADMIN_TOKEN one is generated once into
+# .state/admin-token (mode 0600) and reused; /manage's session key is generated in Redis.
+export AUTH=${AUTH:-on}
+case "$(echo "$AUTH" | tr '[:upper:]' '[:lower:]')" in
+  0|off|false|no)
+    echo "swarm-manager: WARNING: AUTH=off: anyone who reaches the API can spawn, see and kill every notebook" >&2 ;;
+  *)
+    if [ -z "${ADMIN_TOKEN:-}" ]; then
+      if [ ! -s .state/admin-token ]; then
+        (umask 077 && .venv/bin/python -c "import secrets; print(secrets.token_urlsafe(32))" > .state/admin-token)
+      fi
+      chmod 0600 .state/admin-token
+      ADMIN_TOKEN=$(cat .state/admin-token)
+      export ADMIN_TOKEN
+      echo "swarm-manager: the admin token is in $PWD/.state/admin-token; use it as" >&2
+      echo "  curl -H \"Authorization: Bearer \$(cat .state/admin-token)\" http://127.0.0.1:$port/containers" >&2
+      echo "  SWARM_MANAGER_TOKEN=\$(cat .state/admin-token) .venv/bin/swarm-manager list" >&2
+      echo "  and sign in to http://127.0.0.1:$port/manage with it (AUTH=off turns authentication off)" >&2
+    fi ;;
+esac
 if [ -z "${DOCKER_HOST:-}" ] && ! docker info >/dev/null 2>&1; then
   echo "dockerd: dockerd --data-root /var/lib/docker" >> "$procfile"
 fi
 cat >> "$procfile" <<PROCS
-api: .venv/bin/gunicorn --bind 127.0.0.1:$port --workers ${API_WORKERS:-2} --threads 8 --access-logfile - api.wsgi:app
+api: .venv/bin/gunicorn --bind 127.0.0.1:$port --workers ${API_WORKERS:-2} --threads ${API_THREADS:-32} --graceful-timeout 10 --access-logfile - api.wsgi:app
 worker: .venv/bin/celery -A worker.celery_app worker --loglevel INFO --hostname worker1@%h
 beat: .venv/bin/celery -A worker.celery_app beat --loglevel INFO --schedule .state/celerybeat-schedule
 flower: FLOWER_UNAUTHENTICATED_API=true .venv/bin/celery -A worker.celery_app flower --port=${FLOWER_PORT:-5555} --address=127.0.0.1

@@ -77,3 +77,43 @@ class ProxyError(SwarmManagerError):
     """The routing proxy's API refused a route change or could not be reached."""
 
     code = "proxy_error"
+
+
+class Unauthorized(SwarmManagerError):
+    """No valid credentials: a missing, unknown or revoked token (HTTP 401 with a Bearer challenge)."""
+
+    code = "unauthorized"
+
+    def __init__(self, message: str = "this route needs a token: Authorization: Bearer <token>", *,
+                 invalid: bool = False) -> None:
+        super().__init__(message)
+        # RFC 6750: a token that was sent but is no good is an "invalid_token" challenge.
+        self.challenge = 'Bearer realm="swarm-manager"' + (', error="invalid_token"' if invalid else "")
+
+
+class Forbidden(SwarmManagerError):
+    """Valid credentials that do not allow this (HTTP 403): a user token on an admin route,
+    a spawn for someone else, a form post without its CSRF token."""
+
+    code = "forbidden"
+
+
+class ImageNotAllowed(SwarmManagerError):
+    """The image is not on the operator's allowlist (``ALLOWED_IMAGES``); HTTP 403."""
+
+    code = "image_not_allowed"
+
+
+class QuotaExceeded(SwarmManagerError):
+    """A spawn would go over a quota or the spawn rate; HTTP 429 with ``Retry-After``.
+
+    ``retry_after`` is a whole number of seconds (at least 1): exact for the spawn rate, a
+    hint for live-notebook quotas (a slot frees when one of the notebooks ends or is killed).
+    """
+
+    code = "quota_exceeded"
+
+    def __init__(self, message: str, retry_after: int, limit: str = "") -> None:
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after))
+        self.limit = limit  # which limit: "total", "user" or "rate"

@@ -17,15 +17,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from shared.limits import QUOTA_LUA, Quota, quota_error
 from shared.record import Notebook
 from shared.store import Store, _store_errors
 
 POOL_USER = "_pool"  # fails shared.validation.USER_RE: no client can spawn or filter as it by accident
 
-# KEYS: ready list, members set, idx:all, idx:user:_pool, idx:status:ACTIVE
-# ARGV: key prefix, user, now (RFC 3339), score (epoch), expires_at, channel
-# Returns the claimed record as a flat hash, or nil when no ready member is left.
-_CLAIM = """
+# KEYS: ready list, members set, idx:all, idx:user:_pool, idx:status:ACTIVE,
+#       live:user:_pool, live:user:<user>, rate:<user>
+# ARGV: key prefix, user, now (RFC 3339), score (epoch), expires_at, channel,
+#       max per user, spawn rate, rate window (the user's quota; a member already counts in the total)
+# Returns the claimed record as a flat hash, nil when no ready member is left, or {-2, ...}
+# when the user's quota refuses the spawn (QUOTA_LUA in shared/limits.py).
+_CLAIM = QUOTA_LUA + """
+local refusal = quota_refusal(KEYS[6], KEYS[7], KEYS[8], 0, tonumber(ARGV[7]), tonumber(ARGV[8]),
+                              tonumber(ARGV[9]), tonumber(ARGV[4]))
+if refusal then return refusal end
 while true do
   local h = redis.call('LPOP', KEYS[1])
   if not h then return nil end
@@ -40,6 +47,9 @@ while true do
     redis.call('ZADD', ARGV[1] .. 'idx:user:' .. ARGV[2], ARGV[4], h)
     redis.call('ZADD', KEYS[3], ARGV[4], h)
     redis.call('ZADD', KEYS[5], ARGV[4], h)
+    redis.call('SREM', KEYS[6], h)
+    redis.call('SADD', KEYS[7], h)
+    quota_record(KEYS[8], tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[4]), h)
     local flat = redis.call('HGETALL', key)
     local rec = {}
     for i = 1, #flat, 2 do
@@ -68,8 +78,14 @@ class Pool:
         return image in self.sizes
 
     @_store_errors
-    def claim(self, image: str, user: str, now: str, score: float, expires_at: str) -> Notebook | None:
-        """Hand a ready member of ``image``'s pool to ``user``; None if none is ready."""
+    def claim(
+        self, image: str, user: str, now: str, score: float, expires_at: str, quota: Quota | None = None
+    ) -> Notebook | None:
+        """Hand a ready member of ``image``'s pool to ``user``; None if none is ready.
+
+        Raises QuotaExceeded when ``quota`` refuses the user another notebook (per user, rate).
+        """
+        quota = quota or Quota()
         if image not in self.sizes:
             return None
         keys = [
@@ -78,12 +94,18 @@ class Pool:
             f"{self.store.prefix}idx:all",
             f"{self.store.prefix}idx:user:{POOL_USER}",
             f"{self.store.prefix}idx:status:ACTIVE",
+            self.store.quota_keys(POOL_USER)[1],
+            *self.store.quota_keys(user)[1:],
         ]
         flat: Any = self._claim(
-            keys=keys, args=[self.store.prefix, user, now, score, expires_at, self.store.events_channel]
+            keys=keys,
+            args=[self.store.prefix, user, now, repr(score), expires_at, self.store.events_channel,
+                  quota.max_per_user, quota.rate, quota.window],
         )
         if not flat:
             return None
+        if isinstance(flat[0], int):
+            raise quota_error(flat, user, quota, score)
         return Notebook.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
 
     @_store_errors

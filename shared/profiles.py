@@ -60,6 +60,9 @@ FIELDS = (
     "user_limits",
     "max_mem_limit",
     "max_cpu_limit",
+    "token",
+    "token_env",
+    "token_arg",
 )
 
 
@@ -122,6 +125,12 @@ class Profile:
     user_limits: bool = False  # may a spawn ask for other limits (up to the maxima)?
     max_mem_limit: int | None = None
     max_cpu_limit: float | None = None
+    # The notebook's own secret token (NOTEBOOK_TOKEN): off for images that cannot take one;
+    # passed in ``token_env`` (default JUPYTER_TOKEN), or as ``token_arg`` added to ``command``
+    # ("--ServerApp.token={token}") for images that read it from the command line only.
+    token: bool = True
+    token_env: str = ""
+    token_arg: str = ""
 
     def matches(self, image: str) -> bool:
         return any(fnmatch.fnmatchcase(image, pattern) for pattern in self.images)
@@ -362,6 +371,9 @@ def _profile(item: object, problems: list[str]) -> Profile | None:
         "user_limits": bool(check("user_limits", _flag)),
         "max_mem_limit": check("max_mem_limit", parse_size),
         "max_cpu_limit": check("max_cpu_limit", parse_cpus),
+        "token": check("token", _flag) is not False,
+        "token_env": check("token_env", _env_name) or "",
+        "token_arg": check("token_arg", _token_arg) or "",
     }
     # The maxima only mean something when users may choose, and must allow the profile's own limits.
     for limit in ("mem_limit", "cpu_limit"):
@@ -374,6 +386,12 @@ def _profile(item: object, problems: list[str]) -> Profile | None:
             problems.append(f"max_{limit}: is below the profile's own {limit}")
     if values["user_limits"] and values["max_mem_limit"] is None and values["max_cpu_limit"] is None:
         problems.append("user_limits: true needs max_mem_limit and/or max_cpu_limit")
+    if values["token_arg"] and not values["command"]:
+        problems.append("token_arg: needs a command to add the argument to")
+    if values["token_arg"] and values["token_env"]:
+        problems.append("token_env and token_arg: give one way to pass the token")
+    if not values["token"] and (values["token_arg"] or values["token_env"]):
+        problems.append("token: false leaves nothing for token_env or token_arg to pass")
     if problems or name is None:
         return None
     return Profile(name=name, **values)
@@ -434,6 +452,19 @@ def _constraints(value: object) -> tuple[str, ...]:
         if not isinstance(item, str) or not _CONSTRAINT.fullmatch(item):
             raise ValueError(f"{item!r} is not a Swarm constraint (<attribute>==<value> or <attribute>!=<value>)")
     return tuple("".join(item.split()) for item in value)
+
+
+def _env_name(value: object) -> str:
+    if not isinstance(value, str) or not _ENV_NAME.fullmatch(value):
+        raise ValueError(f"expected an environment variable name such as JUPYTER_TOKEN, got {value!r}")
+    return value
+
+
+def _token_arg(value: object) -> str:
+    if not isinstance(value, str) or value.count("{token}") != 1 or any(c.isspace() for c in value):
+        raise ValueError(f"expected one argument containing {{token}} once, e.g. '--ServerApp.token={{token}}', "
+                         f"got {value!r}")
+    return value
 
 
 def _flag(value: object) -> bool:

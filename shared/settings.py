@@ -14,7 +14,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 from shared.errors import ConfigError
-from shared.profiles import load_profiles
+from shared.limits import Allowlist, parse_allowed_images
+from shared.profiles import load_profiles, parse_cpus, parse_size
 
 T = TypeVar("T")
 
@@ -106,6 +107,58 @@ def _http_url(raw: str) -> str:
     return value
 
 
+def _secret(raw: str) -> str:
+    """A shared secret (ADMIN_TOKEN, SECRET_KEY): empty, or long enough not to be guessed."""
+    value = raw.strip()
+    if value and (len(value) < 16 or not value.isascii() or not value.isprintable() or " " in value):
+        raise ValueError("expected at least 16 printable ASCII characters without spaces "
+                         "(e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    return value
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    """``https://a.example,http://localhost:8080``: exact origins (scheme, host, optional port)."""
+    out: list[str] = []
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        origin = part.rstrip("/").lower()
+        if not re.match(r"^https?://[a-z0-9.\[\]:-]+$", origin):
+            raise ValueError(f"expected origins like https://app.example.org[:port], got {part!r}")
+        out.append(origin)
+    return tuple(dict.fromkeys(out))
+
+
+#: Linux capabilities a notebook may be given back (NOTEBOOK_CAP_ADD), to catch typos at start-up.
+KNOWN_CAPABILITIES = frozenset({
+    "AUDIT_CONTROL", "AUDIT_READ", "AUDIT_WRITE", "BLOCK_SUSPEND", "BPF", "CHECKPOINT_RESTORE", "CHOWN",
+    "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "IPC_LOCK", "IPC_OWNER", "KILL", "LEASE",
+    "LINUX_IMMUTABLE", "MAC_ADMIN", "MAC_OVERRIDE", "MKNOD", "NET_ADMIN", "NET_BIND_SERVICE", "NET_BROADCAST",
+    "NET_RAW", "PERFMON", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYSLOG", "SYS_ADMIN", "SYS_BOOT", "SYS_CHROOT",
+    "SYS_MODULE", "SYS_NICE", "SYS_PACCT", "SYS_PTRACE", "SYS_RAWIO", "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG",
+    "WAKE_ALARM",
+})
+
+
+def _capabilities(raw: str) -> tuple[str, ...]:
+    """``CHOWN,SETUID`` (``CAP_`` prefix optional): capabilities notebooks keep; empty for none."""
+    out: list[str] = []
+    for part in filter(None, (p.strip().upper() for p in raw.split(","))):
+        name = part.removeprefix("CAP_")
+        if name == "ALL" or name not in KNOWN_CAPABILITIES:
+            raise ValueError(f"{part!r} is not a Linux capability name (e.g. CHOWN, SETUID)")
+        out.append(name)
+    return tuple(dict.fromkeys(out))
+
+
+def _optional_size(raw: str) -> int | None:
+    value = raw.strip()
+    return None if value in ("", "0") else parse_size(value)
+
+
+def _optional_cpus(raw: str) -> float | None:
+    value = raw.strip()
+    return None if value in ("", "0") else parse_cpus(value)
+
+
 def setting(env: str, default: str, parse: Callable[[str], Any], doc: str) -> Any:
     """Declare a field read from environment variable ``env`` (README's table is made from these)."""
     return field(default=parse(default), metadata={"env": env, "default": default, "parse": parse, "doc": doc})
@@ -187,6 +240,49 @@ class Settings:
     ready_through_proxy: bool = setting("READY_THROUGH_PROXY", "", _bool,
                                         "1: a notebook is ACTIVE only once a request through the proxy with "
                                         "Host: <hostname>.<DOMAIN> reaches it (the public URL answers).")
+    auth: bool = setting("AUTH", "on", _bool,
+                         "Authentication: on (every route but /healthz needs a token) or off (anyone who "
+                         "reaches the API may do anything; a WARNING is logged at start-up).")
+    admin_token: str = setting("ADMIN_TOKEN", "", _secret,
+                               "The admin's API token (at least 16 characters): sees and kills everything and "
+                               "manages user tokens. Required by the API when AUTH is on.")
+    secret_key: str = setting("SECRET_KEY", "", _secret,
+                              "Signs /manage's session cookies (at least 16 characters). Empty: one is generated "
+                              "once and kept in Redis, shared by every API process.")
+    session_cookie_secure: bool = setting("SESSION_COOKIE_SECURE", "", _bool,
+                                          "1: /manage's session cookie is sent over HTTPS only (set it when the "
+                                          "API is served over HTTPS).")
+    cors_origins: tuple[str, ...] = setting("CORS_ORIGINS", "", _origins,
+                                            "Comma-separated origins (https://app.example.org) whose pages may "
+                                            "call the API from a browser. Empty: no CORS headers at all.")
+    allowed_images: tuple[str, ...] = setting(
+        "ALLOWED_IMAGES", "*", parse_allowed_images,
+        "Comma-separated image patterns (globs, matched after normalising the reference: `jupyter/*`, "
+        "`registry.example:5000/*`, `repo:*`, `repo@*`) a spawn may use; anything else is 403. `*`: every image "
+        "(a WARNING at start-up when AUTH is on).")
+    max_notebooks: int = setting("MAX_NOTEBOOKS", "0", _int(0, 1_000_000),
+                                 "Most notebooks live at once in total, warm-pool members included (0: no "
+                                 "limit); a spawn over it is 429 with Retry-After.")
+    max_notebooks_per_user: int = setting("MAX_NOTEBOOKS_PER_USER", "0", _int(0, 100_000),
+                                          "Most live notebooks one user may have (0: no limit); 429 over it.")
+    spawn_rate: int = setting("SPAWN_RATE", "0", _int(0, 100_000),
+                              "Most spawns one user may start per minute (0: no limit); 429 with Retry-After "
+                              "saying when the next one is allowed.")
+    notebook_token: bool = setting("NOTEBOOK_TOKEN", "on", _bool,
+                                   "on: every notebook gets its own secret token (as JUPYTER_TOKEN, or as a "
+                                   "profile says), shown only to its owner and admins; off: none.")
+    pids_limit: int = setting("PIDS_LIMIT", "512", _int(0, 4_194_304),
+                              "Most processes (and threads) one notebook may run (0: no limit).")
+    default_mem_limit: int | None = setting("DEFAULT_MEM_LIMIT", "2g", _optional_size,
+                                            "Memory limit of a notebook whose profile sets none (e.g. 512m, "
+                                            "2g; 0: no limit).")
+    default_cpu_limit: float | None = setting("DEFAULT_CPU_LIMIT", "1", _optional_cpus,
+                                              "CPU limit in cores of a notebook whose profile sets none "
+                                              "(0: no limit).")
+    notebook_cap_add: tuple[str, ...] = setting(
+        "NOTEBOOK_CAP_ADD", "CHOWN,DAC_OVERRIDE,FOWNER,SETGID,SETUID", _capabilities,
+        "Linux capabilities notebooks keep; every other one is dropped. The default lets an image that "
+        "starts as root switch to its notebook user; empty: none (enough for images that run as a user).")
     log_level: str = setting("LOG_LEVEL", "INFO", _match(re.compile(r"^(debug|info|warning|error)$"), "log level"),
                              "Log level of the API and workers.")
 
@@ -217,11 +313,21 @@ class Settings:
             path = self.docker_cert_path or os.path.join(os.path.expanduser("~"), ".docker")
             for name in ("ca.pem", "cert.pem", "key.pem"):
                 if not os.path.isfile(os.path.join(path, name)):
-                    problems.append(f"DOCKER_CERT_PATH: {name} not found in {path}")
+                    # The folder is not named: certificate paths stay out of logs.
+                    where = "the folder DOCKER_CERT_PATH names" if self.docker_cert_path else "~/.docker"
+                    problems.append(f"DOCKER_CERT_PATH: {name} not found in {where}")
             if self.docker_host and not self.docker_host.startswith(("tcp://", "https://")):
                 problems.append("DOCKER_TLS_VERIFY/DOCKER_CERT_PATH need a tcp:// DOCKER_HOST")
         if self.ready_through_proxy and not (self.proxy_api_url and self.proxy_public_url):
             problems.append("READY_THROUGH_PROXY needs PROXY_API_URL and PROXY_PUBLIC_URL")
+        if self.notebook_network.lower() == "host" or self.notebook_network.startswith("container:"):
+            problems.append(f"NOTEBOOK_NETWORK: {self.notebook_network!r} would share a namespace; name a network")
+        allowlist = Allowlist(self.allowed_images)
+        for image, _ in self.pool:
+            if not allowlist.allows(image):
+                problems.append(f"POOL: image {image!r} is not allowed by ALLOWED_IMAGES")
+        if self.max_notebooks and sum(n for _, n in self.pool) >= self.max_notebooks:
+            problems.append("POOL: the warm pool alone would fill MAX_NOTEBOOKS")
         try:
             # Parsed here so a bad profiles file stops the API and the workers at start-up.
             load_profiles(self.profiles_file)
@@ -247,6 +353,9 @@ class Settings:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["redis_url"] = re.sub(r"//[^@/]*@", "//***@", self.redis_url)
         out["proxy_auth_token"] = "***" if self.proxy_auth_token else ""
+        out["admin_token"] = "***" if self.admin_token else ""
+        out["docker_cert_path"] = "***" if self.docker_cert_path else ""
+        out["secret_key"] = "***" if self.secret_key else ""
         return out
 
 

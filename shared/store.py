@@ -12,6 +12,9 @@ Layout (every key starts with the instance prefix, e.g. ``swarm-manager:``):
                            progress within a stage from the workers (a *progress event*:
                            ``{"event": "progress", "hostname", "stage", "message", "at"}``).
                            A record event never has an ``event`` field; :func:`parse_event` tells them apart.
+- ``live:all``, ``live:user:<user>``  sets of hostnames taking a quota slot (PENDING, STARTING,
+                           ACTIVE): added by create, removed by the transition that leaves those statuses
+- ``rate:<user>``          sorted set: the user's spawns in the last minute (SPAWN_RATE), by time
 - ``metrics``              hash: counters for /metrics (``shared/metrics.py``); a spawn's outcome is
                            counted when its record first enters ACTIVE, FAILED or DELETING
 
@@ -29,7 +32,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, ParamSpec, TypeVar
 
 import redis
@@ -37,6 +40,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from shared.errors import InvalidTransition, NotFound, StoreUnavailable
+from shared.limits import COUNTED, QUOTA_LUA, Quota, quota_error
 from shared.metrics import OUTCOME_OF, Metrics
 from shared.record import Notebook, now_rfc3339
 from shared.status import TERMINAL, Status, sources_of
@@ -47,19 +51,35 @@ log = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 
+#: The public record's fields in the seed's order (``Notebook.to_json``'s keys); listings read only these.
+PUBLIC_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Notebook))
+# What ``Notebook.to_json`` shows for a field the hash lacks (a record written before the field existed).
+_PUBLIC_DEFAULTS: dict[str, str] = {
+    f.name: str(getattr(f.default, "value", f.default)) for f in fields(Notebook) if isinstance(f.default, str)
+}
+
 #: The ``event`` field of a progress event on the events channel (record events have none).
 PROGRESS_EVENT = "progress"
 
-# KEYS: record, idx:all, idx:user:<u>, idx:status:<s>
-# ARGV: score, hostname, channel, field1, value1, ...
-_CREATE = """
+# KEYS: record, idx:all, idx:user:<u>, idx:status:<s>, live:all, live:user:<u>, rate:<u>
+# ARGV: score, hostname, channel, max total, max per user, spawn rate, rate window, now (epoch),
+#       field1, value1, ...
+# Returns 1 when written, 0 when the hostname is taken, {-2, ...} when a quota refuses it
+# (QUOTA_LUA in shared/limits.py); the check and the write are one atomic step.
+_CREATE = QUOTA_LUA + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+local refusal = quota_refusal(KEYS[5], KEYS[6], KEYS[7], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
+                              tonumber(ARGV[7]), tonumber(ARGV[8]))
+if refusal then return refusal end
+redis.call('HSET', KEYS[1], unpack(ARGV, 9))
 redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[4], ARGV[1], ARGV[2])
+redis.call('SADD', KEYS[5], ARGV[2])
+redis.call('SADD', KEYS[6], ARGV[2])
+quota_record(KEYS[7], tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[2])
 local rec = {}
-for i = 4, #ARGV, 2 do
+for i = 9, #ARGV, 2 do
   if string.sub(ARGV[i], 1, 1) ~= '_' then rec[ARGV[i]] = ARGV[i + 1] end
 end
 redis.call('PUBLISH', ARGV[3], cjson.encode(rec))
@@ -68,7 +88,8 @@ return 1
 
 # KEYS: record, idx:all, idx:ended
 # ARGV: key prefix, new status ('' keeps it), allowed statuses as ',A,B,', updated_at, channel,
-#       terminal statuses as ',A,B,', now (epoch), field1, value1, ...
+#       terminal statuses as ',A,B,', now (epoch), statuses that take no quota slot as ',A,B,',
+#       field1, value1, ...
 # Returns {1, flat hash} on success, {2, flat hash} when the record already has the new status
 # (nothing written: a retried or repeated move is a no-op), {0} when missing, {-1, current
 # status} when not allowed.
@@ -82,7 +103,7 @@ if not string.find(ARGV[3], ',' .. cur .. ',', 1, true) then return {-1, cur} en
 local new = ARGV[2]
 if new == '' then new = cur end
 redis.call('HSET', KEYS[1], 'status', new, 'updated_at', ARGV[4])
-if #ARGV >= 8 then redis.call('HSET', KEYS[1], unpack(ARGV, 8)) end
+if #ARGV >= 9 then redis.call('HSET', KEYS[1], unpack(ARGV, 9)) end
 if new ~= cur then
   local hostname = redis.call('HGET', KEYS[1], 'hostname')
   local score = redis.call('ZSCORE', KEYS[2], hostname)
@@ -90,6 +111,11 @@ if new ~= cur then
   if score then redis.call('ZADD', ARGV[1] .. 'idx:status:' .. new, score, hostname) end
   -- Terminal records are kept for RECORD_RETENTION from the moment they ended.
   if string.find(ARGV[6], ',' .. new .. ',', 1, true) then redis.call('ZADD', KEYS[3], ARGV[7], hostname) end
+  -- Leaving the counted statuses frees the notebook's quota slot (live:all, live:user:<u>).
+  if string.find(ARGV[8], ',' .. new .. ',', 1, true) then
+    redis.call('SREM', ARGV[1] .. 'live:all', hostname)
+    redis.call('SREM', ARGV[1] .. 'live:user:' .. (redis.call('HGET', KEYS[1], 'user') or ''), hostname)
+  end
 end
 local flat = redis.call('HGETALL', KEYS[1])
 local rec = {}
@@ -240,6 +266,10 @@ class Store:
     def _idx(self, kind: str = "all", value: str = "") -> str:
         return f"{self.prefix}idx:{kind}" + (f":{value}" if value else "")
 
+    def quota_keys(self, user: str) -> list[str]:
+        """live:all, live:user:<user>, rate:<user>: the sets and log the quota check reads (shared/limits.py)."""
+        return [f"{self.prefix}live:all", f"{self.prefix}live:user:{user}", f"{self.prefix}rate:{user}"]
+
     # -- events -------------------------------------------------------------
     def progress(self, hostname: str, stage: str, message: str) -> bool:
         """Publish a progress event for ``hostname`` on the events channel; nothing is stored.
@@ -264,7 +294,7 @@ class Store:
         Read a record only after this returns, and no change made after that read is missed.
         Raises StoreUnavailable when Redis is away or does not confirm in time.
         """
-        pubsub = self.redis.pubsub()
+        pubsub = self.redis.pubsub()  # type: ignore[no-untyped-call]
         try:
             pubsub.subscribe(self.events_channel)
             deadline = time.monotonic() + confirm_within
@@ -288,6 +318,18 @@ class Store:
         data = self.redis.hgetall(self.key_for(hostname))
         return Notebook.from_hash(data) if data else None
 
+    @_store_errors
+    def get_with_internal(self, hostname: str) -> tuple[Notebook, dict[str, str]] | None:
+        """The record and its internal fields (names without the ``_``), from one HGETALL.
+
+        For a spawn, which needs both: the internal fields come with the record instead of
+        one more round trip each (``internal``).
+        """
+        data = self.redis.hgetall(self.key_for(hostname))
+        if not data:
+            return None
+        return Notebook.from_hash(data), {k[1:]: str(v) for k, v in data.items() if k.startswith("_")}
+
     def require(self, hostname: str) -> Notebook:
         record = self.get(hostname)
         if record is None:
@@ -301,6 +343,23 @@ class Store:
         return None if value is None else str(value)
 
     @_store_errors
+    def internals(self, hostnames: Iterable[str], name: str) -> dict[str, str]:
+        """One internal field of many records in one round trip; records without it are left out."""
+        names = list(hostnames)
+        if not names:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for hostname in names:
+            pipe.hget(self.key_for(hostname), f"_{name}")
+        return {h: str(v) for h, v in zip(names, pipe.execute(), strict=True) if v is not None}
+
+    @_store_errors
+    def live_count(self, user: str | None = None) -> int:
+        """Notebooks taking a quota slot (PENDING, STARTING, ACTIVE), in total or of ``user``."""
+        key = self.quota_keys(user)[1] if user is not None else self.quota_keys("")[0]
+        return int(self.redis.scard(key))
+
+    @_store_errors
     def list(
         self,
         *,
@@ -310,6 +369,24 @@ class Store:
         limit: int | None = None,
     ) -> list[Notebook]:
         """Records newest first, optionally filtered; one index read plus one pipelined fetch."""
+        return [Notebook.from_hash(row) for row in self.list_public(user=user, status=status, offset=offset,
+                                                                    limit=limit)]
+
+    @_store_errors
+    def list_public(
+        self,
+        *,
+        user: str | None = None,
+        status: Status | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> list[dict[str, str]]:
+        """What ``[r.to_json() for r in list(...)]`` gives, without building a Notebook per record.
+
+        For ``GET /containers`` with many records, where the per-record cost is all there is:
+        HMGET of the public fields only (half the values HGETALL returns, and no internal ones
+        to drop) in one pipeline without a transaction, and plain dicts in the seed's field order.
+        """
         if limit is not None and limit <= 0:
             return []
         if user:
@@ -327,16 +404,23 @@ class Store:
             names = self.redis.zrevrange(index, 0, -1)
         records = self._fetch(names)
         if post_filter is not None:
-            records = [r for r in records if r.status == post_filter]
+            records = [r for r in records if r["status"] == post_filter.value]
             records = records[offset:] if limit is None else records[offset : offset + limit]
         return records
 
-    def _fetch(self, names: Iterable[str]) -> list[Notebook]:
+    def _fetch(self, names: Iterable[str]) -> list[dict[str, str]]:
         pipe = self.redis.pipeline(transaction=False)
+        key = self.key_for
         for name in names:
-            pipe.hgetall(self.key_for(name))
-        # A name whose hash vanished between the two reads (retention expiry) is skipped.
-        return [Notebook.from_hash(data) for data in pipe.execute() if data]
+            pipe.hmget(key(name), PUBLIC_FIELDS)
+        out = []
+        for values in pipe.execute():
+            if None in values:
+                if all(v is None for v in values):
+                    continue  # the hash vanished between the two reads (retention expiry): skipped
+                values = [_PUBLIC_DEFAULTS.get(k, "") if v is None else v for k, v in zip(PUBLIC_FIELDS, values)]
+            out.append(dict(zip(PUBLIC_FIELDS, values)))
+        return out
 
     @_store_errors
     def count(self) -> int:
@@ -369,8 +453,15 @@ class Store:
         expires_at: str = "",
         profile: str = "",
         internal: dict[str, str] | None = None,
+        quota: Quota | None = None,
     ) -> Notebook:
-        """Write a new PENDING record under a fresh random hostname (unique, checked atomically)."""
+        """Write a new PENDING record under a fresh random hostname (unique, checked atomically).
+
+        With ``quota``, the limits are checked in the same atomic step: raises QuotaExceeded
+        (and writes nothing) when the spawn would go over one. The record takes a slot in the
+        live counts either way, so limits set later see it.
+        """
+        quota = quota or Quota()
         for _ in range(10):
             hostname = new_hostname()
             now = now_rfc3339()
@@ -388,11 +479,16 @@ class Store:
             )
             mapping = record.to_hash()
             mapping.update({f"_{k}": v for k, v in (internal or {}).items()})
-            argv: list[Any] = [time.time(), hostname, self.events_channel]
+            epoch = time.time()
+            argv: list[Any] = [epoch, hostname, self.events_channel, *quota.args(), repr(epoch)]
             for k, v in mapping.items():
                 argv.extend((k, v))
-            keys = [self.key_for(hostname), self._idx(), self._idx("user", user), self._idx("status", "PENDING")]
-            if self._create(keys=keys, args=argv):
+            keys = [self.key_for(hostname), self._idx(), self._idx("user", user), self._idx("status", "PENDING"),
+                    *self.quota_keys(user)]
+            result = self._create(keys=keys, args=argv)
+            if isinstance(result, list):
+                raise quota_error(result, user, quota, epoch)
+            if result:
                 return record
         # 36^12 names: ten collisions in a row means something is wrong with the random source.
         raise RuntimeError("could not find a free hostname")
@@ -429,6 +525,7 @@ class Store:
             self.events_channel,
             "," + ",".join(s.value for s in TERMINAL) + ",",
             repr(time.time()),
+            "," + ",".join(s.value for s in Status if s not in COUNTED) + ",",
         ]
         for k, v in fields.items():
             argv.extend((k, v))

@@ -34,8 +34,9 @@ from tests.support import (
     wait_for,
 )
 
-# The second (mutual-TLS) engine in a network namespace, shared by the TLS and fault tests.
-pytest_plugins = ["tests.tls_engine"]
+# The second (mutual-TLS) engine in a network namespace, shared by the TLS and fault tests;
+# the real Jupyter Notebook image (built once per machine), for the tests where a real server matters.
+pytest_plugins = ["tests.tls_engine", "tests.jupyter_image"]
 
 # Engine settings from the developer's shell must not leak into workers the tests start.
 ENGINE_VARS = ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")
@@ -76,6 +77,9 @@ def base_env(redis_url: str, instance: str, **overrides: Any) -> dict[str, str]:
         # Tests of the plain-containers backend say so: the engine may be a Swarm manager while
         # the Swarm tests run (tests/swarm_cluster.py), and auto would then pick services.
         "ENGINE_BACKEND": "containers",
+        # Authentication is the default; the tests of it turn it on (tests/test_auth_matrix.py),
+        # every other test talks to an open API as before.
+        "AUTH": "off",
         **{name: "" for name in ENGINE_VARS},
     }
     env.update({k: str(v) for k, v in overrides.items()})

@@ -196,10 +196,10 @@ class ApiServer:
         import requests
 
         self._log = self.logfile.open("ab")
+        command = [str(VENV_BIN / "gunicorn"), "--bind", f"127.0.0.1:{self.port}", "--workers", "1"]
+        command += ["--threads", str(self.threads), "--graceful-timeout", "3", "api.wsgi:app"]
         self.proc = subprocess.Popen(
-            [str(VENV_BIN / "gunicorn"), "--bind", f"127.0.0.1:{self.port}", "--workers", "1",
-             "--threads", str(self.threads), "--graceful-timeout", "3", "api.wsgi:app"],
-            cwd=ROOT, env={**os.environ, **self.env}, stdout=self._log, stderr=subprocess.STDOUT,
+            command, cwd=ROOT, env={**os.environ, **self.env}, stdout=self._log, stderr=subprocess.STDOUT
         )
 
         def answers() -> bool:

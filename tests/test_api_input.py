@@ -456,7 +456,12 @@ def test_form_spawn_exactly_like_the_seed_curl(api: Api) -> None:
     assert response.headers["Location"] == f"/container/{hostname}"
     # Written and queued: the record in Redis, one spawn message on the (prefixed) Celery queue.
     record = api.store.require(hostname)
-    assert record.to_json() == response.get_json()
+    body = response.get_json()
+    # The owner (AUTH off: everyone) also gets the notebook's own token and a ready-to-open URL.
+    token = body.pop("token")
+    assert token and token == api.store.internal(hostname, "token")
+    assert body.pop("notebook_url") == f"http://{hostname}.nb.test/?token={token}"
+    assert record.to_json() == body
     assert api.raw.llen(api.queue_key) == 1
     message = json.loads(api.raw.lindex(api.queue_key, 0))
     assert message["headers"]["task"] == "swarm_manager.spawn"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import threading
@@ -24,24 +25,26 @@ CLI = VENV_BIN / "swarm-manager"
 MISSING_IMAGE = "swarm-manager-test/missing:1"
 
 
-def run_cli(*args: str, api: str | None = None, env: dict[str, str] | None = None,
-            timeout: float = 90) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, api: str | None = None, env: dict[str, str] | None = None, timeout: float = 90
+) -> subprocess.CompletedProcess[str]:
     assert CLI.exists(), f"{CLI} is missing: install the project (.venv/bin/pip install --no-deps -e .)"
-    full_env = {k: v for k, v in os.environ.items() if k != "SWARM_MANAGER_URL"}
+    full_env = {k: v for k, v in os.environ.items() if k not in ("SWARM_MANAGER_URL", "SWARM_MANAGER_TOKEN")}
     full_env.update(env or {})
     argv = [str(CLI), *(["--api", api] if api else []), *args]
     # Run from outside the source tree: the installed script must find its packages by itself.
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=full_env, cwd="/")
 
 
-@pytest.fixture(scope="module")
-def served(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`swarm-manager serve`: gunicorn serving api.wsgi:app with the stack's settings."""
+def serve(env: dict[str, str], log: Path) -> Iterator[str]:
+    """`swarm-manager serve`: gunicorn serving api.wsgi:app with ``env``'s settings."""
     port = free_port()
-    log = tmp_path_factory.mktemp("cli-serve") / "gunicorn.log"
     proc = subprocess.Popen(
         [str(CLI), "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "8"],
-        cwd=ROOT, env={**os.environ, **stack.worker.env}, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
@@ -51,6 +54,21 @@ def served(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(15)
+
+
+@pytest.fixture(scope="module")
+def served(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from serve(stack.worker.env, tmp_path_factory.mktemp("cli-serve") / "gunicorn.log")
+
+
+ADMIN_TOKEN = "cli-test-admin-" + secrets.token_hex(16)
+
+
+@pytest.fixture(scope="module")
+def served_with_auth(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The same API with AUTH on (the default outside the tests) and an admin token."""
+    env = {**stack.worker.env, "AUTH": "on", "ADMIN_TOKEN": ADMIN_TOKEN}
+    yield from serve(env, tmp_path_factory.mktemp("cli-serve-auth") / "gunicorn.log")
 
 
 def ensure_removed(stack: Any, hostname: str) -> None:
@@ -120,6 +138,7 @@ def test_spawn_wait_of_a_missing_image_fails_with_the_reason(served: str, stack:
         (["spawn", "--image", "Not An Image!", "--user", "alice"], "image is not a valid Docker image reference"),
         (["spawn", "--image", "busybox", "--user", "no spaces"], "user must be"),
         (["spawn", "--image", "busybox", "--user", "alice", "--ttl", "0"], "ttl must be a whole number"),
+        (["spawn", "--image", "busybox"], "user is required"),
         (["status", "zzzzzzzzzzzz"], "no notebook with hostname"),
         (["kill", "zzzzzzzzzzzz", "--wait"], "no notebook with hostname"),
         (["list", "--user", "a/b"], "user must be"),
@@ -132,6 +151,20 @@ def test_bad_input_fails_with_the_api_message(served: str, args: list[str], mess
     assert result.stdout == ""
     assert result.stderr.startswith("swarm-manager: error: ") and message in result.stderr, result.stderr
     assert "(HTTP 4" in result.stderr
+
+
+def test_token_from_option_or_environment(served_with_auth: str) -> None:
+    refused = run_cli("list", api=served_with_auth)
+    assert refused.returncode == 1
+    assert "needs a token" in refused.stderr and "(HTTP 401 unauthorized)" in refused.stderr, refused.stderr
+    wrong = run_cli("list", "--token", "not-the-token", api=served_with_auth)
+    assert wrong.returncode == 1 and "(HTTP 401" in wrong.stderr, wrong.stderr
+    for result in (
+        run_cli("--json", "list", "--token", ADMIN_TOKEN, api=served_with_auth),
+        run_cli("--json", "list", api=served_with_auth, env={"SWARM_MANAGER_TOKEN": ADMIN_TOKEN}),
+    ):
+        assert result.returncode == 0, result.stderr
+        assert isinstance(json.loads(result.stdout), list)
 
 
 def test_bad_usage_is_exit_2() -> None:
@@ -171,8 +204,16 @@ class FakeOldApi(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def record(self, status: str) -> dict[str, str]:
-        return {"hostname": self.hostname, "url": f"{self.hostname}.old.test", "status": status, "node": "n1",
-                "error": "", "user": "old", "image": "busybox", "start_time": "2026-01-01T00:00:00.000000Z"}
+        return {
+            "hostname": self.hostname,
+            "url": f"{self.hostname}.old.test",
+            "status": status,
+            "node": "n1",
+            "error": "",
+            "user": "old",
+            "image": "busybox",
+            "start_time": "2026-01-01T00:00:00.000000Z",
+        }
 
     def do_POST(self) -> None:
         self.seen.append(f"POST {self.path}")
@@ -216,12 +257,19 @@ def test_worker_command_runs_a_real_worker(stack_factory: Any, images: dict[str,
     log = tmp_path / "worker.log"
     proc = subprocess.Popen(
         [str(CLI), "worker", "--hostname", "cliworker@%h", "--without-mingle", "--without-gossip"],
-        cwd="/", env={**os.environ, **base_worker_env(own)}, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        cwd="/",
+        env={**os.environ, **base_worker_env(own)},
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     try:
-        wait_for(lambda: proc.poll() is None and " ready." in log.read_text(errors="replace"), 60,
-                 f"swarm-manager worker (log: {log})", 0.2)
+        wait_for(
+            lambda: proc.poll() is None and " ready." in log.read_text(errors="replace"),
+            60,
+            f"swarm-manager worker (log: {log})",
+            0.2,
+        )
         hostname = own.spawn(images["httpd"], user="cliworker")
         assert own.wait(hostname).status == Status.ACTIVE, log.read_text(errors="replace")[-2000:]
         own.kill(hostname)
@@ -239,3 +287,47 @@ def test_worker_command_runs_a_real_worker(stack_factory: Any, images: dict[str,
 
 def base_worker_env(stack: Any) -> dict[str, str]:
     return base_env(stack.settings.redis_url, stack.settings.instance)
+
+
+def test_token_create_list_revoke(served_with_auth: str) -> None:
+    admin = {"SWARM_MANAGER_TOKEN": ADMIN_TOKEN}
+    made = run_cli("token", "create", "--user", "clitok", api=served_with_auth, env=admin)
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()  # the token alone: TOKEN=$(swarm-manager token create --user U)
+    assert len(token) >= 40 and "\n" not in token, made.stdout
+    assert "shown only now" in made.stderr
+
+    mine = run_cli("--json", "list", "--token", token, api=served_with_auth)
+    assert mine.returncode == 0, mine.stderr
+    assert all(r["user"] == "clitok" for r in json.loads(mine.stdout))
+    listed = run_cli("--json", "token", "list", "--user", "clitok", api=served_with_auth, env=admin)
+    assert listed.returncode == 0, listed.stderr
+    (entry,) = json.loads(listed.stdout)
+    assert set(entry) == {"id", "user", "created"} and entry["user"] == "clitok"
+    table = run_cli("token", "list", api=served_with_auth, env=admin)
+    assert table.stdout.splitlines()[0].split() == ["ID", "USER", "CREATED"]
+    assert any(row.split()[:2] == [entry["id"], "clitok"] for row in table.stdout.splitlines()[1:]), table.stdout
+
+    refused = run_cli("token", "list", "--token", token, api=served_with_auth)  # a user's token: not the admin
+    assert refused.returncode == 1 and "(HTTP 403 forbidden)" in refused.stderr, refused.stderr
+
+    revoked = run_cli("token", "revoke", entry["id"], api=served_with_auth, env=admin)
+    assert revoked.returncode == 0, revoked.stderr
+    assert f"{entry['id']}  revoked" in revoked.stdout
+    after = run_cli("list", "--token", token, api=served_with_auth)
+    assert after.returncode == 1 and "(HTTP 401 unauthorized)" in after.stderr, after.stderr
+    again = run_cli("token", "revoke", entry["id"], api=served_with_auth, env=admin)
+    assert again.returncode == 1 and "(HTTP 404 not_found)" in again.stderr, again.stderr
+
+
+def test_the_cli_is_a_pure_http_client() -> None:
+    # It runs where only the API is reachable: no Docker SDK, no worker code, no Redis client use.
+    probe = (
+        "import sys, cli.main; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('docker', 'worker', 'celery', 'flask', 'api')); "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run(
+        [str(VENV_BIN / "python"), "-c", probe], capture_output=True, text=True, timeout=60, cwd="/"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -31,6 +31,8 @@ APP_SERVICES = ("api", "worker", "beat", "flower")
 ENGINE_SERVICES = ("worker",)  # the ones that talk to the engine and get its certificates
 CERT_TARGET = "/certs"
 NOTEBOOK_NETWORK = "swarm-manager-notebooks"
+COMPOSE_ADMIN_TOKEN = "compose-test-admin-token-0123456789"
+COMPOSE_SECRET_KEY = "compose-test-secret-key-0123456789"
 
 
 def docker_compose() -> str:
@@ -63,6 +65,9 @@ def run_compose(tmp: Path, *args: str, **env: str) -> subprocess.CompletedProces
         "HOME": str(home),
         "LANG": "C.UTF-8",
         "DOCKER_CERT_DIR": str(certs),
+        # Required by the api service (authentication is on in compose).
+        "ADMIN_TOKEN": COMPOSE_ADMIN_TOKEN,
+        "SECRET_KEY": COMPOSE_SECRET_KEY,
         **env,
     }
     cmd = [docker_compose(), "--env-file", str(empty_env_file), "-f", str(COMPOSE_FILE), *args]
@@ -350,3 +355,29 @@ def test_dockerignore_keeps_secrets_and_clutter_out() -> None:
     for entry in (".venv", ".git", ".state", "tests", "certs"):
         assert entry in ignore, f".dockerignore does not exclude {entry}"
     assert any("__pycache__" in entry for entry in ignore)
+
+
+# -- authentication ---------------------------------------------------------------------
+def test_api_runs_with_authentication_and_its_secrets_only_there(config: dict[str, Any]) -> None:
+    env = environment(service(config, "api"))
+    assert env["AUTH"] == "on"
+    assert env["ADMIN_TOKEN"] == COMPOSE_ADMIN_TOKEN and env["SECRET_KEY"] == COMPOSE_SECRET_KEY
+    assert Settings.from_env(env).auth is True
+    for name in ("worker", "beat", "flower"):
+        leaked = {"ADMIN_TOKEN", "SECRET_KEY"} & set(environment(service(config, name)))
+        assert not leaked, f"{name} gets {sorted(leaked)}, which only the API needs"
+
+
+@pytest.mark.parametrize("missing", ["ADMIN_TOKEN", "SECRET_KEY"])
+def test_compose_refuses_to_start_without_the_secrets(tmp_path: Path, missing: str) -> None:
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    empty_env_file = tmp_path / "empty.env"
+    empty_env_file.touch()
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "DOCKER_CERT_DIR": str(certs),
+           "ADMIN_TOKEN": COMPOSE_ADMIN_TOKEN, "SECRET_KEY": COMPOSE_SECRET_KEY}
+    del env[missing]
+    result = subprocess.run([docker_compose(), "--env-file", str(empty_env_file), "-f", str(COMPOSE_FILE), "config"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert f"set {missing}" in result.stderr, result.stderr

@@ -136,11 +136,13 @@ def test_page_lists_records_with_status_and_a_post_kill_form(ui: Page) -> None:
         assert f"{hostname}.nb.test" in row
         assert {"method": "post", "action": f"/manage/kill/{hostname}"} in parsed.forms
 
-    # Nothing on the page kills through a GET: no link to any kill route, no GET form.
+    # Nothing on the page kills through a GET: no link to any kill route, and the one GET form
+    # is the filter form, which only reloads the page.
     for href in parsed.links:
         assert "kill" not in href.lower(), href
     for form in parsed.forms:
-        assert form["method"] == "post", form
+        assert form["method"] == "post" or form == {"method": "get", "action": "/manage"}, form
+        assert "kill" not in form["action"] or form["method"] == "post", form
     assert "/container/" not in html  # the JSON API's GET kill route is not linked either
 
 
@@ -272,3 +274,67 @@ def test_page_escapes_message_and_error_parameters(ui: Page, param: str) -> None
     html = response.get_data(as_text=True)
     assert "<script>alert(3)" not in html
     assert "&lt;script&gt;alert(3)&lt;/script&gt;" in html
+
+
+# -- filters, the script's JSON answers, what the page loads -----------------------------------
+def test_filters_by_user_and_status_from_the_query_string(ui: Page) -> None:
+    odewahn = spawn(ui, "busybox", "odewahn")
+    rmadsen = spawn(ui, "busybox", "rmadsen")
+    gone = spawn(ui, "busybox", "odewahn")
+    ui.store.transition(gone, Status.DELETING)
+
+    _, parsed = get_page(ui, "/manage?user=odewahn")
+    assert list(parsed.rows) == [f"nb-{gone}", f"nb-{odewahn}"]
+    _, parsed = get_page(ui, "/manage?user=odewahn&status=pending")
+    assert list(parsed.rows) == [f"nb-{odewahn}"]
+    _, parsed = get_page(ui, "/manage?status=DELETING")
+    assert list(parsed.rows) == [f"nb-{gone}"]
+    html, parsed = get_page(ui, "/manage?user=nobody")
+    assert parsed.rows == {} and "No notebooks match these filters." in html
+    # The filters are kept in the form and handed to the script for live updates.
+    html, _ = get_page(ui, "/manage?user=rmadsen&status=PENDING")
+    assert 'value="rmadsen"' in html and '<option value="PENDING" selected>' in html
+    assert 'data-filter-user="rmadsen"' in html and 'data-filter-status="PENDING"' in html
+    assert rmadsen
+
+
+@pytest.mark.parametrize("query", ["user=bad%20user", "status=SLEEPING", "user=%3Cscript%3E"])
+def test_a_bad_filter_is_reported_and_ignored(ui: Page, query: str) -> None:
+    hostname = spawn(ui, "busybox", "alice")
+    html, parsed = get_page(ui, f"/manage?{query}")
+    assert len(parsed.alerts) == 1 and "filter ignored" in parsed.alerts[0]
+    assert list(parsed.rows) == [f"nb-{hostname}"]
+    assert "<script>" not in html
+
+
+def test_the_page_loads_only_its_own_script_and_stylesheet(ui: Page) -> None:
+    response = ui.http.get("/manage")
+    csp = response.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "default-src 'none'" in csp
+    html = response.get_data(as_text=True)
+    assert "http://" not in html and "https://" not in html  # nothing from another origin (no notebooks here)
+    for path, mimetype in [("/static/manage.js", "text/javascript"), ("/static/manage.css", "text/css")]:
+        assert f'"{path}"' in html
+        asset = ui.http.get(path)
+        assert asset.status_code == 200 and asset.mimetype == mimetype
+        asset.close()
+    script = ui.http.get("/static/manage.js").get_data(as_text=True)
+    assert "innerHTML" not in script and "insertAdjacentHTML" not in script and "outerHTML" not in script
+
+
+def test_spawn_and_kill_answer_json_to_the_script(ui: Page) -> None:
+    json_accept = {"Accept": "application/json"}
+    response = ui.http.post("/manage/spawn", data={"image": "busybox", "user": "alice"}, headers=json_accept)
+    assert response.status_code == 202
+    record = response.get_json()
+    assert record["status"] == "PENDING" and record["user"] == "alice"
+
+    bad = ui.http.post("/manage/spawn", data={"image": "busybox", "user": "bad user"}, headers=json_accept)
+    assert bad.status_code == 400 and bad.get_json()["code"] == "invalid_input"
+
+    killed = ui.http.post(f"/manage/kill/{record['hostname']}", headers=json_accept)
+    assert killed.status_code == 202 and killed.get_json()["status"] == "DELETING"
+    again = ui.http.post(f"/manage/kill/{record['hostname']}", headers=json_accept)
+    assert again.status_code == 200 and again.get_json()["status"] == "DELETING"
+    unknown = ui.http.post("/manage/kill/zzzzzzzzzzzz", headers=json_accept)
+    assert unknown.status_code == 404 and unknown.get_json()["code"] == "not_found"

@@ -37,8 +37,13 @@ def scrape(http: FlaskClient) -> Samples:
     assert "version=" in response.content_type
     samples: Samples = {}
     families = {f.name: f for f in text_string_to_metric_families(text)}
-    assert {"swarm_manager_spawns", "swarm_manager_spawn_duration_seconds", "swarm_manager_notebooks",
-            "swarm_manager_queue_depth", "swarm_manager_engine_errors"} <= set(families), sorted(families)
+    assert {
+        "swarm_manager_spawns",
+        "swarm_manager_spawn_duration_seconds",
+        "swarm_manager_notebooks",
+        "swarm_manager_queue_depth",
+        "swarm_manager_engine_errors",
+    } <= set(families), sorted(families)
     assert families["swarm_manager_spawns"].type == "counter"
     assert families["swarm_manager_spawn_duration_seconds"].type == "histogram"
     assert families["swarm_manager_notebooks"].type == "gauge"
@@ -65,8 +70,11 @@ def latency(samples: Samples, part: str) -> float:
 
 
 def buckets(samples: Samples) -> list[tuple[float, float]]:
-    out = [(float(dict(labels)["le"]), value) for (name, labels), value in samples.items()
-           if name == "swarm_manager_spawn_duration_seconds_bucket"]
+    out = [
+        (float(dict(labels)["le"]), value)
+        for (name, labels), value in samples.items()
+        if name == "swarm_manager_spawn_duration_seconds_bucket"
+    ]
     return sorted(out)
 
 
@@ -84,6 +92,15 @@ def test_spawn_to_active_and_a_failed_spawn_are_counted(stack: Any, images: dict
 
     good = stack.spawn(images["httpd"], user="metrics")
     bad = stack.spawn(MISSING_IMAGE, user="metrics")
+    try:
+        check_counted(stack, before, good, bad)
+    finally:
+        if stack.record(good).status not in (Status.REMOVED, Status.FAILED):
+            stack.kill(good)
+            stack.wait(good, {Status.REMOVED, Status.FAILED}, timeout=30)
+
+
+def check_counted(stack: Any, before: Samples, good: str, bad: str) -> None:
     assert stack.wait(good).status == Status.ACTIVE
     failed = stack.wait(bad)
     assert failed.status == Status.FAILED and "not present" in failed.error

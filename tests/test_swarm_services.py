@@ -2,9 +2,9 @@
 
 The tests that need only the manager come first; the worker node joins when the first test
 that asks for ``swarm_worker`` runs, and the test that stops the worker's engine is last.
-Placement constraints and limits reach the engine through ``NotebookSpec`` (the per-image
-profiles that will set them are not built yet): those tests drive a Spawner in-process whose
-``spec_for`` adds them, as a profile will.
+Placement constraints and limits reach the engine through ``NotebookSpec``: these tests drive
+a Spawner in-process whose ``spec_for`` adds them; the per-image profiles that set them through
+the API and a worker process are tested end to end in tests/test_swarm_profiles.py.
 """
 
 from __future__ import annotations
@@ -241,6 +241,7 @@ def test_memory_and_cpu_limits_reach_the_service_and_its_container(
         assert service["Spec"]["TaskTemplate"]["Resources"]["Limits"] == {
             "MemoryBytes": 96 * MIB,
             "NanoCPUs": 500_000_000,
+            "Pids": sstack.settings.pids_limit,  # PIDS_LIMIT (worker/hardening.py)
         }
         [task] = swarm.client.api.tasks(filters={"service": placement.object_id})
         container = swarm.client.containers.get(task["Status"]["ContainerStatus"]["ContainerID"])

@@ -6,7 +6,9 @@ What the ``tls_engine`` fixture builds (and always tears down):
   (SAN IP, serverAuth) and a client certificate (clientAuth), laid out as the docker CLI
   expects (``ca.pem``, ``cert.pem``, ``key.pem`` in one folder); plus folders whose
   ``ca.pem`` comes from a second, unrelated CA ("wrong CA") and whose client certificate
-  is signed by that unrelated CA ("untrusted client");
+  is signed by that unrelated CA ("untrusted client"); and, signed by the engine's own CA
+  but expired in 2020, a client certificate folder and a server certificate
+  (``certs["expired_client"]``, ``certs["expired_server_cert"]``/``["expired_server_key"]``);
 - a network namespace ``smtls<hex>`` joined to the host by a veth pair in a random
   ``10.78.<n>.0/24`` (host side ``.1``, namespace side ``.2``);
 - ``dockerd`` started with ``nsenter --net`` inside that namespace, with its own data-root,
@@ -343,6 +345,33 @@ def _make_leaf(d: Path, name: str, ca: str, cn: str, extensions: str) -> None:
     )
 
 
+#: Validity of the expired certificates: two days in 2020 (``openssl x509`` cannot date a
+#: certificate in the past; ``openssl ca`` can, with -startdate/-enddate).
+EXPIRED_DATES = ("20200101000000Z", "20200102000000Z")
+
+
+def _make_expired_leaf(d: Path, name: str, ca: str, cn: str, extensions: str) -> None:
+    """A certificate signed by ``ca`` that expired in 2020 (a minimal ``openssl ca`` setup)."""
+    _openssl("req", "-new", *EC_KEY, "-subj", f"/CN={cn}", "-keyout", f"{name}-key.pem", "-out", f"{name}.csr", cwd=d)
+    (d / f"{name}.ext").write_text(extensions)
+    ca_dir = d / f"{name}-ca"
+    ca_dir.mkdir()
+    (ca_dir / "index.txt").write_text("")
+    (ca_dir / "serial").write_text(secrets.token_hex(8) + "\n")
+    (ca_dir / "ca.cnf").write_text(
+        "[ca]\ndefault_ca = ca_default\n"
+        f"[ca_default]\ndatabase = {ca_dir}/index.txt\nnew_certs_dir = {ca_dir}\nserial = {ca_dir}/serial\n"
+        "default_md = sha256\npolicy = policy_any\nunique_subject = no\n"
+        "[policy_any]\ncommonName = supplied\n"
+    )
+    _openssl(
+        *["ca", "-batch", "-notext", "-config", str(ca_dir / "ca.cnf"), "-cert", f"{ca}.pem", "-keyfile", f"{ca}-key.pem"],
+        *["-in", f"{name}.csr", "-out", f"{name}-cert.pem", "-extfile", f"{name}.ext"],
+        *["-startdate", EXPIRED_DATES[0], "-enddate", EXPIRED_DATES[1]],
+        cwd=d,
+    )
+
+
 def _client_folder(folder: Path, ca: Path, cert: Path, key: Path) -> Path:
     folder.mkdir(mode=0o700)
     shutil.copy(ca, folder / "ca.pem")
@@ -362,6 +391,10 @@ def make_certificates(d: Path, engine_ip: str) -> dict[str, Path]:
     client_ext = "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n"
     _make_leaf(d, "client", "ca", "swarm-manager-tests", client_ext)
     _make_leaf(d, "stranger", "other-ca", "swarm-manager-stranger", client_ext)
+    # Signed by the engine's own CA, but expired: the engine must refuse the client, and the
+    # client an engine that presents the server one.
+    _make_expired_leaf(d, "expired-client", "ca", "swarm-manager-expired", client_ext)
+    _make_expired_leaf(d, "expired-server", "ca", engine_ip, server_ext)
     for key in d.glob("*-key.pem"):
         key.chmod(0o600)
     return {
@@ -373,6 +406,11 @@ def make_certificates(d: Path, engine_ip: str) -> dict[str, Path]:
         "untrusted_client": _client_folder(
             d / "untrusted-client", d / "ca.pem", d / "stranger-cert.pem", d / "stranger-key.pem"
         ),
+        "expired_client": _client_folder(
+            d / "expired-client", d / "ca.pem", d / "expired-client-cert.pem", d / "expired-client-key.pem"
+        ),
+        "expired_server_cert": d / "expired-server-cert.pem",
+        "expired_server_key": d / "expired-server-key.pem",
     }
 
 

@@ -24,6 +24,7 @@ from worker.engine import (
     classify,
     probe_host,
 )
+from worker.hardening import container_options
 
 log = logging.getLogger(__name__)
 
@@ -145,10 +146,8 @@ class ContainerEngine:
             kwargs["network"] = self.settings.notebook_network
         if spec.command:
             kwargs["command"] = spec.command
-        if spec.mem_limit:
-            kwargs["mem_limit"] = spec.mem_limit
-        if spec.cpu_limit:
-            kwargs["nano_cpus"] = int(spec.cpu_limit * 1_000_000_000)
+        # Unprivileged, capabilities dropped, no-new-privileges, PID/memory/CPU limits, nothing mounted.
+        kwargs.update(container_options(spec, self.settings))
         # spec.constraints are Swarm placement rules: one engine has nowhere else to place it.
         try:
             return self.client.containers.create(spec.image, **kwargs)

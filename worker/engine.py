@@ -43,11 +43,13 @@ class NotebookSpec:
     port: int
     instance: str
     command: list[str] | None = None
-    environment: dict[str, str] = field(default_factory=dict)
+    # Kept out of repr: it carries the notebook's token (JUPYTER_TOKEN), which is never logged.
+    environment: dict[str, str] = field(default_factory=dict, repr=False)
     # Per-image limits and placement (from an operator's profile); the defaults change nothing.
     mem_limit: int | None = None  # bytes
     cpu_limit: float | None = None  # cores, e.g. 0.5
     constraints: list[str] = field(default_factory=list)  # Swarm placement, e.g. "node.labels.gpu==true"
+    token: str = field(default="", repr=False)  # the notebook's own secret (shared/notebook_token.py)
 
     @property
     def name(self) -> str:
@@ -201,18 +203,47 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return out
 
 
+# Certificates and keys never reach a record, a log line or an API answer: error texts are
+# scrubbed of PEM blocks and of paths to certificate files before they are used.
+_PEM = re.compile(r"-----BEGIN [A-Z0-9 ]+-----.*?(?:-----END [A-Z0-9 ]+-----|$)", re.S)
+_CERT_FILE = re.compile(r"(?:[A-Za-z]:)?[\\/]?(?:[\w.@~+-]+[\\/])*[\w.@~+-]+\.(?:pem|crt|cer|key|p12|pfx)\b", re.I)
+
+
+def scrub(text: str) -> str:
+    """``text`` without PEM blocks and without certificate/key file paths."""
+    return _CERT_FILE.sub("<certificate file>", _PEM.sub("<PEM data>", text))
+
+
+def _tls_reason(text: str) -> str:
+    """What a TLS failure means, in words an operator can act on."""
+    low = text.lower()
+    if "certificate has expired" in low or "certificate_expired" in low:
+        return "a certificate has expired (the engine's, or its CA's)"
+    if "alert_certificate_expired" in low or "alert certificate expired" in low:
+        return "the engine refused our client certificate: it has expired"
+    if "alert_bad_certificate" in low or "alert bad certificate" in low or "alert_unknown_ca" in low:
+        return "the engine refused our client certificate (expired, or not signed by a CA the engine trusts)"
+    if "certificate_verify_failed" in low or "certificate verify failed" in low:
+        return "the engine's certificate did not verify against DOCKER_CERT_PATH/ca.pem"
+    return "the TLS handshake failed"
+
+
 def classify(exc: Exception, doing: str) -> EngineError | EngineUnavailable:
-    """Map a docker/requests exception to a permanent EngineError or a transient EngineUnavailable."""
+    """Map a docker/requests exception to a permanent EngineError or a transient EngineUnavailable.
+
+    TLS failures (a wrong CA, an expired or untrusted certificate) are permanent: the spawn
+    fails at once rather than retrying a connection that can never be trusted (fail closed).
+    """
     chain = _chain(exc)
-    text = " ".join(str(e) for e in chain)
+    text = scrub(" ".join(str(e) for e in chain))
     if any(isinstance(e, ssl.SSLError) or isinstance(e, requests.exceptions.SSLError) for e in chain) or (
         "CERTIFICATE_VERIFY_FAILED" in text or "SSLError" in text
     ):
-        return EngineError(f"TLS to the engine failed while {doing} (check DOCKER_CERT_PATH and the engine's CA): "
-                           f"{_short(text)}")
+        return EngineError(f"TLS to the engine failed while {doing}: {_tls_reason(text)} (check DOCKER_CERT_PATH "
+                           f"and the engine's CA): {_short(text)}")
     if isinstance(exc, docker.errors.APIError):
         status = exc.status_code or 0
-        explanation = exc.explanation or str(exc)
+        explanation = scrub(str(exc.explanation or exc))
         if status >= 500 or status == 0:
             return EngineUnavailable(f"engine error while {doing}: {explanation}")
         return EngineError(f"engine refused {doing}: {explanation}")

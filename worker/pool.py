@@ -5,8 +5,12 @@ from __future__ import annotations
 import logging
 import time
 
-from shared.errors import QueueUnavailable
+from shared.errors import QueueUnavailable, QuotaExceeded
+from shared.limits import Quota
+from shared.notebook_token import FIELD as TOKEN_FIELD
+from shared.notebook_token import new_token, wanted
 from shared.pool import POOL_USER, Pool
+from shared.profiles import Profiles, load_profiles
 from shared.queue import Queue
 from shared.settings import Settings
 from shared.status import LIVE
@@ -16,11 +20,14 @@ log = logging.getLogger(__name__)
 
 
 class Refiller:
-    def __init__(self, store: Store, pool: Pool, queue: Queue, settings: Settings) -> None:
+    def __init__(
+        self, store: Store, pool: Pool, queue: Queue, settings: Settings, profiles: Profiles | None = None
+    ) -> None:
         self.store = store
         self.pool = pool
         self.queue = queue
         self.settings = settings
+        self.profiles = profiles if profiles is not None else load_profiles(settings.profiles_file)
 
     def refill(self, image: str) -> list[str]:
         """Start as many new members of ``image``'s pool as are missing; return their hostnames.
@@ -40,13 +47,28 @@ class Refiller:
                 gone.add(hostname)  # claimed meanwhile (not ours to count), failed, culled or purged
         self.pool.forget(image, gone)
         started = []
+        # Members run with the image's profile, as a spawn of the image that claims one would.
+        profile = self.profiles.for_image(image)
         for _ in range(size - len(live)):
-            record = self.store.create(
-                image=image,
-                user=POOL_USER,
-                domain=self.settings.domain,
-                internal={"pool": image, "queue_deadline": str(time.time() + self.settings.start_timeout)},
-            )
+            # Made now, shown to whoever claims the member (never to anyone while it is the pool's).
+            token = new_token() if wanted(self.settings.notebook_token, profile) else ""
+            try:
+                record = self.store.create(
+                    image=image,
+                    user=POOL_USER,
+                    domain=self.settings.domain,
+                    profile=profile.name if profile else "",
+                    internal={
+                        "pool": image,
+                        "queue_deadline": str(time.time() + self.settings.start_timeout),
+                        **({TOKEN_FIELD: token} if token else {}),
+                    },
+                    # Members count against MAX_NOTEBOOKS: the pool never fills the last slots.
+                    quota=Quota(max_total=self.settings.max_notebooks),
+                )
+            except QuotaExceeded as exc:
+                log.warning("pool %s: not refilled: %s", image, exc)
+                break
             self.pool.add_member(image, record.hostname)
             try:
                 self.queue.spawn(record.hostname)

@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from shared.errors import EngineError, EngineUnavailable, InvalidTransition, NotFound, ProxyError, QueueUnavailable
+from shared.notebook_token import FIELD as TOKEN_FIELD
 from shared.pool import POOL_USER
 from shared.queue import Queue
 from shared.record import Notebook, parse_rfc3339
@@ -71,7 +72,7 @@ class Reconciler:
         settings: Settings,
         clock: Callable[[], float] = time.time,
         queue: Queue | None = None,
-        activity: Callable[[str], float | None] = last_activity,
+        activity: Callable[[str, str], float | None] = last_activity,
         refiller: Refiller | None = None,
     ) -> None:
         self.store = store
@@ -160,9 +161,11 @@ class Reconciler:
         candidates = [r for r in records if idle and r.status == Status.ACTIVE and r.address
                       and r.hostname not in reasons and r.user != POOL_USER]
         if candidates:
+            # Each server answers only with its own token (one read for all of them).
+            tokens = self.store.internals((r.hostname for r in candidates), TOKEN_FIELD)
             # Ask the servers side by side: one slow notebook must not hold up the pass.
             with ThreadPoolExecutor(max_workers=min(16, len(candidates))) as pool:
-                seen = list(pool.map(lambda r: self.activity(r.address), candidates))
+                seen = list(pool.map(lambda r: self.activity(r.address, tokens.get(r.hostname, "")), candidates))
             for record, last in zip(candidates, seen, strict=True):
                 if last is not None and now - last > idle:
                     reasons[record.hostname] = f"culled: idle for more than {idle:g}s"

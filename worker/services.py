@@ -11,7 +11,9 @@ What goes on the service (and why):
   free port, and ``http://<node address>:<that port>`` reaches the notebook directly. The
   ingress routing mesh and service VIPs need IPVS on every node and add a hop a single
   replica does not need, so they are not used;
-- memory and CPU limits and placement constraints from the spec, when it has them.
+- memory and CPU limits and placement constraints from the spec, when it has them, and the
+  hardening every notebook gets (``worker/hardening.py``): capabilities dropped, a PID limit,
+  no-new-privileges where the engine's API has it.
 
 The task's state is the notebook's state. The Swarm reports what it cannot do in the task
 (``rejected`` with the engine's error, ``pending`` with "no suitable node"), and ``start``
@@ -34,7 +36,6 @@ import requests
 from docker.types import (
     ContainerSpec,
     EndpointSpec,
-    Resources,
     RestartPolicy,
     ServiceMode,
     TaskTemplate,
@@ -55,6 +56,7 @@ from worker.engine import (
     classify,
     probe_host,
 )
+from worker.hardening import harden_container_spec, service_container_options, service_resources
 
 log = logging.getLogger(__name__)
 
@@ -237,13 +239,10 @@ class ServiceEngine:
             hostname=spec.hostname,
             labels=spec.labels,
             stop_grace_period=int(self.settings.kill_grace * 1_000_000_000),
+            **service_container_options(self.settings),  # capabilities dropped but NOTEBOOK_CAP_ADD
         )
-        resources = None
-        if spec.mem_limit or spec.cpu_limit:
-            resources = Resources(
-                mem_limit=spec.mem_limit or None,
-                cpu_limit=int(spec.cpu_limit * 1_000_000_000) if spec.cpu_limit else None,
-            )
+        harden_container_spec(container)  # no-new-privileges (see worker/hardening.py for engine support)
+        resources = service_resources(spec, self.settings)
         template = TaskTemplate(
             container_spec=container,
             resources=resources,

@@ -17,6 +17,9 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from shared.errors import EngineError, EngineUnavailable, InvalidTransition, NotFound, ProxyError
+from shared.limits import Allowlist
+from shared.notebook_token import FIELD as TOKEN_FIELD
+from shared.notebook_token import Delivery
 from shared.pool import POOL_USER, Pool
 from shared.profiles import Limits, Profile, Profiles, load_profiles
 from shared.record import Notebook
@@ -57,6 +60,7 @@ class Spawner:
         self.profiles = profiles if profiles is not None else load_profiles(settings.profiles_file)
         self.proxy = proxy
         self.pool = pool
+        self.allowlist = Allowlist(settings.allowed_images)
 
     def spec_for(self, record: Notebook) -> NotebookSpec:
         spec = NotebookSpec(
@@ -69,6 +73,22 @@ class Spawner:
         )
         profile = self.profiles.get(record.profile) if record.profile else None
         return self._with_profile(spec, profile) if profile else spec
+
+    def with_token(self, spec: NotebookSpec, record: Notebook) -> NotebookSpec:
+        """``spec`` with the notebook's own token, passed as its profile says (default JUPYTER_TOKEN).
+
+        Only the spawn needs it (to create the container); other callers of :meth:`spec_for`
+        (kill, the reconciler) do without, and without the extra read.
+        """
+        token = self.store.internal(record.hostname, TOKEN_FIELD) or ""
+        if not token:
+            return spec
+        delivery = Delivery.for_profile(self.profiles.get(record.profile) if record.profile else None)
+        command = spec.command
+        if delivery.arg:
+            command = [*(spec.command or []), *delivery.arguments(token)]
+        return replace(spec, token=token, environment={**spec.environment, **delivery.environment(token)},
+                       command=command)
 
     # -- spawn -------------------------------------------------------------------
     def spawn(self, hostname: str) -> Status | None:
@@ -88,6 +108,10 @@ class Spawner:
         spec = self.spec_for(record)
         if record.profile and record.profile not in self.profiles:
             return self.fail(spec, f"profile {record.profile!r} is not in this worker's PROFILES_FILE")
+        if not self.allowlist.allows(record.image):
+            # The API refuses these already; this catches records from before an ALLOWED_IMAGES change.
+            return self.fail(spec, f"image {record.image!r} is not allowed by this worker's ALLOWED_IMAGES")
+        spec = self.with_token(spec, record)
         self.store.progress(hostname, "creating", "creating and starting the container")
         try:
             placement = self.engine.start(spec)

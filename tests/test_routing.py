@@ -1,0 +1,254 @@
+"""Routing through a real configurable-http-proxy (CHP) process: workers add a notebook's route
+when it becomes ACTIVE and remove it when it ends; the reconciler repairs what they could not do.
+
+CHP is the one ``scripts/bring-up.sh`` installs into ``.state/chp`` (``make test`` does that),
+started here with ``--host-routing`` on free loopback ports with its own API token.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from shared.settings import Settings
+from shared.status import Status
+from tests.support import ROOT, free_port, wait_for
+from worker.containers import ContainerEngine
+from worker.proxy import DATA_HOSTNAME, DATA_INSTANCE, Proxy
+from worker.reconciler import Reconciler
+from worker.spawner import Spawner
+
+FINAL = {Status.ACTIVE, Status.FAILED}
+CHP_BIN = ROOT / ".state" / "chp" / "node_modules" / ".bin" / "configurable-http-proxy"
+
+
+@dataclass
+class Chp:
+    """A running CHP: its public and API URLs and token, and a session that talks to it directly."""
+
+    public_url: str
+    api_url: str
+    token: str
+    log: Path
+    proc: subprocess.Popen[bytes]
+    session: requests.Session
+
+    def env(self) -> dict[str, str]:
+        """The settings that point a stack at this proxy."""
+        return {"PROXY_API_URL": self.api_url, "PROXY_AUTH_TOKEN": self.token, "PROXY_PUBLIC_URL": self.public_url}
+
+    def routes(self) -> dict[str, Any]:
+        response = self.session.get(f"{self.api_url}/api/routes", headers=self._auth(), timeout=5)
+        response.raise_for_status()
+        return dict(response.json())
+
+    def get(self, host: str, path: str = "/") -> requests.Response:
+        """A request to the public side, as a browser would send one for ``http://<host>/``."""
+        return self.session.get(self.public_url + path, headers={"Host": host}, timeout=5, allow_redirects=False)
+
+    def add(self, path: str, data: dict[str, str]) -> None:
+        self.session.post(f"{self.api_url}/api/routes{path}", json=data, headers=self._auth(), timeout=5)
+
+    def delete(self, path: str) -> None:
+        self.session.delete(f"{self.api_url}/api/routes{path}", headers=self._auth(), timeout=5)
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"token {self.token}"}
+
+
+@pytest.fixture(scope="module")
+def chp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chp]:
+    if not os.access(CHP_BIN, os.X_OK):
+        pytest.fail(
+            f"configurable-http-proxy is not installed at {CHP_BIN}; `make test` (scripts/bring-up.sh test) "
+            "installs it from the npm registry",
+            pytrace=False,
+        )
+    port, api_port = free_port(), free_port()
+    token = secrets.token_hex(16)
+    log = tmp_path_factory.mktemp("chp") / "chp.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [
+                *[str(CHP_BIN), "--host-routing", "--ip", "127.0.0.1", "--port", str(port)],
+                *["--api-ip", "127.0.0.1", "--api-port", str(api_port)],
+            ],
+            env={**os.environ, "CONFIGPROXY_AUTH_TOKEN": token},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    session = requests.Session()
+    session.trust_env = False  # straight to loopback, whatever proxy variables the shell has
+    proxy = Chp(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{api_port}", token, log, proc, session)
+    try:
+
+        def answers() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"CHP exited with {proc.returncode}:\n{proxy.log_tail()}")
+            return proxy.routes() is not None
+
+        wait_for(answers, 30, f"CHP's API on port {api_port}", 0.1)
+        yield proxy
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        session.close()
+
+
+@pytest.fixture(scope="module")
+def rstack(stack_factory: Any, chp: Chp) -> Any:
+    return stack_factory("routing", **chp.env())
+
+
+def routed(stack: Any, chp: Chp, hostname: str) -> dict[str, Any] | None:
+    return chp.routes().get(f"/{hostname}.{stack.settings.domain}")
+
+
+def test_an_active_notebook_is_routed_by_host_and_unrouted_when_killed(
+    rstack: Any, chp: Chp, images: dict[str, str]
+) -> None:
+    h = rstack.spawn(images["httpd"], user="router")
+    record = rstack.wait(h, FINAL, timeout=60)
+    assert record.status == Status.ACTIVE, record.error
+    host = f"{h}.nb.test"
+    assert record.url == host
+
+    # The route exists as soon as the record is ACTIVE, tagged as this deployment's.
+    route = routed(rstack, chp, h)
+    assert route is not None, chp.routes()
+    assert route["target"] == record.address
+    assert route[DATA_INSTANCE] == rstack.settings.instance and route[DATA_HOSTNAME] == h
+
+    page = chp.get(host)
+    assert page.status_code == 200 and "test notebook" in page.text, (page.status_code, page.text[:200])
+    assert chp.get(f"{host}:80").status_code == 200  # a Host with a port routes too
+    assert chp.get(host, "/api/status").json()["last_activity"]  # paths pass through unchanged
+    other = chp.get(f"zzzzzzzzzzzz.{rstack.settings.domain}")
+    assert other.status_code in (404, 503) and "test notebook" not in other.text
+
+    # The labels Traefik would route by, beside Interlock's.
+    labels = rstack.docker.containers.get(record.container_id).labels
+    router = f"{rstack.settings.instance}-{h}"
+    assert labels["traefik.enable"] == "true"
+    assert labels[f"traefik.http.routers.{router}.rule"] == f"Host(`{host}`)"
+    assert labels[f"traefik.http.routers.{router}.service"] == router
+    assert labels[f"traefik.http.services.{router}.loadbalancer.server.port"] == "8888"
+
+    rstack.kill(h)
+    assert rstack.wait(h, {Status.REMOVED}, timeout=30).status == Status.REMOVED
+    assert routed(rstack, chp, h) is None
+    gone = chp.get(host)
+    assert gone.status_code in (404, 503) and "test notebook" not in gone.text
+
+
+def test_each_notebook_gets_its_own_route(rstack: Any, chp: Chp, images: dict[str, str]) -> None:
+    hostnames = [rstack.spawn(images["httpd"], user=f"pair{i}") for i in range(2)]
+    records = [rstack.wait(h, FINAL, timeout=60) for h in hostnames]
+    assert all(r.status == Status.ACTIVE for r in records), [r.error for r in records]
+    targets = [routed(rstack, chp, h)["target"] for h in hostnames]  # type: ignore[index]
+    assert targets == [r.address for r in records] and targets[0] != targets[1]
+    assert all(chp.get(r.url).status_code == 200 for r in records)
+    for h in hostnames:
+        rstack.kill(h)
+    for h in hostnames:
+        rstack.wait(h, {Status.REMOVED}, timeout=30)
+    assert [routed(rstack, chp, h) for h in hostnames] == [None, None]
+
+
+def test_a_failed_spawn_leaves_no_route(rstack: Any, chp: Chp, images: dict[str, str]) -> None:
+    h = rstack.spawn(images["crash"], user="crashy")
+    record = rstack.wait(h, FINAL, timeout=30)
+    assert record.status == Status.FAILED and "exited with code 3" in record.error
+    assert routed(rstack, chp, h) is None
+
+
+def test_the_reconciler_restores_lost_routes_and_sweeps_stale_ones(
+    rstack: Any, chp: Chp, images: dict[str, str]
+) -> None:
+    h = rstack.spawn(images["httpd"], user="repair")
+    record = rstack.wait(h, FINAL, timeout=60)
+    assert record.status == Status.ACTIVE, record.error
+    settings: Settings = rstack.settings
+    proxy = Proxy(chp.api_url, chp.token, instance=settings.instance, public_url=chp.public_url)
+    engine = ContainerEngine(rstack.docker, settings)
+    reconciler = Reconciler(rstack.store, engine, Spawner(rstack.store, engine, settings, proxy=proxy), settings)
+
+    # The proxy lost the route (restarted, or the add failed): the next pass adds it again.
+    chp.delete(f"/{record.url}")
+    assert chp.get(record.url).status_code == 404
+    report = reconciler.run(lock=False)
+    assert report.routed == [h]
+    assert routed(rstack, chp, h)["target"] == record.address  # type: ignore[index]
+    assert chp.get(record.url).status_code == 200
+
+    # A route of ours whose notebook is gone is removed; another deployment's route is left alone.
+    stale, foreign = "stale0000001", "foreign00001"
+    chp.add(
+        f"/{stale}.nb.test", {"target": "http://127.0.0.1:9", DATA_INSTANCE: settings.instance, DATA_HOSTNAME: stale}
+    )
+    chp.add(
+        f"/{foreign}.nb.test", {"target": "http://127.0.0.1:9", DATA_INSTANCE: "someone-else", DATA_HOSTNAME: foreign}
+    )
+    try:
+        report = reconciler.run(lock=False)
+        assert report.unrouted == [stale] and report.routed == []
+        assert f"/{stale}.nb.test" not in chp.routes()
+        assert f"/{foreign}.nb.test" in chp.routes()
+        assert routed(rstack, chp, h) is not None  # the live notebook keeps its route
+    finally:
+        chp.delete(f"/{foreign}.nb.test")
+    rstack.kill(h)
+    rstack.wait(h, {Status.REMOVED}, timeout=30)
+
+
+def test_ready_through_the_proxy_reaches_active(stack_factory: Any, chp: Chp, images: dict[str, str]) -> None:
+    stack = stack_factory("routing-ready", READY_THROUGH_PROXY="1", **chp.env())
+    h = stack.spawn(images["slow3"], user="patient")
+    record = stack.wait(h, FINAL, timeout=60)
+    assert record.status == Status.ACTIVE, record.error
+    assert chp.get(record.url).status_code == 200  # ACTIVE means the public URL answers
+    stack.kill(h)
+    assert stack.wait(h, {Status.REMOVED}, timeout=30).status == Status.REMOVED
+    assert routed(stack, chp, h) is None
+
+
+def test_ready_through_a_proxy_that_cannot_be_reached_fails_and_says_so(
+    stack_factory: Any, chp: Chp, images: dict[str, str]
+) -> None:
+    # The API is right but the public side is not where the workers look: the notebook answers
+    # directly, yet never through the proxy, so it must not become ACTIVE.
+    env = {**chp.env(), "PROXY_PUBLIC_URL": f"http://127.0.0.1:{free_port()}"}
+    stack = stack_factory("routing-unready", READY_THROUGH_PROXY="1", START_TIMEOUT="4", **env)
+    h = stack.spawn(images["httpd"], user="unlucky")
+    record = stack.wait(h, FINAL, timeout=30)
+    assert record.status == Status.FAILED
+    assert f"did not answer HTTP on port 8888 through the proxy (Host: {h}.nb.test)" in record.error, record.error
+    assert routed(stack, chp, h) is None  # failing removes the route it had added
+
+
+def test_a_proxy_that_is_down_does_not_fail_spawns(stack_factory: Any, images: dict[str, str]) -> None:
+    stack = stack_factory("routing-down", PROXY_API_URL=f"http://127.0.0.1:{free_port()}", PROXY_AUTH_TOKEN="x")
+    h = stack.spawn(images["httpd"], user="unrouted")
+    record = stack.wait(h, FINAL, timeout=60)
+    assert record.status == Status.ACTIVE, record.error
+    assert stack.worker is not None
+    wait_for(lambda: "could not add the proxy route" in stack.worker.log_tail(200), 10, "the route error in the log")
+    stack.kill(h)
+    assert stack.wait(h, {Status.REMOVED}, timeout=30).status == Status.REMOVED
