@@ -22,6 +22,7 @@ admin (and a WARNING says so at start-up).
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import re
@@ -36,7 +37,7 @@ from flask.sessions import NullSession, SecureCookieSessionInterface
 from flask.typing import ResponseReturnValue
 from markupsafe import Markup
 
-from shared.auth import ADMIN, USER, Tokens, digest, is_admin_token
+from shared.auth import ADMIN, USER, Tokens, is_admin_token
 from shared.errors import ConfigError, Forbidden, NotFound, StoreUnavailable, Unauthorized
 from shared.record import Notebook
 from shared.settings import Settings
@@ -136,9 +137,13 @@ def init_app(app: Flask) -> None:
         SESSION_COOKIE_SECURE=s.session_cookie_secure,
         PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME,
     )
+    app.register_blueprint(bp)
+    # A renamed view would silently fall back to ANY (admin-only routes open to users): refuse to start.
+    views = {f"{view.__module__}.{view.__name__}" for view in app.view_functions.values()}
+    if unknown := sorted((set(POLICY) | KILLS_ON_GET) - views):
+        raise RuntimeError(f"api/auth.py names views the app does not have: {unknown}")
     app.before_request(authenticate)
     app.context_processor(lambda: {"caller": g.get("caller"), "csrf_token": csrf_token, "csrf_field": csrf_field})
-    app.register_blueprint(bp)
     if s.cors_origins:
         from flask_cors import CORS
 
@@ -166,12 +171,8 @@ def vary_on_origin(response: Response) -> Response:
 
 # -- who is asking ---------------------------------------------------------------------------
 def policy_of(endpoint: str | None) -> str:
-    if endpoint is None:
-        return ANY  # no route matched: a caller gets the 404/405, anyone else a 401
-    if endpoint == "static":
-        return PUBLIC
-    view = current_app.view_functions[endpoint]
-    return POLICY.get(f"{view.__module__}.{view.__name__}", ANY)
+    """The route's policy; ANY also when no route matched (a caller gets the 404/405, others a 401)."""
+    return PUBLIC if endpoint == "static" else POLICY.get(view_name(endpoint), ANY)
 
 
 def view_name(endpoint: str | None) -> str:
@@ -180,8 +181,14 @@ def view_name(endpoint: str | None) -> str:
 
 
 def admin_marker() -> str:
-    """What a session of the admin holds: changes (signing everyone out) when ADMIN_TOKEN does."""
-    return "admin:" + digest("session:" + settings().admin_token)[:32]
+    """What a session of the admin holds: changes (signing everyone out) when ADMIN_TOKEN does.
+
+    Keyed with the session key, so a cookie that leaks is no oracle for guessing the admin token.
+    """
+    key = current_app.secret_key or ""
+    key_bytes = key.encode() if isinstance(key, str) else bytes(key)
+    mac = hmac.new(key_bytes, b"admin-session:" + settings().admin_token.encode(), hashlib.sha256)
+    return "admin:" + mac.hexdigest()[:32]
 
 
 def resolve_token(secret: str) -> tuple[Caller | None, str]:

@@ -155,7 +155,10 @@ def main(argv: list[str] | None = None) -> int:
                     timed(times, lambda name=name: http.get(f"/container/{name}"))
             delete_keys(raw, settings.key_prefix)
 
-            template = template_record(store, images["httpd"], settings.domain)
+            def spawn(user: str) -> str:
+                return str(http.post("/spawn", data={"image": images["httpd"], "user": user}).get_json()["hostname"])
+
+            template = template_record(store, spawn)
             seed(store, template, 0, args.records)
             http.get("/containers?limit=1")
             with measured(f"GET /containers ({args.records})", 5, counter, raw, out, profiles, 0.001) as times:

@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -133,8 +134,12 @@ def stop_stack(ctx: Context) -> None:
         delete_keys(ctx.store.redis, ctx.settings.key_prefix if ctx.settings else "")
 
 
-def ours_once(ctx: Context, image: str, user: str, timeout: float = 120) -> tuple[float, float, str]:
-    """One spawn through the API until its ACTIVE event: (seconds seen by the client, by the record, hostname)."""
+def ours_once(ctx: Context, image: str, user: str, timeout: float = 120) -> tuple[float, float, float, str]:
+    """One spawn through the API until its ACTIVE event.
+
+    (seconds until ACTIVE as the client sees it, the same by the record's times, seconds until
+    STARTING (queue + engine create/start), hostname).
+    """
     assert ctx.timer is not None
     started = time.perf_counter()
     hostname = ctx.post(image, user)["hostname"]
@@ -142,7 +147,8 @@ def ours_once(ctx: Context, image: str, user: str, timeout: float = 120) -> tupl
     if Status.ACTIVE not in seen.at:
         error = seen.record.error if seen.record else "no event"
         raise RuntimeError(f"{hostname} did not become ACTIVE: {sorted(seen.at)} {error}")
-    return seen.at[Status.ACTIVE] - started, server_seconds(seen.record), hostname
+    starting = seen.at.get(Status.STARTING, math.nan) - started
+    return seen.at[Status.ACTIVE] - started, server_seconds(seen.record), starting, hostname
 
 
 def warm_up(ctx: Context, spawns: int = 4) -> None:
@@ -162,9 +168,10 @@ def bench_cold(ctx: Context, image_name: str, n: int) -> dict[str, Any]:
     ours: list[float] = []
     raw: list[float] = []
     server: list[float] = []
+    to_starting: list[float] = []
     for i in range(ctx.args.warmup + n):
         # A, B, A, B: drift in the engine or the machine's load hits both alike.
-        took, recorded, hostname = ours_once(ctx, image, f"cold{i}")
+        took, recorded, starting, hostname = ours_once(ctx, image, f"cold{i}")
         remove_one(ctx.docker, f"{ctx.instance}-{hostname}")
         time.sleep(ctx.args.pause)
         raw_took = raw_spawn(
@@ -176,6 +183,7 @@ def bench_cold(ctx: Context, image_name: str, n: int) -> dict[str, Any]:
             ours.append(took)
             raw.append(raw_took)
             server.append(recorded)
+            to_starting.append(starting)
             log(f"  {image_name} #{i - ctx.args.warmup + 1:>2}: ours {ms(took):>9}  raw {ms(raw_took):>9}")
     o, r = stats(ours), stats(raw)
     paired = [a - b for a, b in zip(ours, raw, strict=True)]
@@ -189,7 +197,8 @@ def bench_cold(ctx: Context, image_name: str, n: int) -> dict[str, Any]:
         "ratio_p95": o["p95"] / r["p95"],
         "extra_median": o["median"] - r["median"],
         "paired_extra": stats(paired),
-        "samples": {"ours": ours, "raw": raw},
+        "ours_until_starting": stats(to_starting),
+        "samples": {"ours": ours, "raw": raw, "ours_until_starting": to_starting},
     }
 
 
@@ -335,53 +344,90 @@ def bench_api(ctx: Context, api: Gunicorn, store: Store, rate: float, seconds: f
 
 
 # -- 4. the store at scale -------------------------------------------------------------------
-def template_record(store: Store, image: str, domain: str) -> dict[str, str]:
-    """The full hash of a real ACTIVE record, written by the Store's own create and moves."""
-    record = store.create(
-        image=image,
-        user="template",
-        domain=domain,
-        expires_at="2099-01-01T00:00:00.000000Z",
-        internal={"queue_deadline": str(time.time() + 60)},
-    )
+@dataclass
+class Template:
+    """A real ACTIVE record as the product writes it: its hash and every set or sorted set naming it."""
+
+    hash: dict[str, str]
+    user: str
+    zsets: list[str]  # keys whose members include the record (indexes), user name as {user}
+    sets: list[str]  # the same for plain sets (e.g. quota sets)
+
+
+def template_record(store: Store, spawn: Callable[[str], str]) -> Template:
+    """Make one record the way the product does (``spawn(user)`` through the API, then the
+    worker's moves to STARTING and ACTIVE) and note everything it wrote, then remove it.
+
+    Seeding clones it, so the clones are shaped like real records whatever the layout is now.
+    """
+    user = "tmpl" + secrets.token_hex(3)
+    hostname = spawn(user)
     store.transition(
-        record.hostname,
+        hostname,
         Status.STARTING,
         container_id=secrets.token_hex(32),
         address="http://127.0.0.1:32768",
         node="bench-node",
         internal={"ready_deadline": str(time.time() + 60)},
     )
-    store.transition(record.hostname, Status.ACTIVE)
-    data = {str(k): str(v) for k, v in store.redis.hgetall(store.key_for(record.hostname)).items()}
-    store.redis.delete(store.key_for(record.hostname))
-    for key in (f"{store.prefix}idx:all", f"{store.prefix}idx:user:template", f"{store.prefix}idx:status:ACTIVE"):
-        store.redis.zrem(key, record.hostname)
-    return data
+    store.transition(hostname, Status.ACTIVE)
+    data = {str(k): str(v) for k, v in store.redis.hgetall(store.key_for(hostname)).items()}
+    zsets, sets = [], []
+    for key in store.redis.scan_iter(match=f"{store.prefix}*", count=1000):
+        kind = store.redis.type(key)
+        if kind == "zset" and store.redis.zscore(key, hostname) is not None:
+            zsets.append(key)
+            store.redis.zrem(key, hostname)
+        elif kind == "set" and store.redis.sismember(key, hostname):
+            sets.append(key)
+            store.redis.srem(key, hostname)
+    store.redis.delete(store.key_for(hostname))
+    # The queued spawn task of the template (no worker takes it) is not part of a record.
+    for key in store.redis.scan_iter(match=f"{store.prefix}*", count=1000):
+        if store.redis.type(key) == "list":
+            store.redis.delete(key)
+    return Template(data, user, [k.replace(user, "{user}") for k in zsets], [k.replace(user, "{user}") for k in sets])
 
 
-def seed(store: Store, template: dict[str, str], start: int, count: int, users: int = 1000) -> None:
-    """Write ``count`` ACTIVE records shaped exactly like ``template``, with their index entries, pipelined."""
+def seed(store: Store, template: Template, start: int, count: int, users: int = 1000) -> None:
+    """Write ``count`` records shaped exactly like ``template`` (hash, indexes, sets), pipelined."""
     pipe = store.redis.pipeline(transaction=False)
     base = time.time() - 86400
-    domain = template.get("domainname", "nb.test")
+    domain = template.hash.get("domainname", "nb.test")
     for i in range(start, start + count):
         hostname = new_hostname()
         user = f"user{i % users:04d}"
         data = {
-            **template,
+            **template.hash,
             "hostname": hostname,
             "url": f"{hostname}.{domain}",
             "user": user,
             "container_id": secrets.token_hex(32),
         }
+        if "_token" in data:
+            data["_token"] = secrets.token_urlsafe(24)
         pipe.hset(store.key_for(hostname), mapping=data)
         score = base + i * 0.001
-        for index in ("idx:all", f"idx:user:{user}", "idx:status:ACTIVE"):
-            pipe.zadd(f"{store.prefix}{index}", {hostname: score})
+        for key in template.zsets:
+            pipe.zadd(key.replace("{user}", user), {hostname: score})
+        for key in template.sets:
+            pipe.sadd(key.replace("{user}", user), hostname)
         if len(pipe) >= 8000:
             pipe.execute()
     pipe.execute()
+
+
+def http_spawner(url: str, image: str) -> Callable[[str], str]:
+    """``spawn(user) -> hostname`` through the API on a socket."""
+
+    def spawn(user: str) -> str:
+        session = requests.Session()
+        session.trust_env = False
+        response = session.post(f"{url}/spawn", data={"image": image, "user": user}, timeout=30)
+        response.raise_for_status()
+        return str(response.json()["hostname"])
+
+    return spawn
 
 
 def used_memory(store: Store) -> int:
@@ -407,10 +453,13 @@ def timed_get(url: str, samples: int) -> tuple[list[float], int, int]:
 def bench_store(ctx: Context, api: Gunicorn, store: Store, sizes: list[int]) -> dict[str, Any]:
     assert ctx.settings is not None
     delete_keys(store.redis, store.prefix)
-    template = template_record(store, ctx.images["httpd"], ctx.settings.domain)
+    template = template_record(store, http_spawner(api.url, ctx.images["httpd"]))
     store.redis.execute_command("MEMORY", "PURGE")
     before = used_memory(store)
-    out: dict[str, Any] = {"template_fields": sorted(template), "sizes": {}}
+    out: dict[str, Any] = {
+        "template": {"fields": sorted(template.hash), "indexes": template.zsets, "sets": template.sets},
+        "sizes": {},
+    }
     have = 0
     for size in sizes:
         t = time.perf_counter()

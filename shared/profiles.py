@@ -11,6 +11,8 @@ An operator writes them in a YAML file named by ``PROFILES_FILE``::
         user_limits: true          # users may ask for other limits ...
         max_mem_limit: 16g         # ... up to these
         max_cpu_limit: 8
+        token_env: JUPYTER_TOKEN   # how the notebook's own token is passed (the default), or
+        # token_arg: "--ServerApp.token={token}"  (added to command), or token: false (none)
 
 Both sides load the same file: the API to pick a spawn's profile and check the limits a user
 asks for, the workers to build the notebook's spec from it. The file is validated completely

@@ -31,9 +31,9 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeAlias, TypeVar, cast
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -57,6 +57,12 @@ PUBLIC_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Notebook))
 _PUBLIC_DEFAULTS: dict[str, str] = {
     f.name: str(getattr(f.default, "value", f.default)) for f in fields(Notebook) if isinstance(f.default, str)
 }
+
+#: Records as plain dicts, as ``Notebook.to_json`` gives them.
+Rows: TypeAlias = list[dict[str, str]]
+# (Aliases because inside Store ``list`` is the method.) Hostnames; field values of many records.
+_Names: TypeAlias = list[str]
+_Values: TypeAlias = list[list[str | bool]]
 
 #: The ``event`` field of a progress event on the events channel (record events have none).
 PROGRESS_EVENT = "progress"
@@ -127,6 +133,34 @@ return {1, flat}
 """
 
 
+# KEYS: live:all; ARGV: key prefix, counted statuses as ',A,B,', hostnames of live records...
+# Makes the quota sets agree with the records: drops members that no longer take a slot and
+# adds the given hostnames whose record does (each checked here, atomically). Returns
+# {removed, added}.
+_SYNC_LIVE = """
+local removed, added = 0, 0
+for _, h in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local key = ARGV[1] .. 'nb:' .. h
+  local st = redis.call('HGET', key, 'status')
+  if not st or not string.find(ARGV[2], ',' .. st .. ',', 1, true) then
+    redis.call('SREM', KEYS[1], h)
+    local user = redis.call('HGET', key, 'user')
+    if user then redis.call('SREM', ARGV[1] .. 'live:user:' .. user, h) end
+    removed = removed + 1
+  end
+end
+for i = 3, #ARGV do
+  local key = ARGV[1] .. 'nb:' .. ARGV[i]
+  local st = redis.call('HGET', key, 'status')
+  if st and string.find(ARGV[2], ',' .. st .. ',', 1, true) then
+    local user = redis.call('HGET', key, 'user') or ''
+    added = added + redis.call('SADD', KEYS[1], ARGV[i])
+    redis.call('SADD', ARGV[1] .. 'live:user:' .. user, ARGV[i])
+  end
+end
+return {removed, added}
+"""
+
 # KEYS: record, idx:all, idx:ended; ARGV: key prefix, hostname
 _PURGE = """
 local user = redis.call('HGET', KEYS[1], 'user')
@@ -137,6 +171,27 @@ if user then redis.call('ZREM', ARGV[1] .. 'idx:user:' .. user, ARGV[2]) end
 if status then redis.call('ZREM', ARGV[1] .. 'idx:status:' .. status, ARGV[2]) end
 return redis.call('DEL', KEYS[1])
 """
+
+# ARGV: key prefix, n, field1..fieldn, hostname1, hostname2, ...
+# Returns, as one JSON string, [[value1..valuen], ...] per hostname (false for a missing field).
+# Listings read thousands of records: one script call per chunk instead of one command each
+# (redis-py's per-command cost was most of GET /containers), and one JSON string to decode
+# instead of a value each (the pure-Python reply parser's per-value cost was the rest). Arrays
+# keep the fields' order. (Record keys are built here, as _TRANSITION does: fine on a single Redis.)
+_HMGET_MANY = """
+local n = tonumber(ARGV[2])
+local fields = {unpack(ARGV, 3, 2 + n)}
+local out = {}
+for i = 3 + n, #ARGV do
+  out[#out + 1] = redis.call('HMGET', ARGV[1] .. ARGV[i], unpack(fields))
+end
+return cjson.encode(out)
+"""
+#: Records per _HMGET_MANY call: Redis runs nothing else meanwhile, so keep each call short (~1 ms).
+HMGET_CHUNK = 250
+
+# KEYS: index; ARGV: start, stop. ZREVRANGE as one JSON string (for the same reason).
+_ZREVRANGE_JSON = "return cjson.encode(redis.call('ZREVRANGE', KEYS[1], ARGV[1], ARGV[2]))"
 
 
 def _store_errors(fn: Callable[P, R]) -> Callable[P, R]:
@@ -253,6 +308,9 @@ class Store:
         self._create = client.register_script(_CREATE)
         self._transition = client.register_script(_TRANSITION)
         self._purge = client.register_script(_PURGE)
+        self._sync_live = client.register_script(_SYNC_LIVE)
+        self._hmget_many = client.register_script(_HMGET_MANY)
+        self._zrevrange_json = client.register_script(_ZREVRANGE_JSON)
         self.metrics = Metrics(client, prefix)
 
     # -- keys ---------------------------------------------------------------
@@ -325,10 +383,10 @@ class Store:
         For a spawn, which needs both: the internal fields come with the record instead of
         one more round trip each (``internal``).
         """
-        data = self.redis.hgetall(self.key_for(hostname))
+        data = cast(dict[str, str], self.redis.hgetall(self.key_for(hostname)))
         if not data:
             return None
-        return Notebook.from_hash(data), {k[1:]: str(v) for k, v in data.items() if k.startswith("_")}
+        return Notebook.from_hash(data), {k[1:]: v for k, v in data.items() if k.startswith("_")}
 
     def require(self, hostname: str) -> Notebook:
         record = self.get(hostname)
@@ -346,12 +404,8 @@ class Store:
     def internals(self, hostnames: Iterable[str], name: str) -> dict[str, str]:
         """One internal field of many records in one round trip; records without it are left out."""
         names = list(hostnames)
-        if not names:
-            return {}
-        pipe = self.redis.pipeline(transaction=False)
-        for hostname in names:
-            pipe.hget(self.key_for(hostname), f"_{name}")
-        return {h: str(v) for h, v in zip(names, pipe.execute(), strict=True) if v is not None}
+        values = self._fields_of(names, [f"_{name}"])
+        return {h: str(v[0]) for h, v in zip(names, values, strict=True) if v[0] is not False}
 
     @_store_errors
     def live_count(self, user: str | None = None) -> int:
@@ -369,8 +423,8 @@ class Store:
         limit: int | None = None,
     ) -> list[Notebook]:
         """Records newest first, optionally filtered; one index read plus one pipelined fetch."""
-        return [Notebook.from_hash(row) for row in self.list_public(user=user, status=status, offset=offset,
-                                                                    limit=limit)]
+        rows = self.list_public(user=user, status=status, offset=offset, limit=limit)
+        return [Notebook.from_hash(row) for row in rows]
 
     @_store_errors
     def list_public(
@@ -380,12 +434,14 @@ class Store:
         status: Status | None = None,
         offset: int = 0,
         limit: int | None = None,
-    ) -> list[dict[str, str]]:
+        internal: Sequence[str] = (),
+    ) -> Rows:
         """What ``[r.to_json() for r in list(...)]`` gives, without building a Notebook per record.
 
         For ``GET /containers`` with many records, where the per-record cost is all there is:
-        HMGET of the public fields only (half the values HGETALL returns, and no internal ones
-        to drop) in one pipeline without a transaction, and plain dicts in the seed's field order.
+        the public fields only, read by a script in chunks (:data:`_HMGET_MANY`), as plain dicts
+        in the seed's field order. ``internal`` names internal fields to read in the same pass;
+        each row then also has them under ``_<name>`` ("" when missing), for the caller to pop.
         """
         if limit is not None and limit <= 0:
             return []
@@ -399,27 +455,46 @@ class Store:
         # set is small, and this keeps one index per dimension.
         if post_filter is None:
             stop = -1 if limit is None else offset + limit - 1
-            names = self.redis.zrevrange(index, offset, stop)
+            names = self._index_range(index, offset, stop)
         else:
-            names = self.redis.zrevrange(index, 0, -1)
-        records = self._fetch(names)
+            names = self._index_range(index, 0, -1)
+        records = self._fetch(names, PUBLIC_FIELDS + tuple(f"_{name}" for name in internal))
         if post_filter is not None:
             records = [r for r in records if r["status"] == post_filter.value]
             records = records[offset:] if limit is None else records[offset : offset + limit]
         return records
 
-    def _fetch(self, names: Iterable[str]) -> list[dict[str, str]]:
-        pipe = self.redis.pipeline(transaction=False)
-        key = self.key_for
-        for name in names:
-            pipe.hmget(key(name), PUBLIC_FIELDS)
-        out = []
-        for values in pipe.execute():
-            if None in values:
-                if all(v is None for v in values):
+    def _index_range(self, index: str, start: int, stop: int) -> _Names:
+        """ZREVRANGE as one JSON string: thousands of names decode in C, not one by one in Python."""
+        decoded: _Names = json.loads(self._zrevrange_json(keys=[index], args=[start, stop]))
+        return decoded or []  # cjson writes an empty array as {}
+
+    def _fields_of(self, names: Sequence[str], wanted: Sequence[str]) -> _Values:
+        """HMGET ``wanted`` of each record in ``names`` in one round trip; False for a missing field."""
+        if not names:
+            return []
+        head: list[Any] = [self.key_for(""), len(wanted), *wanted]
+        if len(names) <= HMGET_CHUNK:  # one call; a pipeline would first ask SCRIPT EXISTS
+            chunks = [self._hmget_many(args=[*head, *names])]
+        else:
+            pipe = self.redis.pipeline(transaction=False)
+            for i in range(0, len(names), HMGET_CHUNK):
+                self._hmget_many(args=[*head, *names[i : i + HMGET_CHUNK]], client=pipe)
+            chunks = pipe.execute()
+        out: _Values = []
+        for chunk in chunks:
+            out.extend(json.loads(chunk) or ())  # cjson writes an empty array as {}
+        return out
+
+    def _fetch(self, names: Sequence[str], wanted: tuple[str, ...]) -> Rows:
+        out: Rows = []
+        for values in self._fields_of(names, wanted):
+            if False in values:
+                if all(v is False for v in values):
                     continue  # the hash vanished between the two reads (retention expiry): skipped
-                values = [_PUBLIC_DEFAULTS.get(k, "") if v is None else v for k, v in zip(PUBLIC_FIELDS, values)]
-            out.append(dict(zip(PUBLIC_FIELDS, values)))
+                pairs = zip(wanted, values, strict=True)
+                values = [_PUBLIC_DEFAULTS.get(k, "") if v is False else v for k, v in pairs]
+            out.append(dict(zip(wanted, cast(list[str], values), strict=True)))
         return out
 
     @_store_errors
@@ -432,6 +507,17 @@ class Store:
         return bool(self.redis.set(f"{self.prefix}lock:{name}", "1", nx=True, px=max(1, int(seconds * 1000))))
 
     # -- writes -------------------------------------------------------------
+    @_store_errors
+    def sync_live(self, hostnames: Iterable[str]) -> tuple[int, int]:
+        """Make the quota sets agree with the records (the reconciler, once a pass); (removed, added).
+
+        Adds ``hostnames`` whose record takes a slot (records written before the sets existed)
+        and drops members whose record does not (or is gone); every check is in one script.
+        """
+        counted = "," + ",".join(s.value for s in COUNTED) + ","
+        removed, added = self._sync_live(keys=[self.quota_keys("")[0]], args=[self.prefix, counted, *hostnames])
+        return int(removed), int(added)
+
     @_store_errors
     def purge_ended(self, older_than: float, batch: int = 1000) -> list[str]:
         """Delete records that ended (FAILED/REMOVED) before ``older_than`` (epoch), with their index entries."""

@@ -82,7 +82,8 @@ def test_profile_limits_and_settings_replace_the_defaults(
 ) -> None:
     profiles = tmp_path / "profiles.yml"
     profiles.write_text(
-        "profiles:\n  - name: small\n    images: ['swarm-manager-test/httpd:*']\n    mem_limit: 256m\n    cpu_limit: 0.5\n"
+        "profiles:\n  - name: small\n    images: ['swarm-manager-test/httpd:*']\n"
+        "    mem_limit: 256m\n    cpu_limit: 0.5\n"
     )
     stack = stack_factory(
         "hardprof", PROFILES_FILE=str(profiles), PIDS_LIMIT=64, NOTEBOOK_CAP_ADD="", DEFAULT_MEM_LIMIT="1g"
@@ -106,8 +107,14 @@ def test_profile_limits_and_settings_replace_the_defaults(
 
 
 def test_bad_hardening_settings_stop_start_up() -> None:
-    for env in ({"NOTEBOOK_NETWORK": "host"}, {"NOTEBOOK_CAP_ADD": "ALL"}, {"NOTEBOOK_CAP_ADD": "SYS_ADMINN"},
-                {"PIDS_LIMIT": "-1"}, {"DEFAULT_MEM_LIMIT": "1k"}, {"DEFAULT_CPU_LIMIT": "lots"}):
+    for env in (
+        {"NOTEBOOK_NETWORK": "host"},
+        {"NOTEBOOK_CAP_ADD": "ALL"},
+        {"NOTEBOOK_CAP_ADD": "SYS_ADMINN"},
+        {"PIDS_LIMIT": "-1"},
+        {"DEFAULT_MEM_LIMIT": "1k"},
+        {"DEFAULT_CPU_LIMIT": "lots"},
+    ):
         with pytest.raises(Exception, match=next(iter(env))):
             Settings.from_env(env)
     s = Settings.from_env({"NOTEBOOK_CAP_ADD": "cap_chown, setuid", "DEFAULT_MEM_LIMIT": "0", "PIDS_LIMIT": "0"})

@@ -35,6 +35,8 @@ profiles:
     token_arg: "--NotebookApp.token={token}"
   - name: notoken
     token: false
+  - name: leaky
+    command: ["/bin/sh", "-c", "echo my token is $JUPYTER_TOKEN; exit 4"]
 """
 
 
@@ -155,6 +157,37 @@ def test_profile_can_turn_the_token_off(jstack: Stack, images: dict[str, str]) -
     jstack.kill(record.hostname)
 
 
+def test_a_notebook_that_prints_its_token_does_not_leak_it_into_the_record(
+    jstack: Stack, images: dict[str, str]
+) -> None:
+    body = spawn_json(jstack, images["httpd"], "leaker", profile="leaky")
+    record = jstack.wait(body["hostname"], FINAL, timeout=60)
+    assert record.status == Status.FAILED
+    assert "exited with code 4" in record.error and "my token is <token>" in record.error, record.error
+    assert body["token"] not in record.error
+    assert jstack.worker is not None and body["token"] not in jstack.worker.logfile.read_text(errors="replace")
+
+
+def test_profile_token_fields_are_checked_at_start_up() -> None:
+    from shared.errors import ConfigError
+    from shared.profiles import parse_profiles
+
+    good = parse_profiles(PROFILES)
+    assert good.get("argtoken").token_arg == "--NotebookApp.token={token}"  # type: ignore[union-attr]
+    assert good.get("notoken").token is False  # type: ignore[union-attr]
+    bad = {
+        "token_arg: '--token'": "containing {token}",
+        "token_arg: '--t={token}'": "needs a command",
+        "token_env: 'NOT VALID'": "environment variable name",
+        "token: 'no'": "true or false",
+        "{token: false, token_env: X}": "nothing for token_env",
+    }
+    for fields, message in bad.items():
+        text = f"profiles:\n  - {{name: p, {fields.strip('{}')}}}\n"
+        with pytest.raises(ConfigError, match=message):
+            parse_profiles(text)
+
+
 def test_notebook_token_off(stack_factory: Any, images: dict[str, str]) -> None:
     stack = stack_factory("notoken", worker=False, NOTEBOOK_TOKEN="off")
     body = stack.http.post("/spawn", json={"image": images["httpd"], "user": "u"}).get_json()
@@ -217,7 +250,8 @@ def test_engine_and_api_outputs_never_carry_certificate_paths(tmp_path: Path) ->
     """Error texts from the engine client are scrubbed of PEM data and certificate file paths."""
     from worker.engine import classify
 
-    leaky = OSError(f"could not load {tmp_path}/certs/key.pem: -----BEGIN PRIVATE KEY-----\nMIIE\n-----END "
-                    "PRIVATE KEY-----")
+    leaky = OSError(
+        f"could not load {tmp_path}/certs/key.pem: -----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----"
+    )
     text = str(classify(leaky, "connecting"))
     assert "key.pem" not in text and str(tmp_path) not in text and "PRIVATE KEY" not in text and "MIIE" not in text

@@ -26,11 +26,12 @@ from shared.settings import Settings
 from shared.status import Status
 from shared.store import Store
 from tests.conftest import base_env
-from tests.support import ROOT, RedisServer, free_port, unique_instance, wait_for
+from tests.support import ROOT, ApiServer, RedisServer, free_port, unique_instance, wait_for
 
 ADMIN_TOKEN = "adm-" + secrets.token_urlsafe(24)
 CSRF_INPUT = re.compile(r'<input type="hidden" name="csrf_token" value="([^"]+)">')
 CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]*)">')
+CHROMIUM = "/usr/bin/chromium"
 
 
 @dataclass
@@ -331,3 +332,63 @@ def test_gunicorn_workers_accept_each_others_sessions(redis_server: RedisServer,
         proc.terminate()
         proc.wait(15)
         drop(made)
+
+
+# -- in a real browser -------------------------------------------------------------------------------
+@pytest.fixture
+def served_site(redis_server: RedisServer, tmp_path: Path) -> Iterator[tuple[Site, str]]:
+    """The signin site under gunicorn (threads: the page's event stream holds one)."""
+    made = make_site(redis_server, "browser-auth")
+    server = ApiServer(made.env, tmp_path / "gunicorn.log", threads=8)
+    server.start()
+    try:
+        yield made, server.url
+    finally:
+        server.stop()
+        drop(made)
+
+
+def test_the_page_in_a_browser_signs_in_and_its_script_sends_the_csrf_token(served_site: tuple[Site, str]) -> None:
+    from playwright.sync_api import Dialog, expect, sync_playwright
+
+    site, url = served_site
+    alice = site.user_token("alice")
+    theirs = site.notebook("bob")
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing (Debian package chromium; `make test` installs it)", pytrace=False)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_context().new_page()
+            page.set_default_timeout(15_000)
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(url + "/manage")
+            page.fill("#signin input[name=token]", alice["token"])
+            page.click("#signin button")
+            expect(page.locator("#signout")).to_contain_text("signed in as alice")
+            expect(page.locator("#live")).to_have_text("live")  # the event stream took the cookie
+            expect(page.locator(f"#nb-{theirs}")).to_have_count(0)
+
+            page.fill("#spawn input[name=image]", "busybox")  # user: fixed to alice
+            page.click("#spawn button")  # fetch with X-CSRF-Token
+            row = page.locator("#notebooks tbody tr[id^='nb-']")
+            expect(row).to_have_count(1)
+            expect(row.locator(".badge")).to_have_text("PENDING")
+            hostname = str(row.get_attribute("data-hostname"))
+            assert site.store.require(hostname).user == "alice"
+
+            def confirm(dialog: Dialog) -> None:
+                dialog.accept()
+
+            page.on("dialog", confirm)
+            row.locator("form.kill button").click()
+            expect(row.locator(".badge")).to_have_text("DELETING")
+            assert site.store.require(hostname).status is Status.DELETING
+            assert site.store.require(theirs).status is Status.PENDING
+
+            page.click("#signout button")
+            expect(page.locator("#signin")).to_be_visible()
+            assert errors == []
+        finally:
+            browser.close()

@@ -467,7 +467,9 @@ def test_an_image_without_a_profile_runs_with_the_defaults(pstack: Any, images: 
     record = pstack.wait(h, FINAL, timeout=60)
     assert record.status == Status.ACTIVE and record.profile == "", record.error
     attrs = pstack.docker.containers.get(record.container_id).attrs
-    assert attrs["HostConfig"]["Memory"] == 0 and attrs["HostConfig"]["NanoCpus"] == 0
+    # No profile: the hardening defaults (DEFAULT_MEM_LIMIT, DEFAULT_CPU_LIMIT; worker/hardening.py).
+    assert attrs["HostConfig"]["Memory"] == pstack.settings.default_mem_limit
+    assert attrs["HostConfig"]["NanoCpus"] == int(pstack.settings.default_cpu_limit * 1_000_000_000)
     assert "8888/tcp" in attrs["NetworkSettings"]["Ports"]
     pstack.kill(h)
     assert pstack.wait(h, {Status.REMOVED}, timeout=30).status == Status.REMOVED

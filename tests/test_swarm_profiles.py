@@ -81,7 +81,11 @@ def test_a_profiles_constraint_lands_the_notebook_on_the_labelled_node_with_its_
     [service] = services_of(swarm.client, gstack.settings.instance, h)
     template = service["Spec"]["TaskTemplate"]
     assert template["Placement"]["Constraints"] == ["node.labels.gpu==true"]
-    assert template["Resources"]["Limits"] == {"MemoryBytes": 96 * MIB, "NanoCPUs": 500_000_000}
+    assert template["Resources"]["Limits"] == {
+        "MemoryBytes": 96 * MIB,
+        "NanoCPUs": 500_000_000,
+        "Pids": gstack.settings.pids_limit,  # PIDS_LIMIT (worker/hardening.py)
+    }
     assert "NOTEBOOK_KIND=gpu" in template["ContainerSpec"]["Env"]
     # The routing labels are on the service, where Traefik's Swarm provider reads them.
     labels = service["Spec"]["Labels"]
@@ -123,6 +127,7 @@ def test_limits_a_user_asks_for_reach_the_service(
     assert service["Spec"]["TaskTemplate"]["Resources"]["Limits"] == {
         "MemoryBytes": 200 * MIB,
         "NanoCPUs": 1_000_000_000,
+        "Pids": gstack.settings.pids_limit,
     }
     gstack.kill(h)
     assert gstack.wait(h, {Status.REMOVED}, timeout=30).status == Status.REMOVED

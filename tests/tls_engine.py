@@ -365,7 +365,8 @@ def _make_expired_leaf(d: Path, name: str, ca: str, cn: str, extensions: str) ->
         "[policy_any]\ncommonName = supplied\n"
     )
     _openssl(
-        *["ca", "-batch", "-notext", "-config", str(ca_dir / "ca.cnf"), "-cert", f"{ca}.pem", "-keyfile", f"{ca}-key.pem"],
+        *["ca", "-batch", "-notext", "-config", str(ca_dir / "ca.cnf")],
+        *["-cert", f"{ca}.pem", "-keyfile", f"{ca}-key.pem"],
         *["-in", f"{name}.csr", "-out", f"{name}-cert.pem", "-extfile", f"{name}.ext"],
         *["-startdate", EXPIRED_DATES[0], "-enddate", EXPIRED_DATES[1]],
         cwd=d,

@@ -132,6 +132,9 @@ class Reconciler:
                 report.pool_started.extend(self.refiller.refill(image))
         if self.settings.record_retention:
             report.purged = self.store.purge_ended(now - self.settings.record_retention)
+        removed, added = self.store.sync_live(live)  # quota counts (shared/limits.py) heal themselves
+        if removed or added:
+            log.warning("reconcile: quota counts corrected (%d dropped, %d added)", removed, added)
 
         for hostname, obj in objects.items():
             if hostname in live or now - obj.created < self.settings.orphan_grace:

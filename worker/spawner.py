@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from shared.errors import EngineError, EngineUnavailable, InvalidTransition, NotFound, ProxyError
@@ -74,21 +74,27 @@ class Spawner:
         profile = self.profiles.get(record.profile) if record.profile else None
         return self._with_profile(spec, profile) if profile else spec
 
-    def with_token(self, spec: NotebookSpec, record: Notebook) -> NotebookSpec:
+    def with_token(
+        self, spec: NotebookSpec, record: Notebook, internal: Mapping[str, str] | None = None
+    ) -> NotebookSpec:
         """``spec`` with the notebook's own token, passed as its profile says (default JUPYTER_TOKEN).
 
         Only the spawn needs it (to create the container); other callers of :meth:`spec_for`
-        (kill, the reconciler) do without, and without the extra read.
+        (kill, the reconciler) do without, and without the extra read. ``internal``: the record's
+        internal fields if already read (then no read here).
         """
-        token = self.store.internal(record.hostname, TOKEN_FIELD) or ""
+        if internal is None:
+            internal = {TOKEN_FIELD: self.store.internal(record.hostname, TOKEN_FIELD) or ""}
+        token = internal.get(TOKEN_FIELD) or ""
         if not token:
             return spec
         delivery = Delivery.for_profile(self.profiles.get(record.profile) if record.profile else None)
         command = spec.command
         if delivery.arg:
             command = [*(spec.command or []), *delivery.arguments(token)]
-        return replace(spec, token=token, environment={**spec.environment, **delivery.environment(token)},
-                       command=command)
+        return replace(
+            spec, token=token, environment={**spec.environment, **delivery.environment(token)}, command=command
+        )
 
     # -- spawn -------------------------------------------------------------------
     def spawn(self, hostname: str) -> Status | None:
@@ -97,10 +103,12 @@ class Spawner:
         Raises EngineUnavailable while the engine is unreachable and the spawn's deadline has
         not passed (the task retries with backoff); after the deadline the record is FAILED.
         """
-        record = self.store.get(hostname)
-        if record is None:
+        # The internal fields (token, deadlines) come with the record: one read, not one per field.
+        found = self.store.get_with_internal(hostname)
+        if found is None:
             log.warning("%s: spawn for a record that does not exist; ignored", hostname)
             return None
+        record, internal = found
         if record.status not in (Status.PENDING, Status.STARTING):
             # ACTIVE/FAILED: a redelivered or repeated task. DELETING/REMOVED: a kill won.
             log.info("%s: spawn skipped, record is %s", hostname, record.status)
@@ -111,13 +119,13 @@ class Spawner:
         if not self.allowlist.allows(record.image):
             # The API refuses these already; this catches records from before an ALLOWED_IMAGES change.
             return self.fail(spec, f"image {record.image!r} is not allowed by this worker's ALLOWED_IMAGES")
-        spec = self.with_token(spec, record)
+        spec = self.with_token(spec, record, internal)
         self.store.progress(hostname, "creating", "creating and starting the container")
         try:
             placement = self.engine.start(spec)
         except EngineUnavailable as exc:
             self.store.metrics.engine_error(exc)
-            if self.clock() < self._deadline(hostname, "queue_deadline"):
+            if self.clock() < self._deadline(hostname, "queue_deadline", internal):
                 raise
             return self.fail(spec, f"{exc} (gave up after {self.settings.start_timeout:g}s)")
         except EngineError as exc:
@@ -127,15 +135,17 @@ class Spawner:
         started_at = self.clock()
         try:
             if record.status == Status.PENDING:
+                ready_deadline = started_at + self.settings.start_timeout
                 record = self.store.transition(
                     hostname,
                     Status.STARTING,
                     container_id=placement.object_id,
                     address=placement.address,
                     node=placement.node,
-                    internal={"ready_deadline": str(started_at + self.settings.start_timeout)},
+                    internal={"ready_deadline": str(ready_deadline)},
                 )
             else:  # a redelivered spawn that had got this far: keep its original deadline
+                ready_deadline = self._deadline(hostname, "ready_deadline", internal)
                 record = self.store.transition(
                     hostname,
                     None,
@@ -149,11 +159,13 @@ class Spawner:
             self.engine.remove(spec)
             return self._status(hostname)
         self.store.progress(hostname, "waiting", f"waiting for the notebook to answer on port {spec.port}")
-        return self._wait_ready(spec, placement.address)
+        return self._wait_ready(spec, placement.address, ready_deadline)
 
-    def _wait_ready(self, spec: NotebookSpec, address: str) -> Status | None:
+    def _wait_ready(self, spec: NotebookSpec, address: str, deadline: float | None = None) -> Status | None:
+        """Probe until ready; ``deadline`` (epoch) is the record's ready deadline, read from it if None."""
         hostname = spec.hostname
-        deadline = self._deadline(hostname, "ready_deadline")
+        if deadline is None:
+            deadline = self._deadline(hostname, "ready_deadline")
         next_check = self.clock() + CHECK_EVERY
         ready = self._readiness(spec, address)
         while not ready():
@@ -232,6 +244,8 @@ class Spawner:
         allowed: frozenset[Status] = frozenset({Status.PENDING, Status.STARTING}),
     ) -> Status | None:
         """Remove the engine object first, then mark FAILED (so FAILED never leaves one behind)."""
+        if spec.token:  # the notebook's last output may show its own token: never in a record or log
+            reason = reason.replace(spec.token, "<token>")
         log.warning("%s: failed: %s", spec.hostname, reason)
         try:
             self.engine.remove(spec)
@@ -250,8 +264,12 @@ class Spawner:
         record = self.store.get(hostname)
         return record.status if record else None
 
-    def _deadline(self, hostname: str, name: str) -> float:
-        raw = self.store.internal(hostname, name)
+    def _deadline(self, hostname: str, name: str, internal: Mapping[str, str] | None = None) -> float:
+        """The record's internal deadline ``name`` (epoch), from ``internal`` if given, else read.
+
+        A record without it gets now + START_TIMEOUT.
+        """
+        raw = internal.get(name) if internal is not None else self.store.internal(hostname, name)
         try:
             return float(raw) if raw else self.clock() + self.settings.start_timeout
         except ValueError:

@@ -1,0 +1,136 @@
+"""The listing fast path (Store.list_public, GET /containers paging) gives what the slow one gave."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import fakeredis
+import pytest
+from flask.testing import FlaskClient
+
+from api import create_app
+from shared.record import Notebook
+from shared.settings import Settings
+from shared.status import Status
+from shared.store import Store
+
+PREFIX = "listing:"
+
+
+class NoQueue:
+    """Accepts every task and sends none (the API under test never needs a worker)."""
+
+    def spawn(self, hostname: str) -> None:
+        pass
+
+    def kill(self, hostname: str) -> None:
+        pass
+
+    def refill(self, image: str) -> None:
+        pass
+
+
+@pytest.fixture
+def client() -> Iterator[fakeredis.FakeRedis]:
+    r = fakeredis.FakeRedis(decode_responses=True)
+    yield r
+    r.flushall()
+    r.close()
+
+
+@pytest.fixture
+def store(client: fakeredis.FakeRedis) -> Store:
+    made = []
+    store = Store(client, prefix=PREFIX)
+    for i in range(7):
+        made.append(
+            store.create(image=f"img{i}", user="alice" if i % 2 else "bob", domain="nb.test", internal={"x": "1"})
+        )
+    store.transition(made[1].hostname, Status.STARTING, container_id="c1", address="http://127.0.0.1:1", node="n")
+    store.transition(made[1].hostname, Status.ACTIVE)
+    store.transition(made[2].hostname, Status.FAILED, error='boom "quoted" ünïcode')
+    return store
+
+
+QUERIES: list[dict[str, Any]] = [
+    {},
+    {"user": "alice"},
+    {"status": Status.PENDING},
+    {"user": "bob", "status": Status.PENDING},
+    {"offset": 2, "limit": 3},
+    {"user": "alice", "offset": 1, "limit": 1},
+    {"user": "bob", "status": Status.PENDING, "offset": 1},
+    {"limit": 0},
+    {"offset": 100},
+]
+
+
+@pytest.mark.parametrize("query", QUERIES)
+def test_list_public_is_what_to_json_gives(store: Store, client: fakeredis.FakeRedis, query: dict[str, Any]) -> None:
+    # The reference: every record read whole (HGETALL), as Notebook, serialised by to_json.
+    names = client.zrevrange(f"{PREFIX}idx:all", 0, -1)
+    whole = {h: Notebook.from_hash(client.hgetall(store.key_for(h))) for h in names}
+    expected = [whole[r.hostname].to_json() for r in store.list(**query)]
+    rows = store.list_public(**query)
+    assert rows == expected
+    assert [list(row) for row in rows] == [list(e) for e in expected]  # the seed's field order too
+    assert all(not k.startswith("_") for row in rows for k in row)
+
+
+def test_list_public_fills_fields_a_hash_lacks_and_skips_vanished_ones(store: Store, client: Any) -> None:
+    first, second, *_ = store.list()
+    client.hdel(store.key_for(first.hostname), "profile", "error")  # written before those fields existed
+    client.delete(store.key_for(second.hostname))  # expired between the index read and the fetch
+    rows = store.list_public()
+    assert second.hostname not in [r["hostname"] for r in rows]
+    assert rows[0] == {**first.to_json(), "profile": "", "error": ""}
+
+
+def test_list_public_reads_asked_internal_fields_in_the_same_pass(store: Store, client: Any) -> None:
+    first = store.list()[0]
+    client.hdel(store.key_for(first.hostname), "_x")
+    rows = store.list_public(internal=["x"])
+    assert rows[0]["_x"] == "" and all(row["_x"] == "1" for row in rows[1:])
+    assert [{k: v for k, v in row.items() if k != "_x"} for row in rows] == store.list_public()
+
+
+def test_get_with_internal_reads_both_at_once(store: Store) -> None:
+    record = store.list()[0]
+    got = store.get_with_internal(record.hostname)
+    assert got is not None
+    assert got[0] == store.get(record.hostname)
+    assert got[1]["x"] == "1" and all(not k.startswith("_") for k in got[1])
+    assert store.get_with_internal("000000000000") is None
+
+
+@pytest.fixture
+def http(store: Store) -> FlaskClient:
+    return create_app(Settings.from_env({"AUTH": "off"}), store=store, queue=NoQueue()).test_client()  # type: ignore[arg-type]
+
+
+def test_containers_pages_link_to_the_next_page(http: FlaskClient, store: Store) -> None:
+    everything = http.get("/containers")
+    assert everything.status_code == 200
+    assert "Link" not in everything.headers  # the seed's unpaginated form: all records, no paging
+    all_names = [r["hostname"] for r in everything.get_json()]
+    assert len(all_names) == 7
+    # Each listed record is exactly what GET /container/<h> shows (public_record, secrets and all).
+    for row in everything.get_json():
+        assert http.get(f"/container/{row['hostname']}").get_json() == row
+
+    seen, url = [], "/containers?limit=3"
+    for _ in range(5):
+        page = http.get(url)
+        assert page.status_code == 200
+        seen += [r["hostname"] for r in page.get_json()]
+        link = page.headers.get("Link")
+        if not link:
+            break
+        assert link.endswith('>; rel="next"')
+        url = link[1 : link.index(">")]
+    assert seen == all_names
+    assert url == "/containers?offset=6&limit=3"
+
+    filtered = http.get("/api/containers?user=alice&limit=1")
+    assert filtered.headers["Link"] == '</api/containers?user=alice&offset=1&limit=1>; rel="next"'
