@@ -31,7 +31,7 @@ def create_app(
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body, MAX_FORM_MEMORY_SIZE=settings.max_body,
                       MAX_FORM_PARTS=50, JSON_SORT_KEYS=False)
     app.config.update(config)
-    app.json.sort_keys = False  # keep the seed's field order in records
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the seed's field order in records
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
 

@@ -27,7 +27,7 @@ REFILL_TASK = "swarm_manager.refill_pool"
 QUEUE_NAME = "swarm-manager"
 
 
-class RedisChannel(kombu_redis.Channel):  # type: ignore[misc]
+class RedisChannel(kombu_redis.Channel):
     """kombu's Redis channel, minus "restore unacknowledged messages when the channel closes".
 
     Redis keeps every unacknowledged message in its own hash and hands it out again after
@@ -49,13 +49,13 @@ class RedisChannel(kombu_redis.Channel):  # type: ignore[misc]
         if self._stale():
             log.info("not acknowledging message %s on a channel closed by a lost connection", delivery_tag)
             return
-        super().basic_ack(delivery_tag, multiple)
+        super().basic_ack(delivery_tag, multiple)  # type: ignore[no-untyped-call]
 
     def basic_reject(self, delivery_tag: Any, requeue: bool = False) -> None:
         if self._stale():
             log.info("not rejecting message %s on a channel closed by a lost connection", delivery_tag)
             return
-        super().basic_reject(delivery_tag, requeue)
+        super().basic_reject(delivery_tag, requeue)  # type: ignore[no-untyped-call]
 
     def _stale(self) -> bool:
         return bool(self.closed or self.connection is None or self.connection.client is None)
@@ -74,7 +74,7 @@ class RedisChannel(kombu_redis.Channel):  # type: ignore[misc]
         return client
 
 
-class RedisTransport(kombu_redis.Transport):  # type: ignore[misc]
+class RedisTransport(kombu_redis.Transport):
     Channel = RedisChannel
 
 

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import docker
-import requests
 import pytest
+import requests
 
 from shared.status import Status
-from tests.support import ROOT, make_reconciler as reconciler, wait_for
+from tests.support import ROOT, wait_for
+from tests.support import make_reconciler as reconciler
 from worker.containers import ContainerEngine
 from worker.engine import NotebookSpec
 from worker.spawner import Spawner

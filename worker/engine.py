@@ -236,7 +236,7 @@ def classify(exc: Exception, doing: str) -> EngineError | EngineUnavailable:
     """
     chain = _chain(exc)
     text = scrub(" ".join(str(e) for e in chain))
-    if any(isinstance(e, ssl.SSLError) or isinstance(e, requests.exceptions.SSLError) for e in chain) or (
+    if any(isinstance(e, (ssl.SSLError, requests.exceptions.SSLError)) for e in chain) or (
         "CERTIFICATE_VERIFY_FAILED" in text or "SSLError" in text
     ):
         return EngineError(f"TLS to the engine failed while {doing}: {_tls_reason(text)} (check DOCKER_CERT_PATH "

@@ -118,9 +118,12 @@ class Reconciler:
                                    "deadline; its worker may have stopped)", record.status)
                     elif record.status == Status.PENDING and self._lost(record, now):
                         self._resend(report, hostname)
-                elif record.status == Status.DELETING and now - parse_rfc3339(record.updated_at) > self._kill_wait():
-                    if self.spawner.kill(hostname) == Status.REMOVED:
-                        report.finished_kills.append(hostname)
+                elif (
+                    record.status == Status.DELETING
+                    and now - parse_rfc3339(record.updated_at) > self._kill_wait()
+                    and self.spawner.kill(hostname) == Status.REMOVED
+                ):
+                    report.finished_kills.append(hostname)
             except (EngineError, EngineUnavailable) as exc:
                 log.warning("%s: reconcile step failed, will retry next pass: %s", hostname, exc)
 
