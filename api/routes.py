@@ -203,6 +203,19 @@ def spawn_notebook(
     cpu_limit: object = None,
 ) -> Notebook:
     """Validate, write the PENDING record, enqueue the spawn. No engine call here."""
+    return spawn_with_token(image, user, ttl, profile, mem_limit, cpu_limit)[0]
+
+
+def spawn_with_token(
+    image: object,
+    user: object,
+    ttl: object = None,
+    profile: object = None,
+    mem_limit: object = None,
+    cpu_limit: object = None,
+) -> tuple[Notebook, str | None]:
+    """:func:`spawn_notebook`, and the token it gave the notebook ("" none; None: not known here,
+    as for a warm-pool member), so the answer need not read back what was just written."""
     user = auth.spawn_user(user)  # a user token spawns only for itself (403 for anyone else)
     image, user, life = validate_image(image), validate_user(user), lifetime(ttl)
     allowlist().check(image)  # 403 with the reason
@@ -211,7 +224,7 @@ def spawn_notebook(
     # A pooled notebook was started with the image's defaults: not for a named profile or own limits.
     claimed = claim_from_pool(image, user, now, life) if not profile and limits == Limits() else None
     if claimed is not None:
-        return claimed
+        return claimed, None
     token = new_token() if wanted(settings().notebook_token, profiles().get(chosen) if chosen else None) else ""
     record = store().create(
         image=image,
@@ -235,7 +248,7 @@ def spawn_notebook(
         except (StoreUnavailable, InvalidTransition):
             pass
         raise
-    return record
+    return record, token
 
 
 def choose_profile(image: str, name: object, mem_limit: object, cpu_limit: object) -> tuple[str, Limits]:
@@ -284,7 +297,7 @@ def kill_notebook(hostname: str) -> tuple[Notebook, bool]:
 @bp.post("/spawn", strict_slashes=False)
 def spawn() -> ResponseReturnValue:
     data = spawn_input()
-    record = spawn_notebook(
+    record, token = spawn_with_token(
         data.get("image"),
         data.get("user"),
         data.get("ttl"),
@@ -292,7 +305,7 @@ def spawn() -> ResponseReturnValue:
         mem_limit=data.get("mem_limit"),
         cpu_limit=data.get("cpu_limit"),
     )
-    response = jsonify(public_record(record))
+    response = jsonify(public_record(record, token))
     response.status_code = 202
     response.headers["Location"] = url_for(".container", hostname=record.hostname)
     return response
@@ -300,12 +313,12 @@ def spawn() -> ResponseReturnValue:
 
 @bp.get("/container/<hostname>", strict_slashes=False)
 def container(hostname: str) -> ResponseReturnValue:
-    # The record and its token in one read (one HGETALL), not a second round trip for the token.
-    found = store().get_with_internal(checked_hostname(hostname))
-    if found is None:
+    # The record and its token in one read, not a second round trip for the token.
+    row = store().row(checked_hostname(hostname), internal=[TOKEN_FIELD])
+    if row is None:
         raise NotFound(f"no notebook with hostname {hostname!r}")
-    record, internal = found
-    return public_record(auth.check_visible(record), internal.get(TOKEN_FIELD, ""))
+    auth.check_visible(Notebook.from_hash(row))
+    return public_rows([row])[0]
 
 
 @bp.route("/container/<hostname>/kill", methods=["GET", "POST"], strict_slashes=False)

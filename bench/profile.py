@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             def spawn(user: str) -> str:
                 return str(http.post("/spawn", data={"image": images["httpd"], "user": user}).get_json()["hostname"])
 
-            template = template_record(store, spawn)
+            template = template_record(store, spawn, settings)
             seed(store, template, 0, args.records)
             http.get("/containers?limit=1")
             with measured(f"GET /containers ({args.records})", 5, counter, raw, out, profiles, 0.001) as times:

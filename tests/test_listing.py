@@ -1,4 +1,5 @@
-"""The listing fast path (Store.list_public, GET /containers paging) gives what the slow one gave."""
+"""The store's fast paths give what the slow ones gave: listing (Store.list_public, GET /containers
+paging), the spawn's one read (get_with_internal), deadlines dropped once a notebook is ACTIVE."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from shared.record import Notebook
 from shared.settings import Settings
 from shared.status import Status
 from shared.store import Store
+from tests.support import wait_for
 
 PREFIX = "listing:"
 
@@ -95,6 +97,14 @@ def test_list_public_reads_asked_internal_fields_in_the_same_pass(store: Store, 
     assert [{k: v for k, v in row.items() if k != "_x"} for row in rows] == store.list_public()
 
 
+def test_row_is_the_listed_row(store: Store, client: Any) -> None:
+    first = store.list()[0]
+    client.hdel(store.key_for(first.hostname), "profile")
+    for row in store.list_public(internal=["x"]):
+        assert store.row(row["hostname"], internal=["x"]) == row
+    assert store.row("000000000000") is None
+
+
 def test_get_with_internal_reads_both_at_once(store: Store) -> None:
     record = store.list()[0]
     got = store.get_with_internal(record.hostname)
@@ -134,3 +144,23 @@ def test_containers_pages_link_to_the_next_page(http: FlaskClient, store: Store)
 
     filtered = http.get("/api/containers?user=alice&limit=1")
     assert filtered.headers["Link"] == '</api/containers?user=alice&offset=1&limit=1>; rel="next"'
+
+
+def test_drop_internal(store: Store) -> None:
+    record = store.list()[0]
+    store.drop_internal(record.hostname, "x", "never-set")
+    assert store.internal(record.hostname, "x") is None
+    assert store.get(record.hostname) == record
+
+
+def test_an_active_notebook_keeps_no_spawn_deadlines(stack: Any, images: dict[str, str]) -> None:
+    hostname = stack.spawn(images["httpd"], user="lean")
+    assert stack.wait(hostname).status == Status.ACTIVE
+
+    def dropped() -> bool:
+        found = stack.store.get_with_internal(hostname)
+        return found is not None and not {"queue_deadline", "ready_deadline"} & found[1].keys()
+
+    wait_for(dropped, 10, "the deadlines to be dropped")
+    stack.kill(hostname)
+    stack.wait(hostname, {Status.REMOVED})

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
-from shared.errors import EngineError, EngineUnavailable, InvalidTransition, NotFound, ProxyError
+from shared.errors import EngineError, EngineUnavailable, InvalidTransition, NotFound, ProxyError, StoreUnavailable
 from shared.limits import Allowlist
 from shared.notebook_token import FIELD as TOKEN_FIELD
 from shared.notebook_token import Delivery
@@ -203,6 +203,12 @@ class Spawner:
             self._remove_route(spec)
             return self._status(hostname)
         log.info("%s: ACTIVE at %s", hostname, address)
+        try:
+            # Read only while PENDING/STARTING (here and by the reconciler): not worth keeping for
+            # the hours or days an ACTIVE record lives. After the move, so not on the client's path.
+            self.store.drop_internal(hostname, "queue_deadline", "ready_deadline")
+        except StoreUnavailable as exc:
+            log.warning("%s: could not drop the spawn's deadlines: %s", hostname, exc)
         self.offer_to_pool(spec)
         return Status.ACTIVE
 
