@@ -43,15 +43,15 @@ MAX_LIST_LIMIT = 10_000
 
 
 def store() -> Store:
-    return current_app.extensions["store"]  # type: ignore[no-any-return]
+    return current_app.extensions["store"]
 
 
 def queue() -> Queue:
-    return current_app.extensions["queue"]  # type: ignore[no-any-return]
+    return current_app.extensions["queue"]
 
 
 def settings() -> Settings:
-    return current_app.extensions["settings"]  # type: ignore[no-any-return]
+    return current_app.extensions["settings"]
 
 
 def profiles() -> Profiles:

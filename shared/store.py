@@ -25,6 +25,7 @@ or not at all, and a status move checks the current status in the same atomic st
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import functools
 import json
@@ -373,7 +374,7 @@ class Store:
 
     @_store_errors
     def get(self, hostname: str) -> Notebook | None:
-        data = self.redis.hgetall(self.key_for(hostname))
+        data = cast(dict[str, str], self.redis.hgetall(self.key_for(hostname)))
         return Notebook.from_hash(data) if data else None
 
     @_store_errors
@@ -543,9 +544,10 @@ class Store:
         return int(removed), int(added)
 
     @_store_errors
-    def purge_ended(self, older_than: float, batch: int = 1000) -> list[str]:
+    def purge_ended(self, older_than: float, batch: int = 1000) -> builtins.list[str]:
         """Delete records that ended (FAILED/REMOVED) before ``older_than`` (epoch), with their index entries."""
-        names = self.redis.zrangebyscore(self._idx("ended"), "-inf", older_than, start=0, num=batch)
+        names = cast(builtins.list[str], self.redis.zrangebyscore(self._idx("ended"), "-inf", older_than,
+                                                                 start=0, num=batch))
         purged = []
         for hostname in names:
             if self._purge(keys=[self.key_for(hostname), self._idx(), self._idx("ended")],
