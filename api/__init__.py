@@ -28,12 +28,15 @@ def create_app(
 ) -> Flask:
     settings = settings or Settings.from_env()
     app = Flask(__name__)
-    app.config.update(MAX_CONTENT_LENGTH=settings.max_body, MAX_FORM_MEMORY_SIZE=settings.max_body,
-                      MAX_FORM_PARTS=50, JSON_SORT_KEYS=False)
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_body,
+        MAX_FORM_MEMORY_SIZE=settings.max_body,
+        MAX_FORM_PARTS=50,
+        JSON_SORT_KEYS=False,
+    )
     app.config.update(config)
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the seed's field order in records
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
     app.extensions["settings"] = settings
     app.extensions["store"] = store or Store(connect(settings.redis_url), prefix=settings.key_prefix)

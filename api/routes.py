@@ -78,8 +78,10 @@ def quota() -> Quota:
 def _warn_about_open_allowlist(state: BlueprintSetupState) -> None:
     s: Settings = state.app.extensions["settings"]
     if s.auth and _allowlist(s.allowed_images).allows_everything:
-        log.warning("ALLOWED_IMAGES allows every image: any signed-in user may start any image on the engine; "
-                    "set it to the images this service is for (e.g. ALLOWED_IMAGES='jupyter/*')")
+        log.warning(
+            "ALLOWED_IMAGES allows every image: any signed-in user may start any image on the engine; "
+            "set it to the images this service is for (e.g. ALLOWED_IMAGES='jupyter/*')"
+        )
 
 
 # -- output -----------------------------------------------------------------------

@@ -84,8 +84,9 @@ class Unauthorized(SwarmManagerError):
 
     code = "unauthorized"
 
-    def __init__(self, message: str = "this route needs a token: Authorization: Bearer <token>", *,
-                 invalid: bool = False) -> None:
+    def __init__(
+        self, message: str = "this route needs a token: Authorization: Bearer <token>", *, invalid: bool = False
+    ) -> None:
         super().__init__(message)
         # RFC 6750: a token that was sent but is no good is an "invalid_token" challenge.
         self.challenge = 'Bearer realm="swarm-manager"' + (', error="invalid_token"' if invalid else "")

@@ -29,7 +29,9 @@ POOL_USER = "_pool"  # fails shared.validation.USER_RE: no client can spawn or f
 #       max per user, spawn rate, rate window (the user's quota; a member already counts in the total)
 # Returns the claimed record as a flat hash, nil when no ready member is left, or {-2, ...}
 # when the user's quota refuses the spawn (QUOTA_LUA in shared/limits.py).
-_CLAIM = QUOTA_LUA + """
+_CLAIM = (
+    QUOTA_LUA
+    + """
 local refusal = quota_refusal(KEYS[6], KEYS[7], KEYS[8], 0, tonumber(ARGV[7]), tonumber(ARGV[8]),
                               tonumber(ARGV[9]), tonumber(ARGV[4]))
 if refusal then return refusal end
@@ -60,6 +62,7 @@ while true do
   end
 end
 """
+)
 
 
 class Pool:
@@ -99,8 +102,17 @@ class Pool:
         ]
         flat: Any = self._claim(
             keys=keys,
-            args=[self.store.prefix, user, now, repr(score), expires_at, self.store.events_channel,
-                  quota.max_per_user, quota.rate, quota.window],
+            args=[
+                self.store.prefix,
+                user,
+                now,
+                repr(score),
+                expires_at,
+                self.store.events_channel,
+                quota.max_per_user,
+                quota.rate,
+                quota.window,
+            ],
         )
         if not flat:
             return None

@@ -464,8 +464,9 @@ def _env_name(value: object) -> str:
 
 def _token_arg(value: object) -> str:
     if not isinstance(value, str) or value.count("{token}") != 1 or any(c.isspace() for c in value):
-        raise ValueError(f"expected one argument containing {{token}} once, e.g. '--ServerApp.token={{token}}', "
-                         f"got {value!r}")
+        raise ValueError(
+            f"expected one argument containing {{token}} once, e.g. '--ServerApp.token={{token}}', got {value!r}"
+        )
     return value
 
 

@@ -111,8 +111,10 @@ def _secret(raw: str) -> str:
     """A shared secret (ADMIN_TOKEN, SECRET_KEY): empty, or long enough not to be guessed."""
     value = raw.strip()
     if value and (len(value) < 16 or not value.isascii() or not value.isprintable() or " " in value):
-        raise ValueError("expected at least 16 printable ASCII characters without spaces "
-                         "(e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))')")
+        raise ValueError(
+            "expected at least 16 printable ASCII characters without spaces "
+            "(e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
     return value
 
 
@@ -128,14 +130,51 @@ def _origins(raw: str) -> tuple[str, ...]:
 
 
 #: Linux capabilities a notebook may be given back (NOTEBOOK_CAP_ADD), to catch typos at start-up.
-KNOWN_CAPABILITIES = frozenset({
-    "AUDIT_CONTROL", "AUDIT_READ", "AUDIT_WRITE", "BLOCK_SUSPEND", "BPF", "CHECKPOINT_RESTORE", "CHOWN",
-    "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "IPC_LOCK", "IPC_OWNER", "KILL", "LEASE",
-    "LINUX_IMMUTABLE", "MAC_ADMIN", "MAC_OVERRIDE", "MKNOD", "NET_ADMIN", "NET_BIND_SERVICE", "NET_BROADCAST",
-    "NET_RAW", "PERFMON", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYSLOG", "SYS_ADMIN", "SYS_BOOT", "SYS_CHROOT",
-    "SYS_MODULE", "SYS_NICE", "SYS_PACCT", "SYS_PTRACE", "SYS_RAWIO", "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG",
-    "WAKE_ALARM",
-})
+KNOWN_CAPABILITIES = frozenset(
+    {
+        "AUDIT_CONTROL",
+        "AUDIT_READ",
+        "AUDIT_WRITE",
+        "BLOCK_SUSPEND",
+        "BPF",
+        "CHECKPOINT_RESTORE",
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "DAC_READ_SEARCH",
+        "FOWNER",
+        "FSETID",
+        "IPC_LOCK",
+        "IPC_OWNER",
+        "KILL",
+        "LEASE",
+        "LINUX_IMMUTABLE",
+        "MAC_ADMIN",
+        "MAC_OVERRIDE",
+        "MKNOD",
+        "NET_ADMIN",
+        "NET_BIND_SERVICE",
+        "NET_BROADCAST",
+        "NET_RAW",
+        "PERFMON",
+        "SETFCAP",
+        "SETGID",
+        "SETPCAP",
+        "SETUID",
+        "SYSLOG",
+        "SYS_ADMIN",
+        "SYS_BOOT",
+        "SYS_CHROOT",
+        "SYS_MODULE",
+        "SYS_NICE",
+        "SYS_PACCT",
+        "SYS_PTRACE",
+        "SYS_RAWIO",
+        "SYS_RESOURCE",
+        "SYS_TIME",
+        "SYS_TTY_CONFIG",
+        "WAKE_ALARM",
+    }
+)
 
 
 def _capabilities(raw: str) -> tuple[str, ...]:
@@ -166,125 +205,242 @@ def setting(env: str, default: str, parse: Callable[[str], Any], doc: str) -> An
 
 @dataclass(frozen=True)
 class Settings:
-    redis_url: str = setting("REDIS_URL", "redis://127.0.0.1:6379/0", _redis_url,
-                             "Redis for records and the task queue.")
-    domain: str = setting("DOMAIN", "localhost", _match(_DNS_NAME, "DNS domain"),
-                          "Wildcard domain: a notebook's URL is <hostname>.<DOMAIN>.")
-    notebook_port: int = setting("NOTEBOOK_PORT", "8888", _int(1, 65535),
-                                 "Port the notebook server listens on inside its container.")
-    start_timeout: float = setting("START_TIMEOUT", "60", _float(1, 3600),
-                                   "Seconds a notebook has to answer HTTP after its container starts.")
-    kill_grace: int = setting("KILL_GRACE", "3", _int(0, 300),
-                              "Seconds between SIGTERM and SIGKILL when a notebook is killed.")
-    publish_ip: str = setting("PUBLISH_IP", "127.0.0.1", _text,
-                              "Host address the notebook port is published on (random host port). "
-                              "Empty: publish nothing; reach the container by its network address.")
-    probe_host: str = setting("PROBE_HOST", "", _text,
-                              "Host the worker uses to reach published ports. Default: the DOCKER_HOST "
-                              "address for tcp:// engines, PUBLISH_IP (or 127.0.0.1) otherwise.")
-    notebook_network: str = setting("NOTEBOOK_NETWORK", "", _text,
-                                    "Docker network notebooks join (default: the engine's default bridge).")
-    probe_interval: float = setting("PROBE_INTERVAL", "0.05", _float(0.01, 10),
-                                    "Seconds between readiness probes of a starting notebook.")
-    engine_timeout: float = setting("ENGINE_TIMEOUT", "30", _float(1, 600),
-                                    "Seconds one Docker API call may take.")
-    reconcile_interval: float = setting("RECONCILE_INTERVAL", "30", _float(1, 86400),
-                                        "Seconds between reconciliation passes (records vs. engine objects).")
-    orphan_grace: float = setting("ORPHAN_GRACE", "60", _float(0, 86400),
-                                  "Seconds an engine object labelled as ours may exist without a live "
-                                  "record before the reconciler removes it.")
-    max_age: float = setting("MAX_AGE", "86400", _float(0, 365 * 86400),
-                             "Seconds a notebook may live before it is killed (0: no limit). Also the "
-                             "cap on a spawn's own `ttl`.")
-    idle_timeout: float = setting("IDLE_TIMEOUT", "0", _float(0, 365 * 86400),
-                                  "Kill notebooks whose server reports no activity (Jupyter's /api/status "
-                                  "last_activity) for this many seconds (0: off).")
-    record_retention: float = setting("RECORD_RETENTION", "604800", _float(0, 10 * 365 * 86400),
-                                      "Seconds FAILED and REMOVED records are kept after they end.")
+    redis_url: str = setting(
+        "REDIS_URL", "redis://127.0.0.1:6379/0", _redis_url, "Redis for records and the task queue."
+    )
+    domain: str = setting(
+        "DOMAIN",
+        "localhost",
+        _match(_DNS_NAME, "DNS domain"),
+        "Wildcard domain: a notebook's URL is <hostname>.<DOMAIN>.",
+    )
+    notebook_port: int = setting(
+        "NOTEBOOK_PORT", "8888", _int(1, 65535), "Port the notebook server listens on inside its container."
+    )
+    start_timeout: float = setting(
+        "START_TIMEOUT", "60", _float(1, 3600), "Seconds a notebook has to answer HTTP after its container starts."
+    )
+    kill_grace: int = setting(
+        "KILL_GRACE", "3", _int(0, 300), "Seconds between SIGTERM and SIGKILL when a notebook is killed."
+    )
+    publish_ip: str = setting(
+        "PUBLISH_IP",
+        "127.0.0.1",
+        _text,
+        "Host address the notebook port is published on (random host port). "
+        "Empty: publish nothing; reach the container by its network address.",
+    )
+    probe_host: str = setting(
+        "PROBE_HOST",
+        "",
+        _text,
+        "Host the worker uses to reach published ports. Default: the DOCKER_HOST "
+        "address for tcp:// engines, PUBLISH_IP (or 127.0.0.1) otherwise.",
+    )
+    notebook_network: str = setting(
+        "NOTEBOOK_NETWORK", "", _text, "Docker network notebooks join (default: the engine's default bridge)."
+    )
+    probe_interval: float = setting(
+        "PROBE_INTERVAL", "0.05", _float(0.01, 10), "Seconds between readiness probes of a starting notebook."
+    )
+    engine_timeout: float = setting("ENGINE_TIMEOUT", "30", _float(1, 600), "Seconds one Docker API call may take.")
+    reconcile_interval: float = setting(
+        "RECONCILE_INTERVAL",
+        "30",
+        _float(1, 86400),
+        "Seconds between reconciliation passes (records vs. engine objects).",
+    )
+    orphan_grace: float = setting(
+        "ORPHAN_GRACE",
+        "60",
+        _float(0, 86400),
+        "Seconds an engine object labelled as ours may exist without a live record before the reconciler removes it.",
+    )
+    max_age: float = setting(
+        "MAX_AGE",
+        "86400",
+        _float(0, 365 * 86400),
+        "Seconds a notebook may live before it is killed (0: no limit). Also the cap on a spawn's own `ttl`.",
+    )
+    idle_timeout: float = setting(
+        "IDLE_TIMEOUT",
+        "0",
+        _float(0, 365 * 86400),
+        "Kill notebooks whose server reports no activity (Jupyter's /api/status "
+        "last_activity) for this many seconds (0: off).",
+    )
+    record_retention: float = setting(
+        "RECORD_RETENTION",
+        "604800",
+        _float(0, 10 * 365 * 86400),
+        "Seconds FAILED and REMOVED records are kept after they end.",
+    )
     pool: tuple[tuple[str, int], ...] = setting(
-        "POOL", "", _pool,
+        "POOL",
+        "",
+        _pool,
         "Warm pool: `image=count,...` notebooks kept running ahead of demand; a spawn of such an "
-        "image gets one at once (ACTIVE, no engine call) and a replacement is started.")
-    instance: str = setting("INSTANCE", "swarm-manager", _match(_SLUG, "instance name"),
-                            "Name of this deployment: labels its engine objects and prefixes its "
-                            "Redis keys, so deployments sharing an engine or a Redis never touch "
-                            "each other's notebooks.")
-    worker_concurrency: int = setting("WORKER_CONCURRENCY", "64", _int(1, 1000),
-                                      "Tasks one worker process runs at once (threads; they mostly wait).")
-    max_body: int = setting("MAX_BODY", "16384", _int(256, 10_000_000),
-                            "Largest request body the API accepts, in bytes.")
-    docker_host: str = setting("DOCKER_HOST", "", _docker_host,
-                               "Engine or Swarm manager endpoint (default: the local unix socket).")
-    docker_tls_verify: bool = setting("DOCKER_TLS_VERIFY", "", _bool,
-                                      "Use TLS to the engine, verifying it against DOCKER_CERT_PATH/ca.pem.")
-    docker_cert_path: str = setting("DOCKER_CERT_PATH", "", _text,
-                                    "Folder with ca.pem, cert.pem, key.pem for the engine's mutual TLS.")
-    engine_backend: str = setting("ENGINE_BACKEND", "auto",
-                                  _match(re.compile(r"^(auto|containers|services)$"), "engine backend "
-                                         "(auto, containers or services)"),
-                                  "How notebooks run: services (Swarm services, on a Swarm manager), containers "
-                                  "(plain containers on one engine) or auto (services when the engine is an "
-                                  "active Swarm manager, else containers; asked once per worker process).")
-    profiles_file: str = setting("PROFILES_FILE", "", _text,
-                                 "YAML file of per-image profiles (port, command, environment, limits, "
-                                 "placement); validated at start-up. Empty: no profiles.")
-    proxy_api_url: str = setting("PROXY_API_URL", "", _http_url,
-                                 "REST API of configurable-http-proxy, e.g. http://127.0.0.1:8001: workers add "
-                                 "the route <hostname>.<DOMAIN> when a notebook becomes ACTIVE and delete it when "
-                                 "it ends. Empty: no proxy.")
-    proxy_auth_token: str = setting("PROXY_AUTH_TOKEN", "", _text,
-                                    "The proxy's API token (its CONFIGPROXY_AUTH_TOKEN).")
-    proxy_public_url: str = setting("PROXY_PUBLIC_URL", "", _http_url,
-                                    "Where workers reach the proxy's public side, e.g. http://127.0.0.1:8000 "
-                                    "(needed by READY_THROUGH_PROXY).")
-    ready_through_proxy: bool = setting("READY_THROUGH_PROXY", "", _bool,
-                                        "1: a notebook is ACTIVE only once a request through the proxy with "
-                                        "Host: <hostname>.<DOMAIN> reaches it (the public URL answers).")
-    auth: bool = setting("AUTH", "on", _bool,
-                         "Authentication: on (every route but /healthz needs a token) or off (anyone who "
-                         "reaches the API may do anything; a WARNING is logged at start-up).")
-    admin_token: str = setting("ADMIN_TOKEN", "", _secret,
-                               "The admin's API token (at least 16 characters): sees and kills everything and "
-                               "manages user tokens. Required by the API when AUTH is on.")
-    secret_key: str = setting("SECRET_KEY", "", _secret,
-                              "Signs /manage's session cookies (at least 16 characters). Empty: one is generated "
-                              "once and kept in Redis, shared by every API process.")
-    session_cookie_secure: bool = setting("SESSION_COOKIE_SECURE", "", _bool,
-                                          "1: /manage's session cookie is sent over HTTPS only (set it when the "
-                                          "API is served over HTTPS).")
-    cors_origins: tuple[str, ...] = setting("CORS_ORIGINS", "", _origins,
-                                            "Comma-separated origins (https://app.example.org) whose pages may "
-                                            "call the API from a browser. Empty: no CORS headers at all.")
+        "image gets one at once (ACTIVE, no engine call) and a replacement is started.",
+    )
+    instance: str = setting(
+        "INSTANCE",
+        "swarm-manager",
+        _match(_SLUG, "instance name"),
+        "Name of this deployment: labels its engine objects and prefixes its "
+        "Redis keys, so deployments sharing an engine or a Redis never touch "
+        "each other's notebooks.",
+    )
+    worker_concurrency: int = setting(
+        "WORKER_CONCURRENCY", "64", _int(1, 1000), "Tasks one worker process runs at once (threads; they mostly wait)."
+    )
+    max_body: int = setting(
+        "MAX_BODY", "16384", _int(256, 10_000_000), "Largest request body the API accepts, in bytes."
+    )
+    docker_host: str = setting(
+        "DOCKER_HOST", "", _docker_host, "Engine or Swarm manager endpoint (default: the local unix socket)."
+    )
+    docker_tls_verify: bool = setting(
+        "DOCKER_TLS_VERIFY", "", _bool, "Use TLS to the engine, verifying it against DOCKER_CERT_PATH/ca.pem."
+    )
+    docker_cert_path: str = setting(
+        "DOCKER_CERT_PATH", "", _text, "Folder with ca.pem, cert.pem, key.pem for the engine's mutual TLS."
+    )
+    engine_backend: str = setting(
+        "ENGINE_BACKEND",
+        "auto",
+        _match(re.compile(r"^(auto|containers|services)$"), "engine backend (auto, containers or services)"),
+        "How notebooks run: services (Swarm services, on a Swarm manager), containers "
+        "(plain containers on one engine) or auto (services when the engine is an "
+        "active Swarm manager, else containers; asked once per worker process).",
+    )
+    profiles_file: str = setting(
+        "PROFILES_FILE",
+        "",
+        _text,
+        "YAML file of per-image profiles (port, command, environment, limits, "
+        "placement); validated at start-up. Empty: no profiles.",
+    )
+    proxy_api_url: str = setting(
+        "PROXY_API_URL",
+        "",
+        _http_url,
+        "REST API of configurable-http-proxy, e.g. http://127.0.0.1:8001: workers add "
+        "the route <hostname>.<DOMAIN> when a notebook becomes ACTIVE and delete it when "
+        "it ends. Empty: no proxy.",
+    )
+    proxy_auth_token: str = setting(
+        "PROXY_AUTH_TOKEN", "", _text, "The proxy's API token (its CONFIGPROXY_AUTH_TOKEN)."
+    )
+    proxy_public_url: str = setting(
+        "PROXY_PUBLIC_URL",
+        "",
+        _http_url,
+        "Where workers reach the proxy's public side, e.g. http://127.0.0.1:8000 (needed by READY_THROUGH_PROXY).",
+    )
+    ready_through_proxy: bool = setting(
+        "READY_THROUGH_PROXY",
+        "",
+        _bool,
+        "1: a notebook is ACTIVE only once a request through the proxy with "
+        "Host: <hostname>.<DOMAIN> reaches it (the public URL answers).",
+    )
+    auth: bool = setting(
+        "AUTH",
+        "on",
+        _bool,
+        "Authentication: on (every route but /healthz needs a token) or off (anyone who "
+        "reaches the API may do anything; a WARNING is logged at start-up).",
+    )
+    admin_token: str = setting(
+        "ADMIN_TOKEN",
+        "",
+        _secret,
+        "The admin's API token (at least 16 characters): sees and kills everything and "
+        "manages user tokens. Required by the API when AUTH is on.",
+    )
+    secret_key: str = setting(
+        "SECRET_KEY",
+        "",
+        _secret,
+        "Signs /manage's session cookies (at least 16 characters). Empty: one is generated "
+        "once and kept in Redis, shared by every API process.",
+    )
+    session_cookie_secure: bool = setting(
+        "SESSION_COOKIE_SECURE",
+        "",
+        _bool,
+        "1: /manage's session cookie is sent over HTTPS only (set it when the API is served over HTTPS).",
+    )
+    cors_origins: tuple[str, ...] = setting(
+        "CORS_ORIGINS",
+        "",
+        _origins,
+        "Comma-separated origins (https://app.example.org) whose pages may "
+        "call the API from a browser. Empty: no CORS headers at all.",
+    )
     allowed_images: tuple[str, ...] = setting(
-        "ALLOWED_IMAGES", "*", parse_allowed_images,
+        "ALLOWED_IMAGES",
+        "*",
+        parse_allowed_images,
         "Comma-separated image patterns (globs, matched after normalising the reference: `jupyter/*`, "
         "`registry.example:5000/*`, `repo:*`, `repo@*`) a spawn may use; anything else is 403. `*`: every image "
-        "(a WARNING at start-up when AUTH is on).")
-    max_notebooks: int = setting("MAX_NOTEBOOKS", "0", _int(0, 1_000_000),
-                                 "Most notebooks live at once in total, warm-pool members included (0: no "
-                                 "limit); a spawn over it is 429 with Retry-After.")
-    max_notebooks_per_user: int = setting("MAX_NOTEBOOKS_PER_USER", "0", _int(0, 100_000),
-                                          "Most live notebooks one user may have (0: no limit); 429 over it.")
-    spawn_rate: int = setting("SPAWN_RATE", "0", _int(0, 100_000),
-                              "Most spawns one user may start per minute (0: no limit); 429 with Retry-After "
-                              "saying when the next one is allowed.")
-    notebook_token: bool = setting("NOTEBOOK_TOKEN", "on", _bool,
-                                   "on: every notebook gets its own secret token (as JUPYTER_TOKEN, or as a "
-                                   "profile says), shown only to its owner and admins; off: none.")
-    pids_limit: int = setting("PIDS_LIMIT", "512", _int(0, 4_194_304),
-                              "Most processes (and threads) one notebook may run (0: no limit).")
-    default_mem_limit: int | None = setting("DEFAULT_MEM_LIMIT", "2g", _optional_size,
-                                            "Memory limit of a notebook whose profile sets none (e.g. 512m, "
-                                            "2g; 0: no limit).")
-    default_cpu_limit: float | None = setting("DEFAULT_CPU_LIMIT", "1", _optional_cpus,
-                                              "CPU limit in cores of a notebook whose profile sets none "
-                                              "(0: no limit).")
+        "(a WARNING at start-up when AUTH is on).",
+    )
+    max_notebooks: int = setting(
+        "MAX_NOTEBOOKS",
+        "0",
+        _int(0, 1_000_000),
+        "Most notebooks live at once in total, warm-pool members included (0: no "
+        "limit); a spawn over it is 429 with Retry-After.",
+    )
+    max_notebooks_per_user: int = setting(
+        "MAX_NOTEBOOKS_PER_USER",
+        "0",
+        _int(0, 100_000),
+        "Most live notebooks one user may have (0: no limit); 429 over it.",
+    )
+    spawn_rate: int = setting(
+        "SPAWN_RATE",
+        "0",
+        _int(0, 100_000),
+        "Most spawns one user may start per minute (0: no limit); 429 with Retry-After "
+        "saying when the next one is allowed.",
+    )
+    notebook_token: bool = setting(
+        "NOTEBOOK_TOKEN",
+        "on",
+        _bool,
+        "on: every notebook gets its own secret token (as JUPYTER_TOKEN, or as a "
+        "profile says), shown only to its owner and admins; off: none.",
+    )
+    pids_limit: int = setting(
+        "PIDS_LIMIT", "512", _int(0, 4_194_304), "Most processes (and threads) one notebook may run (0: no limit)."
+    )
+    default_mem_limit: int | None = setting(
+        "DEFAULT_MEM_LIMIT",
+        "2g",
+        _optional_size,
+        "Memory limit of a notebook whose profile sets none (e.g. 512m, 2g; 0: no limit).",
+    )
+    default_cpu_limit: float | None = setting(
+        "DEFAULT_CPU_LIMIT",
+        "1",
+        _optional_cpus,
+        "CPU limit in cores of a notebook whose profile sets none (0: no limit).",
+    )
     notebook_cap_add: tuple[str, ...] = setting(
-        "NOTEBOOK_CAP_ADD", "CHOWN,DAC_OVERRIDE,FOWNER,SETGID,SETUID", _capabilities,
+        "NOTEBOOK_CAP_ADD",
+        "CHOWN,DAC_OVERRIDE,FOWNER,SETGID,SETUID",
+        _capabilities,
         "Linux capabilities notebooks keep; every other one is dropped. The default lets an image that "
-        "starts as root switch to its notebook user; empty: none (enough for images that run as a user).")
-    log_level: str = setting("LOG_LEVEL", "INFO", _match(re.compile(r"^(debug|info|warning|error)$"), "log level"),
-                             "Log level of the API and workers.")
+        "starts as root switch to its notebook user; empty: none (enough for images that run as a user).",
+    )
+    log_level: str = setting(
+        "LOG_LEVEL",
+        "INFO",
+        _match(re.compile(r"^(debug|info|warning|error)$"), "log level"),
+        "Log level of the API and workers.",
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -73,7 +73,9 @@ PROGRESS_EVENT = "progress"
 #       field1, value1, ...
 # Returns 1 when written, 0 when the hostname is taken, {-2, ...} when a quota refuses it
 # (QUOTA_LUA in shared/limits.py); the check and the write are one atomic step.
-_CREATE = QUOTA_LUA + """
+_CREATE = (
+    QUOTA_LUA
+    + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local refusal = quota_refusal(KEYS[5], KEYS[6], KEYS[7], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
                               tonumber(ARGV[7]), tonumber(ARGV[8]))
@@ -92,6 +94,7 @@ end
 redis.call('PUBLISH', ARGV[3], cjson.encode(rec))
 return 1
 """
+)
 
 # KEYS: record, idx:all, idx:ended
 # ARGV: key prefix, new status ('' keeps it), allowed statuses as ',A,B,', updated_at, channel,
@@ -546,12 +549,14 @@ class Store:
     @_store_errors
     def purge_ended(self, older_than: float, batch: int = 1000) -> builtins.list[str]:
         """Delete records that ended (FAILED/REMOVED) before ``older_than`` (epoch), with their index entries."""
-        names = cast(builtins.list[str], self.redis.zrangebyscore(self._idx("ended"), "-inf", older_than,
-                                                                 start=0, num=batch))
+        names = cast(
+            builtins.list[str], self.redis.zrangebyscore(self._idx("ended"), "-inf", older_than, start=0, num=batch)
+        )
         purged = []
         for hostname in names:
-            if self._purge(keys=[self.key_for(hostname), self._idx(), self._idx("ended")],
-                           args=[self.prefix, hostname]):
+            if self._purge(
+                keys=[self.key_for(hostname), self._idx(), self._idx("ended")], args=[self.prefix, hostname]
+            ):
                 purged.append(hostname)
         return purged
 
@@ -595,8 +600,13 @@ class Store:
             argv: list[Any] = [epoch, hostname, self.events_channel, *quota.args(), repr(epoch)]
             for k, v in mapping.items():
                 argv.extend((k, v))
-            keys = [self.key_for(hostname), self._idx(), self._idx("user", user), self._idx("status", "PENDING"),
-                    *self.quota_keys(user)]
+            keys = [
+                self.key_for(hostname),
+                self._idx(),
+                self._idx("user", user),
+                self._idx("status", "PENDING"),
+                *self.quota_keys(user),
+            ]
             result = self._create(keys=keys, args=argv)
             if isinstance(result, list):
                 raise quota_error(result, user, quota, epoch)

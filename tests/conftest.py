@@ -153,8 +153,9 @@ def stack_factory(
         env = base_env(redis_server.url, unique_instance(tag), **env_overrides)
         settings = Settings.from_env(env)
         app = create_app(settings)
-        stack = Stack(settings, app, app.test_client(), Store(connect(settings.redis_url), settings.key_prefix),
-                      docker_client)
+        stack = Stack(
+            settings, app, app.test_client(), Store(connect(settings.redis_url), settings.key_prefix), docker_client
+        )
         made.append(stack)
         if worker:
             logdir = tmp_path_factory.mktemp(f"worker-{tag}")

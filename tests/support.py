@@ -72,8 +72,21 @@ class RedisServer:
             raise RuntimeError("redis-server is not installed (make test installs it)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-             "--appendfsync", "everysec", "--dir", str(self.workdir)],
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--dir",
+                str(self.workdir),
+            ],
             stdout=(self.workdir / "redis.log").open("ab"),
             stderr=subprocess.STDOUT,
         )
@@ -117,9 +130,19 @@ class WorkerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
-        return [str(VENV_BIN / "celery"), "-A", "worker.celery_app", "worker", "--loglevel", "INFO",
-                "--hostname", f"{self.name}-{secrets.token_hex(3)}@%h", "--without-mingle", "--without-gossip",
-                *self.extra_args]
+        return [
+            str(VENV_BIN / "celery"),
+            "-A",
+            "worker.celery_app",
+            "worker",
+            "--loglevel",
+            "INFO",
+            "--hostname",
+            f"{self.name}-{secrets.token_hex(3)}@%h",
+            "--without-mingle",
+            "--without-gossip",
+            *self.extra_args,
+        ]
 
     def start(self, wait: bool = True) -> None:
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
@@ -173,8 +196,16 @@ class BeatProcess(WorkerProcess):
     ready_text = "beat: Starting"
 
     def command(self) -> list[str]:
-        return [str(VENV_BIN / "celery"), "-A", "worker.celery_app", "beat", "--loglevel", "INFO",
-                "--schedule", str(self.logfile.with_suffix(".schedule"))]
+        return [
+            str(VENV_BIN / "celery"),
+            "-A",
+            "worker.celery_app",
+            "beat",
+            "--loglevel",
+            "INFO",
+            "--schedule",
+            str(self.logfile.with_suffix(".schedule")),
+        ]
 
 
 # -- The API on a real socket ------------------------------------------------------------------

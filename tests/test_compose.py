@@ -374,10 +374,21 @@ def test_compose_refuses_to_start_without_the_secrets(tmp_path: Path, missing: s
     certs.mkdir()
     empty_env_file = tmp_path / "empty.env"
     empty_env_file.touch()
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "DOCKER_CERT_DIR": str(certs),
-           "ADMIN_TOKEN": COMPOSE_ADMIN_TOKEN, "SECRET_KEY": COMPOSE_SECRET_KEY}
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "DOCKER_CERT_DIR": str(certs),
+        "ADMIN_TOKEN": COMPOSE_ADMIN_TOKEN,
+        "SECRET_KEY": COMPOSE_SECRET_KEY,
+    }
     del env[missing]
-    result = subprocess.run([docker_compose(), "--env-file", str(empty_env_file), "-f", str(COMPOSE_FILE), "config"],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [docker_compose(), "--env-file", str(empty_env_file), "-f", str(COMPOSE_FILE), "config"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode != 0
     assert f"set {missing}" in result.stderr, result.stderr

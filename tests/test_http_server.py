@@ -20,9 +20,20 @@ def served(stack: Any, tmp_path: Path) -> Iterator[str]:
     port = free_port()
     env = {**os.environ, **stack.worker.env}
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", "1",
-         "--threads", "4", "api.wsgi:app"],
-        cwd=ROOT, env=env, stdout=(tmp_path / "gunicorn.log").open("wb"), stderr=subprocess.STDOUT,
+        [
+            str(Path(sys.executable).parent / "gunicorn"),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "1",
+            "--threads",
+            "4",
+            "api.wsgi:app",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=(tmp_path / "gunicorn.log").open("wb"),
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -35,8 +46,12 @@ def served(stack: Any, tmp_path: Path) -> Iterator[str]:
 
 def test_spawn_poll_kill_over_http_like_the_seed(served: str, stack: Any, images: dict[str, str]) -> None:
     # The seed's curl --data form.
-    spawned = requests.post(served + "/spawn", data=f"image={images['httpd']}&user=odewahn",
-                            headers={"Content-Type": "application/x-www-form-urlencoded"}, timeout=5)
+    spawned = requests.post(
+        served + "/spawn",
+        data=f"image={images['httpd']}&user=odewahn",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        timeout=5,
+    )
     assert spawned.status_code == 202
     assert spawned.headers["Location"].endswith(f"/container/{spawned.json()['hostname']}")
     hostname = spawned.json()["hostname"]

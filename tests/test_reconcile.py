@@ -47,11 +47,23 @@ def test_container_that_died_is_reported_with_exit_code(stack: Any, images: dict
 
 
 def test_orphans_removed_but_foreign_containers_untouched(stack: Any, images: dict[str, str]) -> None:
-    spec = NotebookSpec(hostname="orphan000001", image=images["httpd"], user="nobody", domain="nb.test",
-                        port=8888, instance=stack.settings.instance)
+    spec = NotebookSpec(
+        hostname="orphan000001",
+        image=images["httpd"],
+        user="nobody",
+        domain="nb.test",
+        port=8888,
+        instance=stack.settings.instance,
+    )
     ours = stack.docker.containers.create(images["httpd"], name=spec.name, labels=spec.labels)
-    foreign_spec = NotebookSpec(hostname="orphan000002", image=images["httpd"], user="nobody", domain="nb.test",
-                                port=8888, instance=stack.settings.instance + "-other")
+    foreign_spec = NotebookSpec(
+        hostname="orphan000002",
+        image=images["httpd"],
+        user="nobody",
+        domain="nb.test",
+        port=8888,
+        instance=stack.settings.instance + "-other",
+    )
     foreign = stack.docker.containers.create(images["httpd"], name=foreign_spec.name, labels=foreign_spec.labels)
     unlabelled = stack.docker.containers.create(images["httpd"], name=f"{stack.settings.instance}-plain")
     try:
@@ -72,12 +84,14 @@ def test_orphans_removed_but_foreign_containers_untouched(stack: Any, images: di
 
 
 def test_stuck_starting_record_is_failed_and_its_container_removed(stack: Any, images: dict[str, str]) -> None:
-    record = stack.store.create(image=images["httpd"], user="stuck", domain="nb.test",
-                                internal={"queue_deadline": str(time.time())})
+    record = stack.store.create(
+        image=images["httpd"], user="stuck", domain="nb.test", internal={"queue_deadline": str(time.time())}
+    )
     spec = Spawner(stack.store, ContainerEngine(stack.docker, stack.settings), stack.settings).spec_for(record)
     container = stack.docker.containers.create(images["httpd"], name=spec.name, labels=spec.labels)
-    stack.store.transition(record.hostname, Status.STARTING, container_id=container.id,
-                           internal={"ready_deadline": str(time.time() + 5)})
+    stack.store.transition(
+        record.hostname, Status.STARTING, container_id=container.id, internal={"ready_deadline": str(time.time() + 5)}
+    )
     # Before the deadline (plus margin) nothing happens: a live spawn may still be waiting.
     assert record.hostname not in reconciler(stack).run(lock=False).failed
     report = reconciler(stack, clock=lambda: time.time() + 60).run(lock=False)
@@ -88,8 +102,9 @@ def test_stuck_starting_record_is_failed_and_its_container_removed(stack: Any, i
 
 
 def test_stuck_pending_record_with_a_lost_task_fails(stack: Any, images: dict[str, str]) -> None:
-    record = stack.store.create(image=images["httpd"], user="lost", domain="nb.test",
-                                internal={"queue_deadline": str(time.time())})  # no task was ever sent
+    record = stack.store.create(
+        image=images["httpd"], user="lost", domain="nb.test", internal={"queue_deadline": str(time.time())}
+    )  # no task was ever sent
     later = time.time() + stack.settings.start_timeout + 30
     assert record.hostname in reconciler(stack, clock=lambda: later).run(lock=False).failed
     assert stack.record(record.hostname).status == Status.FAILED
@@ -118,9 +133,20 @@ def test_beat_runs_reconcile_periodically(stack_factory: Any, images: dict[str, 
     import os
 
     beat = subprocess.Popen(
-        [str(Path(sys.executable).parent / "celery"), "-A", "worker.celery_app", "beat", "--loglevel", "INFO",
-         "--schedule", str(tmp_path / "beat-schedule")],
-        cwd=ROOT, env={**os.environ, **env}, stdout=(tmp_path / "beat.log").open("wb"), stderr=subprocess.STDOUT,
+        [
+            str(Path(sys.executable).parent / "celery"),
+            "-A",
+            "worker.celery_app",
+            "beat",
+            "--loglevel",
+            "INFO",
+            "--schedule",
+            str(tmp_path / "beat-schedule"),
+        ],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=(tmp_path / "beat.log").open("wb"),
+        stderr=subprocess.STDOUT,
     )
     try:
         fast.docker.containers.get(record.container_id).remove(force=True)
@@ -133,13 +159,22 @@ def test_beat_runs_reconcile_periodically(stack_factory: Any, images: dict[str, 
 
 def test_starting_notebook_that_answers_is_adopted(stack: Any, images: dict[str, str]) -> None:
     """A spawn lost with its worker leaves a STARTING record whose server answers: it becomes ACTIVE."""
-    record = stack.store.create(image=images["httpd"], user="orphaned-spawn", domain="nb.test",
-                                internal={"queue_deadline": str(time.time() + 60)})
+    record = stack.store.create(
+        image=images["httpd"],
+        user="orphaned-spawn",
+        domain="nb.test",
+        internal={"queue_deadline": str(time.time() + 60)},
+    )
     engine = ContainerEngine(stack.docker, stack.settings)
     spec = Spawner(stack.store, engine, stack.settings).spec_for(record)
     placement = engine.start(spec)  # what the dead spawn had done
-    stack.store.transition(record.hostname, Status.STARTING, container_id=placement.object_id,
-                           address=placement.address, internal={"ready_deadline": str(time.time() + 60)})
+    stack.store.transition(
+        record.hostname,
+        Status.STARTING,
+        container_id=placement.object_id,
+        address=placement.address,
+        internal={"ready_deadline": str(time.time() + 60)},
+    )
     wait_for(lambda: requests.get(placement.address, timeout=1).ok, 20, "the server to answer")
     report = reconciler(stack).run(lock=False)
     assert report.adopted == [record.hostname]

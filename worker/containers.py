@@ -69,8 +69,10 @@ class ContainerEngine:
             raise classify(exc, f"inspecting {spec.name}") from exc
         if container.status != "running":  # it already exited: say why, with its last words
             tail = self.logs_tail(spec, lines=5)
-            raise EngineError(f"the container {_state_of(container).reason} before answering"
-                              + (f"; last output: {tail[-400:]}" if tail else ""))
+            raise EngineError(
+                f"the container {_state_of(container).reason} before answering"
+                + (f"; last output: {tail[-400:]}" if tail else "")
+            )
         return Placement(object_id=container.id or "", address=self._address(container, spec), node=self._node())
 
     def state(self, spec: NotebookSpec) -> EngineState | None:
@@ -89,8 +91,11 @@ class ContainerEngine:
         for c in found:
             hostname = (c.attrs.get("Labels") or {}).get(LABEL_HOSTNAME, "")
             if hostname:
-                out[hostname] = EngineObject(hostname=hostname, running=c.attrs.get("State") == "running",
-                                             created=float(c.attrs.get("Created") or 0))
+                out[hostname] = EngineObject(
+                    hostname=hostname,
+                    running=c.attrs.get("State") == "running",
+                    created=float(c.attrs.get("Created") or 0),
+                )
         return out
 
     def remove(self, spec: NotebookSpec) -> None:

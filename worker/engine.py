@@ -239,16 +239,20 @@ def classify(exc: Exception, doing: str) -> EngineError | EngineUnavailable:
     if any(isinstance(e, (ssl.SSLError, requests.exceptions.SSLError)) for e in chain) or (
         "CERTIFICATE_VERIFY_FAILED" in text or "SSLError" in text
     ):
-        return EngineError(f"TLS to the engine failed while {doing}: {_tls_reason(text)} (check DOCKER_CERT_PATH "
-                           f"and the engine's CA): {_short(text)}")
+        return EngineError(
+            f"TLS to the engine failed while {doing}: {_tls_reason(text)} (check DOCKER_CERT_PATH "
+            f"and the engine's CA): {_short(text)}"
+        )
     if isinstance(exc, docker.errors.APIError):
         status = exc.status_code or 0
         explanation = scrub(str(exc.explanation or exc))
         if status >= 500 or status == 0:
             return EngineUnavailable(f"engine error while {doing}: {explanation}")
         return EngineError(f"engine refused {doing}: {explanation}")
-    if any(isinstance(e, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError,
-                          TimeoutError)) for e in chain):
+    if any(
+        isinstance(e, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError, TimeoutError))
+        for e in chain
+    ):
         return EngineUnavailable(f"engine unreachable while {doing}: {_short(text)}")
     if isinstance(exc, docker.errors.DockerException):
         return EngineUnavailable(f"engine error while {doing}: {_short(text)}")

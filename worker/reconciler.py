@@ -114,8 +114,13 @@ class Reconciler:
                     if self._adopt(record, obj):
                         report.adopted.append(hostname)
                     elif now > self._deadline(record) + DEADLINE_MARGIN:
-                        self._fail(report, spec, f"did not become ready in time (still {record.status} past its "
-                                   "deadline; its worker may have stopped)", record.status)
+                        self._fail(
+                            report,
+                            spec,
+                            f"did not become ready in time (still {record.status} past its "
+                            "deadline; its worker may have stopped)",
+                            record.status,
+                        )
                     elif record.status == Status.PENDING and self._lost(record, now):
                         self._resend(report, hostname)
                 elif (
@@ -127,8 +132,9 @@ class Reconciler:
             except (EngineError, EngineUnavailable) as exc:
                 log.warning("%s: reconcile step failed, will retry next pass: %s", hostname, exc)
 
-        self._cull(report, [r for r in live.values() if r.status in (Status.PENDING, Status.STARTING, Status.ACTIVE)],
-                   now)
+        self._cull(
+            report, [r for r in live.values() if r.status in (Status.PENDING, Status.STARTING, Status.ACTIVE)], now
+        )
         self._sync_routes(report, routes, live)
         if self.refiller is not None:  # keeps the warm pool full, and fills it at start-up
             for image in self.refiller.pool.sizes:
@@ -142,8 +148,14 @@ class Reconciler:
         for hostname, obj in objects.items():
             if hostname in live or now - obj.created < self.settings.orphan_grace:
                 continue
-            spec = NotebookSpec(hostname=hostname, image="", user="", domain="", port=self.settings.notebook_port,
-                                instance=self.settings.instance)
+            spec = NotebookSpec(
+                hostname=hostname,
+                image="",
+                user="",
+                domain="",
+                port=self.settings.notebook_port,
+                instance=self.settings.instance,
+            )
             try:
                 self.engine.remove(spec)
             except (EngineError, EngineUnavailable) as exc:
@@ -151,8 +163,19 @@ class Reconciler:
                 continue
             log.warning("%s: removed orphaned notebook object %s (no live record)", hostname, spec.name)
             report.removed_orphans.append(hostname)
-        if any((report.failed, report.removed_orphans, report.finished_kills, report.culled, report.purged,
-                report.resent, report.adopted, report.routed, report.unrouted)):
+        if any(
+            (
+                report.failed,
+                report.removed_orphans,
+                report.finished_kills,
+                report.culled,
+                report.purged,
+                report.resent,
+                report.adopted,
+                report.routed,
+                report.unrouted,
+            )
+        ):
             log.info("reconcile: %s", report.as_dict())
         return report
 
@@ -164,8 +187,11 @@ class Reconciler:
                 reasons[record.hostname] = "expired: reached the end of its lifetime"
         idle = self.settings.idle_timeout
         # Warm-pool members are idle by design: only their age limit applies.
-        candidates = [r for r in records if idle and r.status == Status.ACTIVE and r.address
-                      and r.hostname not in reasons and r.user != POOL_USER]
+        candidates = [
+            r
+            for r in records
+            if idle and r.status == Status.ACTIVE and r.address and r.hostname not in reasons and r.user != POOL_USER
+        ]
         if candidates:
             # Each server answers only with its own token (one read for all of them).
             tokens = self.store.internals((r.hostname for r in candidates), TOKEN_FIELD)
