@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import subprocess
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -24,7 +22,7 @@ import redis
 from shared.record import Notebook, parse_rfc3339
 from shared.status import SETTLED, Status
 from shared.store import Store
-from tests.support import ROOT, VENV_BIN, free_port, wait_for
+from tests.support import ApiServer
 from worker.readiness import answers_http
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -201,64 +199,11 @@ def server_seconds(record: Notebook | None) -> float:
 
 
 # -- the API on a real socket, as `make run` serves it -------------------------------------
-class Gunicorn:
-    """``gunicorn api.wsgi:app`` with scripts/run-local.sh's worker settings, on a free loopback port."""
+class Gunicorn(ApiServer):
+    """``gunicorn api.wsgi:app`` with scripts/run-local.sh's worker settings (and its access log)."""
 
     def __init__(self, env: Mapping[str, str], logfile: Path, workers: int = 2, threads: int = 8) -> None:
-        self.env = dict(env)
-        self.logfile = logfile
-        self.workers = workers
-        self.threads = threads
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        import requests
-
-        self._log = self.logfile.open("ab")
-        self.proc = subprocess.Popen(
-            [
-                str(VENV_BIN / "gunicorn"),
-                "--bind",
-                f"127.0.0.1:{self.port}",
-                "--workers",
-                str(self.workers),
-                "--threads",
-                str(self.threads),
-                "--access-logfile",
-                "-",
-                "--graceful-timeout",
-                "3",
-                "api.wsgi:app",
-            ],
-            cwd=ROOT,
-            env={**os.environ, **self.env},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-        def answers() -> bool:
-            if self.proc is None or self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited early; see {self.logfile}")
-            return requests.get(self.url + "/healthz", timeout=1).ok
-
-        wait_for(answers, 30, f"gunicorn on port {self.port} to answer")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.proc = None
-        if getattr(self, "_log", None):
-            self._log.close()
+        super().__init__(env, logfile, threads=threads, workers=workers, access_log=True)
 
 
 @contextlib.contextmanager

@@ -212,10 +212,14 @@ class BeatProcess(WorkerProcess):
 class ApiServer:
     """``gunicorn api.wsgi:app`` as `make run` serves it (gthread workers), on a free loopback port."""
 
-    def __init__(self, env: Mapping[str, str], logfile: Path, threads: int = 16) -> None:
+    def __init__(
+        self, env: Mapping[str, str], logfile: Path, threads: int = 16, workers: int = 1, access_log: bool = False
+    ) -> None:
         self.env = dict(env)
         self.logfile = logfile
         self.threads = threads
+        self.workers = workers
+        self.access_log = access_log
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -227,8 +231,10 @@ class ApiServer:
         import requests
 
         self._log = self.logfile.open("ab")
-        command = [str(VENV_BIN / "gunicorn"), "--bind", f"127.0.0.1:{self.port}", "--workers", "1"]
-        command += ["--threads", str(self.threads), "--graceful-timeout", "3", "api.wsgi:app"]
+        command = [str(VENV_BIN / "gunicorn"), "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers)]
+        command += ["--threads", str(self.threads), "--graceful-timeout", "3"]
+        command += ["--access-logfile", "-"] if self.access_log else []
+        command += ["api.wsgi:app"]
         self.proc = subprocess.Popen(
             command, cwd=ROOT, env={**os.environ, **self.env}, stdout=self._log, stderr=subprocess.STDOUT
         )
