@@ -3,9 +3,6 @@ broker sees a completed spawn task named swarm_manager.spawn with the notebook's
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,43 +12,31 @@ import requests
 
 from shared.queue import SPAWN_TASK
 from shared.status import Status
-from tests.support import ROOT, VENV_BIN, free_port, wait_for
+from tests.support import VENV_BIN, WorkerProcess, free_port, wait_for
 
 
-class FlowerProcess:
+class FlowerProcess(WorkerProcess):
     """``celery -A worker.celery_app flower`` on a free loopback port, with the stack's settings."""
 
     def __init__(self, env: dict[str, str], logfile: Path) -> None:
-        self.env = env
-        self.logfile = logfile
+        super().__init__({**env, "FLOWER_UNAUTHENTICATED_API": "true"}, logfile, name="flower")
         self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
-        env = {**os.environ, **self.env, "FLOWER_UNAUTHENTICATED_API": "true", "PYTHONUNBUFFERED": "1"}
-        self._log = self.logfile.open("ab")
-        self.proc = subprocess.Popen(
-            [
-                str(VENV_BIN / "celery"),
-                "-A",
-                "worker.celery_app",
-                "flower",
-                f"--port={self.port}",
-                "--address=127.0.0.1",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        wait_for(self._healthy, 60, f"Flower on port {self.port} (log: {self.logfile})", 0.2)
+    def command(self) -> list[str]:
+        return [
+            str(VENV_BIN / "celery"),
+            "-A",
+            "worker.celery_app",
+            "flower",
+            f"--port={self.port}",
+            "--address=127.0.0.1",
+        ]
 
-    def _healthy(self) -> bool:
+    def _ready(self) -> bool:
         if self.proc is None or self.proc.poll() is not None:
             raise AssertionError(f"Flower exited early:\n{self.log_tail()}")
         return requests.get(f"{self.url}/healthcheck", timeout=2).text.strip() == "OK"
@@ -60,24 +45,6 @@ class FlowerProcess:
         response = requests.get(f"{self.url}{path}", params=params, timeout=10)
         response.raise_for_status()
         return response.json()
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self.proc = None
-        if getattr(self, "_log", None):
-            self._log.close()
 
 
 @pytest.fixture

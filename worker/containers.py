@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +18,7 @@ from worker.engine import (
     LABEL_INSTANCE,
     EngineObject,
     EngineState,
+    LazyClient,
     NotebookSpec,
     Placement,
     classify,
@@ -38,20 +38,13 @@ class ContainerEngine:
     """
 
     def __init__(self, client: docker.DockerClient | Callable[[], docker.DockerClient], settings: Settings) -> None:
-        self._client = client if isinstance(client, docker.DockerClient) else None
-        self._factory = None if isinstance(client, docker.DockerClient) else client
-        self._lock = threading.Lock()
+        self._client = LazyClient(client)
         self.settings = settings
         self._probe_host = probe_host(settings)
 
     @property
     def client(self) -> docker.DockerClient:
-        if self._client is None:
-            with self._lock:
-                if self._client is None and self._factory is not None:
-                    self._client = self._factory()
-        assert self._client is not None
-        return self._client
+        return self._client.get()
 
     # -- Engine interface ------------------------------------------------------
     def start(self, spec: NotebookSpec) -> Placement:

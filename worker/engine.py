@@ -12,6 +12,8 @@ import logging
 import os
 import re
 import ssl
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -150,6 +152,28 @@ class _EngineAPIClient(docker.APIClient):  # type: ignore[misc]
 class _EngineClient(docker.DockerClient):  # type: ignore[misc]
     def __init__(self, **kwargs: Any) -> None:  # what docker.DockerClient.__init__ does, with our APIClient
         self.api = _EngineAPIClient(**kwargs)
+
+
+class LazyClient:
+    """A Docker client given as is, or made on first use by a function (thread-safe).
+
+    Connecting asks the engine for its API version, so an engine that is down (or fails TLS)
+    must surface as an engine error inside a spawn, where it becomes a retry or a FAILED
+    record, not when a worker process starts.
+    """
+
+    def __init__(self, client: docker.DockerClient | Callable[[], docker.DockerClient]) -> None:
+        self._client = client if isinstance(client, docker.DockerClient) else None
+        self._factory = None if isinstance(client, docker.DockerClient) else client
+        self._lock = threading.Lock()
+
+    def get(self) -> docker.DockerClient:
+        if self._client is None:
+            with self._lock:
+                if self._client is None and self._factory is not None:
+                    self._client = self._factory()
+        assert self._client is not None
+        return self._client
 
 
 def make_client(settings: Settings) -> docker.DockerClient:

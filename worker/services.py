@@ -23,7 +23,6 @@ turns that into an :class:`EngineError` carrying the Swarm's own words within se
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -51,6 +50,7 @@ from worker.engine import (
     LABEL_INSTANCE,
     EngineObject,
     EngineState,
+    LazyClient,
     NotebookSpec,
     Placement,
     classify,
@@ -90,9 +90,7 @@ class ServiceEngine:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self._client = client if isinstance(client, docker.DockerClient) else None
-        self._factory = None if isinstance(client, docker.DockerClient) else client
-        self._lock = threading.Lock()
+        self._client = LazyClient(client)
         self.settings = settings
         self.clock = clock
         self.sleep = sleep
@@ -100,12 +98,7 @@ class ServiceEngine:
 
     @property
     def client(self) -> docker.DockerClient:
-        if self._client is None:
-            with self._lock:
-                if self._client is None and self._factory is not None:
-                    self._client = self._factory()
-        assert self._client is not None
-        return self._client
+        return self._client.get()
 
     @property
     def api(self) -> docker.APIClient:
