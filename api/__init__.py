@@ -11,6 +11,7 @@ from typing import Any
 
 from flask import Flask
 
+from api.fastjson import OrjsonProvider
 from shared.pool import Pool
 from shared.profiles import Profiles, load_profiles
 from shared.queue import Queue, make_celery
@@ -28,14 +29,13 @@ def create_app(
 ) -> Flask:
     settings = settings or Settings.from_env()
     app = Flask(__name__)
+    app.json = OrjsonProvider(app)  # keeps the seed's field order in records (no sorted keys)
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_body,
         MAX_FORM_MEMORY_SIZE=settings.max_body,
         MAX_FORM_PARTS=50,
-        JSON_SORT_KEYS=False,
     )
     app.config.update(config)
-    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep the seed's field order in records
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
     app.extensions["settings"] = settings

@@ -422,7 +422,7 @@ def seed(store: Store, template: Template, start: int, count: int, users: int = 
         data = {
             **template.hash,
             "hostname": hostname,
-            "url": f"{hostname}.{domain}",
+            **({"url": f"{hostname}.{domain}"} if "url" in template.hash else {}),
             "user": user,
             "container_id": secrets.token_hex(32),
         }

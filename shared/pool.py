@@ -19,7 +19,7 @@ from typing import Any
 
 from shared.limits import QUOTA_LUA, Quota, quota_error
 from shared.record import Notebook
-from shared.store import Store, _store_errors
+from shared.store import RECORD_EVENT_LUA, Store, _store_errors
 
 POOL_USER = "_pool"  # fails shared.validation.USER_RE: no client can spawn or filter as it by accident
 
@@ -31,6 +31,7 @@ POOL_USER = "_pool"  # fails shared.validation.USER_RE: no client can spawn or f
 # when the user's quota refuses the spawn (QUOTA_LUA in shared/limits.py).
 _CLAIM = (
     QUOTA_LUA
+    + RECORD_EVENT_LUA
     + """
 local refusal = quota_refusal(KEYS[6], KEYS[7], KEYS[8], 0, tonumber(ARGV[7]), tonumber(ARGV[8]),
                               tonumber(ARGV[9]), tonumber(ARGV[4]))
@@ -53,11 +54,7 @@ while true do
     redis.call('SADD', KEYS[7], h)
     quota_record(KEYS[8], tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[4]), h)
     local flat = redis.call('HGETALL', key)
-    local rec = {}
-    for i = 1, #flat, 2 do
-      if string.sub(flat[i], 1, 1) ~= '_' then rec[flat[i]] = flat[i + 1] end
-    end
-    redis.call('PUBLISH', ARGV[6], cjson.encode(rec))
+    redis.call('PUBLISH', ARGV[6], record_event(flat))
     return flat
   end
 end

@@ -164,3 +164,69 @@ def test_an_active_notebook_keeps_no_spawn_deadlines(stack: Any, images: dict[st
     wait_for(dropped, 10, "the deadlines to be dropped")
     stack.kill(hostname)
     stack.wait(hostname, {Status.REMOVED})
+
+
+# -- the stored form, and listings in chunks on a real Redis --------------------------------------
+def test_the_hash_leaves_out_url_and_empty_extras_that_reading_puts_back(store: Store, client: Any) -> None:
+    record = store.list(status=Status.PENDING)[0]
+    stored = client.hgetall(store.key_for(record.hostname))
+    assert "url" not in stored and "error" not in stored and "container_id" not in stored
+    assert stored["hostname"] == record.hostname and stored["status"] == "PENDING"
+    assert record.url == f"{record.hostname}.nb.test"
+    assert store.row(record.hostname) == record.to_json()
+    active = store.list(status=Status.ACTIVE)[0]
+    assert client.hget(store.key_for(active.hostname), "container_id") == "c1"
+
+
+def test_a_record_stored_whole_by_an_older_version_reads_the_same(store: Store, client: Any) -> None:
+    record = store.list()[0]
+    key = store.key_for(record.hostname)
+    client.hset(key, mapping={"url": record.url, "error": "", "profile": "", "node": "", "address": ""})
+    assert store.get(record.hostname) == record
+    assert store.row(record.hostname) == record.to_json()
+    assert store.list_public()[0] == record.to_json()
+
+
+@pytest.fixture
+def real_store(redis_server: Any) -> Iterator[Store]:
+    from shared.store import connect
+
+    store = Store(connect(redis_server.url), prefix="listing-real:")
+    yield store
+    for key in store.redis.scan_iter(match="listing-real:*", count=1000):
+        store.redis.delete(key)
+
+
+def test_a_listing_longer_than_a_chunk_is_streamed_in_order_and_survives_a_script_flush(real_store: Store) -> None:
+    from shared.store import HMGET_CHUNK
+
+    count = 2 * HMGET_CHUNK + 7  # three chunks, the last one short
+    made = [real_store.create(image="img", user=f"u{i % 5}", domain="nb.test") for i in range(count)]
+    real_store.transition(made[HMGET_CHUNK].hostname, Status.FAILED, error="on a chunk boundary")
+    real_store.redis.delete(real_store.key_for(made[3].hostname))  # vanished: skipped, not an empty row
+
+    expected = [r.to_json() for r in reversed(made) if r.hostname != made[3].hostname]
+    expected[count - 1 - HMGET_CHUNK] = real_store.require(made[HMGET_CHUNK].hostname).to_json()
+    chunks = list(real_store.iter_public())
+    assert len(chunks) == 3 and [len(c) for c in chunks] == [HMGET_CHUNK, HMGET_CHUNK, 6]
+    assert [row for chunk in chunks for row in chunk] == expected
+    assert [list(row) for row in chunks[0][:1]] == [list(expected[0])]  # the seed's field order
+
+    # Redis lost its scripts (a restart, SCRIPT FLUSH): the listing loads them again and answers.
+    real_store.redis.script_flush()
+    assert real_store.list_public() == expected
+    assert real_store.list_public(offset=HMGET_CHUNK - 1, limit=3) == expected[HMGET_CHUNK - 1 : HMGET_CHUNK + 2]
+
+
+def test_json_goes_through_orjson_with_the_same_meaning(http: FlaskClient, store: Store) -> None:
+    failed = store.list(status=Status.FAILED)[0]
+    body = http.get(f"/container/{failed.hostname}")
+    assert body.get_json()["error"] == 'boom "quoted" ünïcode'
+    assert "ünïcode".encode() in body.data  # UTF-8, not \u escapes
+    assert body.data.endswith(b"}\n")
+    listing = http.get("/containers")
+    assert listing.mimetype == "application/json" and listing.data.endswith(b"]\n")
+    assert [r["hostname"] for r in listing.get_json()] == [r.hostname for r in store.list()]
+    assert http.get("/containers?user=nobody").data == b"[]\n"
+    bad = http.post("/spawn", data=b'{"image": NaN}', content_type="application/json")
+    assert bad.status_code == 400 and bad.is_json
