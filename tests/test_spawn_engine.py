@@ -121,3 +121,27 @@ def test_container_that_exits_fails_fast_with_exit_code(stack: Any, images: dict
     assert "exited with code 3" in record.error
     assert "boom" in record.error  # the notebook's own last words
     assert not [c for c in stack.containers() if c.labels["swarm-manager.hostname"] == h]
+
+
+def test_a_repeated_start_takes_the_container_an_earlier_attempt_made(stack: Any, images: dict[str, str]) -> None:
+    """A redelivered spawn: create meets a 409 and the first container is used, even once the
+    image's name is gone from the engine (the create then fails on the image, not the name)."""
+    from worker.containers import ContainerEngine
+    from worker.engine import NotebookSpec
+
+    engine = ContainerEngine(stack.docker, stack.settings)
+    gone = "swarm-manager-test/renamed:repeat"
+    stack.docker.images.get(images["httpd"]).tag(gone)
+    spec = NotebookSpec("repeatstart1", gone, "rita", "nb.test", 8888, stack.settings.instance)
+    try:
+        first = engine.start(spec)
+        assert engine.start(spec).object_id == first.object_id
+        stack.docker.images.remove(gone)  # untags only: the container keeps its image
+        again = engine.start(spec)
+        assert again.object_id == first.object_id and again.address == first.address
+        assert [c.id for c in stack.containers() if c.name == spec.name] == [first.object_id]
+    finally:
+        engine.remove(spec)
+        if any(gone in i.tags for i in stack.docker.images.list()):
+            stack.docker.images.remove(gone)
+    assert engine.state(spec) is None

@@ -48,7 +48,9 @@ class ContainerEngine:
 
     # -- Engine interface ------------------------------------------------------
     def start(self, spec: NotebookSpec) -> Placement:
-        container = self._find(spec) or self._create(spec)
+        # Create first: a new spawn (nearly every one) makes no lookup by name before it; a
+        # redelivered one meets a 409 and takes the container an earlier attempt made.
+        container = self._create(spec)
         if container.status != "running":
             try:
                 container.start()
@@ -150,6 +152,10 @@ class ContainerEngine:
         try:
             return self.client.containers.create(spec.image, **kwargs)
         except docker.errors.ImageNotFound as exc:
+            # (An earlier attempt may have made the container before the image was removed.)
+            found = self._find(spec)
+            if found is not None:
+                return found
             raise EngineError(f"image {spec.image!r} is not present on the engine") from exc
         except docker.errors.APIError as exc:
             if exc.status_code == 409:
