@@ -230,3 +230,9 @@ def test_json_goes_through_orjson_with_the_same_meaning(http: FlaskClient, store
     assert http.get("/containers?user=nobody").data == b"[]\n"
     bad = http.post("/spawn", data=b'{"image": NaN}', content_type="application/json")
     assert bad.status_code == 400 and bad.is_json
+
+
+def test_a_listing_answer_has_its_length(http: FlaskClient) -> None:
+    listing = http.get("/containers")
+    assert int(listing.headers["Content-Length"]) == len(listing.data)
+    assert len(listing.get_json()) == 7
