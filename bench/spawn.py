@@ -665,14 +665,16 @@ def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
                 f"<= {TARGETS['list_10k'] * 1000:g} ms" if target else "",
                 fig["list_all"]["median"] <= TARGETS["list_10k"] if target else None,
             )
-        biggest = s["sizes"][max(s["sizes"], key=int)]
+        # The most per record of any size (fewer records carry more of the indexes' fixed cost).
+        per = {int(k): v["bytes_per_record"] for k, v in s["sizes"].items()}
+        worst = max(per.values())
         row(
             "Redis memory per record",
-            f"{biggest['bytes_per_record']:.0f} B",
+            ", ".join(f"{v:.0f} B at {k:,}" for k, v in sorted(per.items())),
             "",
             f"hash alone {s['hash_bytes_one_record']} B",
             f"<= {TARGETS['bytes_per_record']} B",
-            biggest["bytes_per_record"] <= TARGETS["bytes_per_record"],
+            worst <= TARGETS["bytes_per_record"],
         )
     p = results.get("pool")
     if p and "spawn_to_active" in p:
