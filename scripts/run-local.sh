@@ -68,7 +68,12 @@ cat >> "$procfile" <<PROCS
 api: .venv/bin/gunicorn --bind 127.0.0.1:$port --workers ${API_WORKERS:-2} --threads ${API_THREADS:-32} --graceful-timeout 10 --access-logfile - api.wsgi:app
 worker: .venv/bin/celery -A worker.celery_app worker --loglevel INFO --hostname worker1@%h
 beat: .venv/bin/celery -A worker.celery_app beat --loglevel INFO --schedule .state/celerybeat-schedule
-flower: FLOWER_UNAUTHENTICATED_API=true .venv/bin/celery -A worker.celery_app flower --port=${FLOWER_PORT:-5555} --address=127.0.0.1
+flower: .venv/bin/celery -A worker.celery_app flower --port=${FLOWER_PORT:-5555} --address=127.0.0.1
 PROCS
+# Flower reads FLOWER_BASIC_AUTH (user:password[,user:password]) itself and then asks for it on
+# its pages and its API. Set but empty it would lock everyone out: unset it instead. Without it
+# Flower's pages are open (on loopback only) and its API refuses every call, so no other web
+# page open in the operator's browser can use it to revoke tasks or shut workers down.
+if [ -z "${FLOWER_BASIC_AUTH:-}" ]; then unset FLOWER_BASIC_AUTH; fi
 echo "swarm-manager: API http://127.0.0.1:$port/  page http://127.0.0.1:$port/manage  Flower http://127.0.0.1:${FLOWER_PORT:-5555}/" >&2
 exec .venv/bin/honcho start --procfile "$procfile" --app-root "$PWD"

@@ -33,6 +33,9 @@ CERT_TARGET = "/certs"
 NOTEBOOK_NETWORK = "swarm-manager-notebooks"
 COMPOSE_ADMIN_TOKEN = "compose-test-admin-token-0123456789"
 COMPOSE_SECRET_KEY = "compose-test-secret-key-0123456789"
+COMPOSE_FLOWER_AUTH = "ops:compose-test-flower-password"
+#: Flower's own environment settings the flower service may set.
+FLOWER_OWN = {"FLOWER_BASIC_AUTH"}
 
 
 def docker_compose() -> str:
@@ -68,6 +71,7 @@ def run_compose(tmp: Path, *args: str, **env: str) -> subprocess.CompletedProces
         # Required by the api service (authentication is on in compose).
         "ADMIN_TOKEN": COMPOSE_ADMIN_TOKEN,
         "SECRET_KEY": COMPOSE_SECRET_KEY,
+        "FLOWER_BASIC_AUTH": COMPOSE_FLOWER_AUTH,
         **env,
     }
     cmd = [docker_compose(), "--env-file", str(empty_env_file), "-f", str(COMPOSE_FILE), *args]
@@ -262,7 +266,8 @@ def test_commands(config: dict[str, Any]) -> None:
 def test_app_environment_is_known_settings(config: dict[str, Any]) -> None:
     known = {name for name, _default, _doc in documented_settings()}
     for name in APP_SERVICES:
-        unknown = set(environment(service(config, name))) - known
+        own = FLOWER_OWN if name == "flower" else set()  # Flower reads these itself
+        unknown = set(environment(service(config, name))) - known - own
         assert not unknown, f"{name} sets {sorted(unknown)}, which shared/settings.py does not read (a typo?)"
 
 
@@ -392,3 +397,24 @@ def test_compose_refuses_to_start_without_the_secrets(tmp_path: Path, missing: s
     )
     assert result.returncode != 0
     assert f"set {missing}" in result.stderr, result.stderr
+
+
+def test_flower_asks_for_a_password(config: dict[str, Any], tmp_path: Path) -> None:
+    env = environment(service(config, "flower"))
+    assert env.get("FLOWER_BASIC_AUTH") == COMPOSE_FLOWER_AUTH
+    assert "FLOWER_UNAUTHENTICATED_API" not in env  # would open its API (and CORS) to anyone
+    # Without a password compose refuses to start, as it does without ADMIN_TOKEN.
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    empty = tmp_path / "empty.env"
+    empty.touch()
+    cmd = [docker_compose(), "--env-file", str(empty), "-f", str(COMPOSE_FILE), "config", "-q"]
+    env_without = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "DOCKER_CERT_DIR": str(certs),
+        "ADMIN_TOKEN": COMPOSE_ADMIN_TOKEN,
+        "SECRET_KEY": COMPOSE_SECRET_KEY,
+    }
+    refused = subprocess.run(cmd, cwd=ROOT, env=env_without, capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "FLOWER_BASIC_AUTH" in refused.stderr, refused.stderr

@@ -1,5 +1,7 @@
 """Flower, as `make run` starts it, shows the task history: a real Flower process on the stack's
-broker sees a completed spawn task named swarm_manager.spawn with the notebook's hostname."""
+broker sees a completed spawn task named swarm_manager.spawn with the notebook's hostname.
+With FLOWER_BASIC_AUTH it asks for a password on its pages and its API; without it, its API
+answers no one."""
 
 from __future__ import annotations
 
@@ -15,11 +17,17 @@ from shared.status import Status
 from tests.support import VENV_BIN, WorkerProcess, free_port, wait_for
 
 
-class FlowerProcess(WorkerProcess):
-    """``celery -A worker.celery_app flower`` on a free loopback port, with the stack's settings."""
+FLOWER_USER, FLOWER_PASSWORD = "ops", "flower-test-password"
 
-    def __init__(self, env: dict[str, str], logfile: Path) -> None:
-        super().__init__({**env, "FLOWER_UNAUTHENTICATED_API": "true"}, logfile, name="flower")
+
+class FlowerProcess(WorkerProcess):
+    """``celery -A worker.celery_app flower`` on a free loopback port, with the stack's settings
+    and, unless ``auth`` is off, FLOWER_BASIC_AUTH."""
+
+    def __init__(self, env: dict[str, str], logfile: Path, auth: bool = True) -> None:
+        extra = {"FLOWER_BASIC_AUTH": f"{FLOWER_USER}:{FLOWER_PASSWORD}"} if auth else {}
+        super().__init__({**env, **extra}, logfile, name="flower")
+        self.auth = (FLOWER_USER, FLOWER_PASSWORD) if auth else None
         self.port = free_port()
 
     @property
@@ -42,7 +50,7 @@ class FlowerProcess(WorkerProcess):
         return requests.get(f"{self.url}/healthcheck", timeout=2).text.strip() == "OK"
 
     def get(self, path: str, **params: Any) -> Any:
-        response = requests.get(f"{self.url}{path}", params=params, timeout=10)
+        response = requests.get(f"{self.url}{path}", params=params, auth=self.auth, timeout=10)
         response.raise_for_status()
         return response.json()
 
@@ -99,3 +107,28 @@ def test_flower_shows_a_completed_spawn_with_its_hostname(
     finally:
         stack.kill(hostname)  # a no-op for one that FAILED
         stack.wait(hostname, {Status.REMOVED, Status.FAILED}, timeout=30)
+
+
+def test_flower_asks_for_its_password_on_pages_and_api(flower: FlowerProcess) -> None:
+    for path in ("/", "/tasks", "/api/workers"):
+        assert requests.get(f"{flower.url}{path}", timeout=10).status_code == 401, path
+        wrong = requests.get(f"{flower.url}{path}", auth=(FLOWER_USER, "wrong"), timeout=10)
+        assert wrong.status_code == 401, path
+        right = requests.get(f"{flower.url}{path}", auth=flower.auth, timeout=10)
+        assert right.status_code == 200, path
+    # Other web pages may not read it from an operator's browser.
+    assert "Access-Control-Allow-Origin" not in right.headers
+
+
+def test_without_a_password_flowers_api_answers_no_one(stack: Any, tmp_path: Path) -> None:
+    proc = FlowerProcess(stack.worker.env, tmp_path / "flower.log", auth=False)
+    try:
+        proc.start()
+        assert requests.get(f"{proc.url}/", timeout=10).status_code == 200  # its pages, on loopback
+        api = requests.get(f"{proc.url}/api/workers", timeout=10, headers={"Origin": "http://evil.example"})
+        assert api.status_code == 401
+        assert "Access-Control-Allow-Origin" not in api.headers
+        shutdown = requests.post(f"{proc.url}/api/worker/shutdown/{stack.worker.name}", timeout=10)
+        assert shutdown.status_code in (401, 403)
+    finally:
+        proc.stop()
