@@ -57,6 +57,7 @@ R = TypeVar("R")
 PUBLIC_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Notebook))
 #: What listings read of each hash: the public fields that are stored (``url`` is derived).
 _STORED_PUBLIC: tuple[str, ...] = tuple(f for f in PUBLIC_FIELDS if f not in UNSTORED)
+assert _STORED_PUBLIC[0] == "hostname", "_PUBLIC_VALUES tells a vanished record by its first field"
 # Where ``url`` goes back into a row, and where what it is made of is read from (derived_url).
 _URL_AT = PUBLIC_FIELDS.index("url")
 _HOSTNAME_AT, _DOMAIN_AT = _STORED_PUBLIC.index("hostname"), _STORED_PUBLIC.index("domainname")

@@ -16,7 +16,6 @@ from shared.queue import SPAWN_TASK
 from shared.status import Status
 from tests.support import VENV_BIN, WorkerProcess, free_port, wait_for
 
-
 FLOWER_USER, FLOWER_PASSWORD = "ops", "flower-test-password"
 
 

@@ -23,10 +23,11 @@ import pytest
 import requests
 
 from shared.errors import EngineError, EngineUnavailable
+from shared.pool import POOL_USER, Pool
 from shared.record import Notebook
 from shared.settings import Settings
 from shared.status import Status
-from tests.support import wait_for
+from tests.support import BeatProcess, wait_for
 from tests.swarm_cluster import SwarmCluster, SwarmWorker, swarm, swarm_worker  # noqa: F401
 from worker.backends import AutoEngine, make_engine
 from worker.containers import ContainerEngine
@@ -153,6 +154,46 @@ def test_spawn_runs_a_labelled_service_and_kill_removes_it(
     sstack.kill(h)
     assert sstack.wait(h, {Status.REMOVED}, timeout=30).status == Status.REMOVED
     assert services_of(swarm.client, sstack.settings.instance, h) == []
+
+
+def test_the_warm_pool_hands_out_ready_services(
+    stack_factory: Any,
+    swarm: SwarmCluster,  # noqa: F811
+    images: dict[str, str],
+    tmp_path: Any,
+) -> None:
+    image = images["httpd"]
+    st = stack_factory(
+        "swarmpool",
+        ENGINE_BACKEND="services",
+        PUBLISH_IP="0.0.0.0",
+        START_TIMEOUT=60,
+        POOL=f"{image}=1",
+        RECONCILE_INTERVAL=1,
+    )
+    pool = Pool(st.store, {image: 1})
+    beat = BeatProcess(st.worker.env, tmp_path / "beat.log", name="beat-swarmpool")
+    beat.start()  # the reconciler fills the pool at start-up
+    try:
+        wait_for(lambda: pool.ready_count(image) == 1, 120, "the pool to fill with a service")
+        [member] = pool.members(image)
+        [service] = services_of(swarm.client, st.settings.instance, member)
+        assert service["Spec"]["Labels"]["swarm-manager.user"] == POOL_USER
+
+        response = st.http.post("/spawn", data={"image": image, "user": "sam"})
+        body = response.get_json()
+        assert response.status_code == 202 and body["status"] == "ACTIVE", body  # at once, no engine call
+        assert body["hostname"] == member and body["user"] == "sam" and body["node"] == swarm.manager_hostname
+        assert answers_200(body["address"])
+        assert [r.hostname for r in st.store.list(user="sam")] == [member]
+
+        wait_for(lambda: pool.ready_count(image) == 1 and member not in pool.members(image), 120, "the pool to refill")
+        st.kill(member)
+        assert st.wait(member, {Status.REMOVED}, timeout=60).status == Status.REMOVED
+        assert services_of(swarm.client, st.settings.instance, member) == []
+    finally:
+        beat.stop()
+        remove_services(swarm.client, st.settings.instance)
 
 
 def test_auto_detection_picks_services_on_a_manager(
