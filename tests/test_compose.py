@@ -418,3 +418,35 @@ def test_flower_asks_for_a_password(config: dict[str, Any], tmp_path: Path) -> N
     }
     refused = subprocess.run(cmd, cwd=ROOT, env=env_without, capture_output=True, text=True, timeout=120)
     assert refused.returncode != 0 and "FLOWER_BASIC_AUTH" in refused.stderr, refused.stderr
+
+
+#: Settings compose passes through with shared/settings.py's own default.
+PASSED_THROUGH = (
+    "START_TIMEOUT", "MAX_AGE", "IDLE_TIMEOUT", "RECORD_RETENTION", "RECONCILE_INTERVAL", "NOTEBOOK_PORT", "POOL",
+    "PROFILES_FILE", "ENGINE_BACKEND", "WORKER_CONCURRENCY", "ENGINE_TIMEOUT", "KILL_GRACE", "ORPHAN_GRACE",
+    "PROBE_HOST", "PROBE_INTERVAL", "PROXY_API_URL", "PROXY_AUTH_TOKEN", "PROXY_PUBLIC_URL", "READY_THROUGH_PROXY",
+)  # fmt: skip
+
+
+def test_passed_through_settings_default_to_the_settings_own(config: dict[str, Any]) -> None:
+    defaults = {name: default for name, default, _doc in documented_settings()}
+    worker = environment(service(config, "worker"))
+    for name in PASSED_THROUGH:
+        assert worker.get(name) == defaults[name], f"{name}: compose {worker.get(name)!r}, settings {defaults[name]!r}"
+    api = environment(service(config, "api"))
+    for name in ("START_TIMEOUT", "MAX_AGE", "POOL", "PROFILES_FILE"):  # the API uses these too
+        assert name in api, name
+
+
+def test_profiles_reach_every_service_that_reads_the_settings(tmp_path: Path) -> None:
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    config = resolved(
+        tmp_path, PROFILES_DIR=str(profiles), PROFILES_FILE="/etc/swarm-manager/profiles/profiles.yml", POOL="x=1"
+    )
+    for name in APP_SERVICES:
+        svc = service(config, name)
+        mounted = [m for m in mounts(svc) if m["target"] == "/etc/swarm-manager/profiles"]
+        assert mounted and mounted[0]["read_only"] and mounted[0]["source"] == str(profiles), (name, mounts(svc))
+        env = environment(svc)
+        assert env["PROFILES_FILE"] == "/etc/swarm-manager/profiles/profiles.yml" and env["POOL"] == "x=1", name
