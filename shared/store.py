@@ -2,7 +2,8 @@
 
 Layout (every key starts with the instance prefix, e.g. ``swarm-manager:``):
 
-- ``nb:<hostname>``        hash: the record (public fields plus ``_``-prefixed internal ones)
+- ``nb:<hostname>``        hash: the record (public fields but ``url`` and empty extras, see
+                           shared/record.py, plus ``_``-prefixed internal ones)
 - ``idx:all``              sorted set of hostnames scored by creation time (newest-first listing)
 - ``idx:user:<user>``      the same, per user
 - ``idx:status:<STATUS>``  the same, per status
