@@ -110,13 +110,13 @@ def page() -> ResponseReturnValue:
 @bp.post("/manage/spawn")
 def spawn() -> ResponseReturnValue:
     try:
-        record = spawn_notebook(request.form.get("image"), request.form.get("user"))
+        record, token = spawn_notebook(request.form.get("image"), request.form.get("user"))
     except (InvalidInput, Forbidden, ImageNotAllowed, QuotaExceeded, QueueUnavailable, StoreUnavailable) as exc:
         if wants_json():
             raise  # the app's error handler answers with the JSON error and its status
         return redirect(url_for(".page", error=str(exc)), 303)
     if wants_json():
-        return public_record(record), 202
+        return public_record(record, token), 202
     return redirect(url_for(".page", message=f"spawning {record.hostname}"), 303)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import Blueprint, current_app, jsonify, request, url_for
@@ -122,15 +122,8 @@ def public_record(record: Notebook, token: str | None = None) -> dict[str, str]:
     return out
 
 
-def public_records(records: Iterable[Notebook]) -> list[dict[str, str]]:
-    """:func:`public_record` for many, reading the tokens the caller may see in one round trip."""
-    records = list(records)
-    tokens = store().internals((r.hostname for r in records if may_see_secrets(r)), TOKEN_FIELD)
-    return [public_record(r, tokens.get(r.hostname, "")) for r in records]
-
-
 def public_rows(rows: list[dict[str, str]], sees: Callable[[str], bool] | None = None) -> list[dict[str, str]]:
-    """:func:`public_records` for the rows of ``Store.list_public(..., internal=[TOKEN_FIELD])``.
+    """:func:`public_record` for the rows of ``Store.iter_public(..., internal=[TOKEN_FIELD])``.
 
     The same answer without a Notebook per record (``GET /containers`` of thousands of records
     spends its time per record): the token came in the same read; it is popped from every row
@@ -205,21 +198,10 @@ def spawn_notebook(
     profile: object = None,
     mem_limit: object = None,
     cpu_limit: object = None,
-) -> Notebook:
-    """Validate, write the PENDING record, enqueue the spawn. No engine call here."""
-    return spawn_with_token(image, user, ttl, profile, mem_limit, cpu_limit)[0]
-
-
-def spawn_with_token(
-    image: object,
-    user: object,
-    ttl: object = None,
-    profile: object = None,
-    mem_limit: object = None,
-    cpu_limit: object = None,
 ) -> tuple[Notebook, str | None]:
-    """:func:`spawn_notebook`, and the token it gave the notebook ("" none; None: not known here,
-    as for a warm-pool member), so the answer need not read back what was just written."""
+    """Validate, write the PENDING record (or claim a warm-pool member), enqueue the spawn; no
+    engine call here. Also the token it gave the notebook ("" none; None: not known here, as for
+    a warm-pool member), so the answer need not read back what was just written."""
     user = auth.spawn_user(user)  # a user token spawns only for itself (403 for anyone else)
     image, user, life = validate_image(image), validate_user(user), lifetime(ttl)
     allowlist().check(image)  # 403 with the reason
@@ -301,7 +283,7 @@ def kill_notebook(hostname: str) -> tuple[Notebook, bool]:
 @bp.post("/spawn", strict_slashes=False)
 def spawn() -> ResponseReturnValue:
     data = spawn_input()
-    record, token = spawn_with_token(
+    record, token = spawn_notebook(
         data.get("image"),
         data.get("user"),
         data.get("ttl"),

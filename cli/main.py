@@ -474,13 +474,13 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers",
         type=int,
-        default=int(os.environ.get("API_WORKERS", "2")),
+        default=os.environ.get("API_WORKERS", "2"),  # a string: parsed by type=int only for serve
         help="gunicorn worker processes (default $API_WORKERS or 2)",
     )
     serve.add_argument(
         "--threads",
         type=int,
-        default=int(os.environ.get("API_THREADS", "32")),
+        default=os.environ.get("API_THREADS", "32"),
         help="threads per worker process (default $API_THREADS or 32; each open events stream holds one)",
     )
     serve.set_defaults(server=cmd_serve)

@@ -199,10 +199,6 @@ class Quota:
     rate: int = 0
     window: int = RATE_WINDOW
 
-    @property
-    def any(self) -> bool:
-        return bool(self.max_total or self.max_per_user or self.rate)
-
     def args(self) -> list[int]:
         return [self.max_total, self.max_per_user, self.rate, self.window]
 

@@ -82,7 +82,10 @@ def parse_size(value: object) -> int:
         match = _SIZE.fullmatch(value.strip())
         if not match:
             raise ValueError(f"not a size: {value!r} (a number of bytes, or a number with k, m, g or t, e.g. 512m)")
-        size = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+        scaled = float(match.group(1)) * _UNITS[match.group(2).lower()]
+        if not math.isfinite(scaled):  # hundreds of digits: int() of it would raise OverflowError
+            raise ValueError(f"{value[:40]!r}... is too large")
+        size = int(scaled)
     if size < MIN_MEMORY:
         raise ValueError(f"{value!r} is less than the engine's minimum of 6m")
     if size > MAX_MEMORY:
@@ -209,10 +212,9 @@ class Limits:
 class Profiles:
     """The operator's profiles, in file order (the first whose pattern matches an image wins)."""
 
-    def __init__(self, profiles: Sequence[Profile] = (), source: str = "") -> None:
+    def __init__(self, profiles: Sequence[Profile] = ()) -> None:
         self._profiles = list(profiles)
         self._by_name = {p.name: p for p in self._profiles}
-        self.source = source
 
     def __iter__(self) -> Iterator[Profile]:
         return iter(self._profiles)
@@ -298,7 +300,7 @@ def parse_profiles(text: str, source: str = "<profiles>") -> Profiles:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where}: not valid YAML: {exc}") from None
     if data is None:
-        return Profiles(source=source)  # an empty file: no profiles
+        return Profiles()  # an empty file: no profiles
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping with a 'profiles' list at the top, got {_kind(data)}")
     unknown = sorted(str(k) for k in data if k != "profiles")
@@ -306,7 +308,7 @@ def parse_profiles(text: str, source: str = "<profiles>") -> Profiles:
         raise ConfigError(f"{where}: unknown top-level key(s) {', '.join(map(repr, unknown))} (expected 'profiles')")
     items = data.get("profiles")
     if items is None:
-        return Profiles(source=source)
+        return Profiles()
     if not isinstance(items, list):
         raise ConfigError(f"{where}: 'profiles' must be a list of profiles, got {_kind(items)}")
 
@@ -330,7 +332,7 @@ def parse_profiles(text: str, source: str = "<profiles>") -> Profiles:
             profiles.append(profile)
     if problems:
         raise ConfigError(f"{where}: " + "; ".join(problems))
-    return Profiles(profiles, source=source)
+    return Profiles(profiles)
 
 
 def _kind(value: object) -> str:

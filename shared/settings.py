@@ -11,13 +11,11 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, TypeVar
+from typing import Any
 
 from shared.errors import ConfigError
 from shared.limits import Allowlist, parse_allowed_images
 from shared.profiles import load_profiles, parse_cpus, parse_size
-
-T = TypeVar("T")
 
 _DNS_NAME = re.compile(r"^(?=.{1,200}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
@@ -503,16 +501,6 @@ class Settings:
     @property
     def key_prefix(self) -> str:
         return f"{self.instance}:"
-
-    def redacted(self) -> dict[str, Any]:
-        """Settings safe to log (no credentials in the Redis URL)."""
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["redis_url"] = re.sub(r"//[^@/]*@", "//***@", self.redis_url)
-        out["proxy_auth_token"] = "***" if self.proxy_auth_token else ""
-        out["admin_token"] = "***" if self.admin_token else ""
-        out["docker_cert_path"] = "***" if self.docker_cert_path else ""
-        out["secret_key"] = "***" if self.secret_key else ""
-        return out
 
 
 def documented_settings() -> list[tuple[str, str, str]]:

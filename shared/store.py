@@ -94,7 +94,7 @@ end
 Rows: TypeAlias = list[dict[str, str]]
 # (Aliases because inside Store ``list`` is the method.) Hostnames; field values of many records.
 _Names: TypeAlias = list[str]
-_Values: TypeAlias = list[list[str | bool]]
+_Values: TypeAlias = list[list[str]]
 
 #: The ``event`` field of a progress event on the events channel (record events have none).
 PROGRESS_EVENT = "progress"
@@ -204,29 +204,16 @@ return redis.call('DEL', KEYS[1])
 """
 
 # ARGV: key prefix, n, field1..fieldn, hostnames joined by commas
-# Returns, as one JSON string, [[value1..valuen], ...] per hostname (false for a missing field).
+# Returns, as one JSON string, [[value1..valuen], ...] per hostname, in the fields' order.
 # Listings read thousands of records: one script call per chunk instead of one command each
 # (redis-py's per-command cost was most of GET /containers), and one JSON string to decode
-# instead of a value each (the pure-Python reply parser's per-value cost was the rest). Arrays
-# keep the fields' order. The hostnames come as one argument: packing (and Redis parsing) 250
-# arguments per call cost more than the split. (Record keys are built here, as _TRANSITION does:
-# fine on a single Redis.)
-_HMGET_MANY = """
-local n = tonumber(ARGV[2])
-local fields = {unpack(ARGV, 3, 2 + n)}
-local out = {}
-for h in string.gmatch(ARGV[3 + n], '[^,]+') do
-  out[#out + 1] = redis.call('HMGET', ARGV[1] .. h, unpack(fields))
-end
-return cjson.encode(out)
-"""
-#: Records per _HMGET_MANY/_PUBLIC_VALUES call: Redis runs nothing else meanwhile, so keep each call short (~1 ms).
-HMGET_CHUNK = 250
-
-# _HMGET_MANY for listings: a missing field is "" (every stored field's default but the status's,
-# and the status is always stored), and a record whose first field is missing (it vanished
-# between reading the index and the hash: retention) is left out. The values then need no
-# checking per field in Python, which was a third of a 10,000-record listing's time.
+# instead of a value each (the pure-Python reply parser's per-value cost was the rest). The
+# hostnames come as one argument: packing (and Redis parsing) 250 arguments per call cost more
+# than the split. A missing field is "" (every stored field's default but the status's, and the
+# status is always stored), and a record whose first field is missing (it vanished between
+# reading the index and the hash: retention) is left out, so the values need no checking per
+# field in Python (that was a third of a 10,000-record listing's time). (Record keys are built
+# here, as _TRANSITION does: fine on a single Redis.)
 _PUBLIC_VALUES = """
 local n = tonumber(ARGV[2])
 local fields = {unpack(ARGV, 3, 2 + n)}
@@ -242,6 +229,8 @@ for h in string.gmatch(ARGV[3 + n], '[^,]+') do
 end
 return cjson.encode(out)
 """
+#: Records per _PUBLIC_VALUES call: Redis runs nothing else meanwhile, so keep each call short (~1 ms).
+HMGET_CHUNK = 250
 
 # KEYS: index; ARGV: start, stop. ZREVRANGE as one string, the hostnames joined by commas (for
 # the same reason: one value to read, split in C).
@@ -387,7 +376,6 @@ class Store:
         self._transition = client.register_script(_TRANSITION)
         self._purge = client.register_script(_PURGE)
         self._sync_live = client.register_script(_SYNC_LIVE)
-        self._hmget_many = client.register_script(_HMGET_MANY)
         self._public_values = client.register_script(_PUBLIC_VALUES)
         self._zrevrange_joined = client.register_script(_ZREVRANGE_JOINED)
         self.metrics = Metrics(client, prefix)
@@ -490,10 +478,10 @@ class Store:
 
     @_store_errors
     def internals(self, hostnames: Iterable[str], name: str) -> dict[str, str]:
-        """One internal field of many records in one round trip; records without it are left out."""
-        names = list(hostnames)
-        values = self._fields_of(names, [f"_{name}"])
-        return {h: str(v[0]) for h, v in zip(names, values, strict=True) if v[0] is not False}
+        """One internal field of many records, read like a listing; records without it (or with it
+        empty) are left out."""
+        found = self._chunks_of(builtins.list(hostnames), ("hostname", f"_{name}"))
+        return {h: v for chunk in found for h, v in chunk if v}
 
     @_store_errors
     def live_count(self, user: str | None = None) -> int:
@@ -510,7 +498,7 @@ class Store:
         offset: int = 0,
         limit: int | None = None,
     ) -> list[Notebook]:
-        """Records newest first, optionally filtered; one index read plus one pipelined fetch."""
+        """Records newest first, optionally filtered (:meth:`iter_public`'s rows as Notebooks)."""
         rows = self.list_public(user=user, status=status, offset=offset, limit=limit)
         return [Notebook.from_hash(row) for row in rows]
 
@@ -526,10 +514,10 @@ class Store:
     ) -> Rows:
         """What ``[r.to_json() for r in list(...)]`` gives, without building a Notebook per record.
 
-        For ``GET /containers`` with many records, where the per-record cost is all there is:
-        the public fields only, read by a script in chunks (:data:`_HMGET_MANY`), as plain dicts
-        in the seed's field order. ``internal`` names internal fields to read in the same pass;
-        each row then also has them under ``_<name>`` ("" when missing), for the caller to pop.
+        Where the per-record cost is all there is: the public fields only, read by a script in
+        chunks (:data:`_PUBLIC_VALUES`), as plain dicts in the seed's field order. ``internal``
+        names internal fields to read in the same pass; each row then also has them under
+        ``_<name>`` ("" when missing), for the caller to pop.
         """
         return [
             row
@@ -564,7 +552,7 @@ class Store:
         if post_filter is None:
             stop = -1 if limit is None else offset + limit - 1
             names = self._index_range(index, offset, stop)
-            for chunk in self._chunks_of(names, _STORED_PUBLIC + extra, self._public_values):
+            for chunk in self._chunks_of(names, _STORED_PUBLIC + extra):
                 yield self._rows(extra, chunk)
             return
         # With both filters the per-user index is read and the status checked here: a user's
@@ -577,15 +565,9 @@ class Store:
         joined = str(self._zrevrange_joined(keys=[index], args=[start, stop]))
         return joined.split(",") if joined else []
 
-    def _fields_of(self, names: Sequence[str], wanted: Sequence[str]) -> _Values:
-        """HMGET ``wanted`` of each record in ``names``; False for a missing field."""
-        out: _Values = []
-        for chunk in self._chunks_of(names, wanted):
-            out.extend(chunk)
-        return out
-
-    def _chunks_of(self, names: Sequence[str], wanted: Sequence[str], script: Any = None) -> Iterator[_Values]:
-        """:meth:`_fields_of` in chunks of :data:`HMGET_CHUNK` records, each as soon as Redis has it.
+    def _chunks_of(self, names: Sequence[str], wanted: Sequence[str]) -> Iterator[_Values]:
+        """``wanted`` of each record in ``names`` (:data:`_PUBLIC_VALUES`) in chunks of
+        :data:`HMGET_CHUNK` records, each as soon as Redis has it.
 
         Every chunk's script call is sent at once on one connection and the replies are read
         one by one, so the caller decodes chunk i while Redis still runs chunk i+1: for a
@@ -595,7 +577,7 @@ class Store:
         """
         if not names:
             return
-        script = script or self._hmget_many
+        script = self._public_values
         head: list[Any] = [self.key_for(""), len(wanted), *wanted]
         if len(names) <= HMGET_CHUNK:  # one call, one round trip
             yield orjson.loads(script(args=[*head, ",".join(names)])) or []  # cjson writes [] as {}
@@ -645,7 +627,7 @@ class Store:
 
     def _fetch(self, names: Sequence[str], extra: tuple[str, ...]) -> Rows:
         out: Rows = []
-        for chunk in self._chunks_of(names, _STORED_PUBLIC + extra, self._public_values):
+        for chunk in self._chunks_of(names, _STORED_PUBLIC + extra):
             out.extend(self._rows(extra, chunk))
         return out
 
@@ -686,13 +668,13 @@ class Store:
         names = cast(
             builtins.list[str], self.redis.zrangebyscore(self._idx("ended"), "-inf", older_than, start=0, num=batch)
         )
-        purged = []
+        if not names:
+            return []
+        pipe = self.redis.pipeline(transaction=False)  # one round trip for the batch, not one each
         for hostname in names:
-            if self._purge(
-                keys=[self.key_for(hostname), self._idx(), self._idx("ended")], args=[self.prefix, hostname]
-            ):
-                purged.append(hostname)
-        return purged
+            keys = [self.key_for(hostname), self._idx(), self._idx("ended")]
+            self._purge(keys=keys, args=[self.prefix, hostname], client=pipe)
+        return [h for h, deleted in zip(names, pipe.execute(), strict=True) if deleted]
 
     @_store_errors
     def create(
@@ -720,7 +702,7 @@ class Store:
                 hostname=hostname,
                 domainname=domain,
                 image=image,
-                url=f"{hostname}.{domain}",
+                url=derived_url(hostname, domain),
                 status=Status.PENDING,
                 start_time=now,
                 user=user,
@@ -738,7 +720,7 @@ class Store:
                 self.key_for(hostname),
                 self._idx(),
                 self._idx("user", user),
-                self._idx("status", "PENDING"),
+                self._idx("status", Status.PENDING.value),
                 *self.quota_keys(user),
             ]
             result = self._create(keys=keys, args=argv)

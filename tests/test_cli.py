@@ -174,6 +174,13 @@ def test_bad_usage_is_exit_2() -> None:
         assert "error" in result.stderr
 
 
+def test_a_bad_api_workers_setting_concerns_only_serve() -> None:
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    assert run_cli("list", api=nowhere, env={"API_WORKERS": "auto"}).returncode == 3  # parsed; the API is away
+    served = run_cli("serve", env={"API_WORKERS": "auto"})
+    assert served.returncode == 2 and "--workers: invalid int value: 'auto'" in served.stderr
+
+
 def test_unreachable_api_is_a_clear_error() -> None:
     nowhere = f"http://127.0.0.1:{free_port()}"
     for result in (run_cli("list", api=nowhere), run_cli("status", "zzzzzzzzzzzz", env={"SWARM_MANAGER_URL": nowhere})):

@@ -190,7 +190,7 @@ def test_sizes_and_cores() -> None:
     assert parse_size("512m") == parse_size("524288k") == 512 * MIB
     assert parse_size("1.5g") == 3 * GIB // 2
     assert parse_size(64 * MIB) == 64 * MIB
-    for bad in ("2 gigs", "g", "", "-5m", "1e9", "5m5", True, None, [1]):
+    for bad in ("2 gigs", "g", "", "-5m", "1e9", "5m5", "9" * 400 + "m", True, None, [1]):
         with pytest.raises(ValueError):
             parse_size(bad)
     assert parse_cpus("0.5") == parse_cpus(0.5) == 0.5 and parse_cpus(2) == 2.0
@@ -355,6 +355,7 @@ def test_limits_over_the_maximum_or_not_allowed_are_refused(papi: ProfileApi) ->
     assert "cpu_limit: not a number of cores" in papi.refused(image=image, cpu_limit="many")
     assert "cpu_limit: expected a number of cores" in papi.refused(image=image, cpu_limit={"n": 1})
     assert "less than the engine's minimum" in papi.refused(image=image, mem_limit="1k")
+    assert "too large" in papi.refused(image=image, mem_limit="9" * 400 + "m")  # not an OverflowError (500)
     not_allowed = "profile 'small' does not let users choose mem_limit or cpu_limit"
     assert not_allowed in papi.refused(image="smtest/other:1", mem_limit="128m")
     assert "profile 'memory-only' does not let users choose cpu_limit" in papi.refused(
