@@ -11,9 +11,10 @@ import docker
 import docker.errors
 from docker.models.containers import Container
 
-from shared.errors import EngineError
+from shared.errors import EngineError, EngineUnavailable
 from shared.settings import Settings
 from worker.engine import (
+    ENGINE_ERRORS,
     LABEL_HOSTNAME,
     LABEL_INSTANCE,
     EngineObject,
@@ -22,6 +23,7 @@ from worker.engine import (
     NotebookSpec,
     Placement,
     classify,
+    engine_call,
     probe_host,
 )
 from worker.hardening import container_options
@@ -52,16 +54,10 @@ class ContainerEngine:
         # redelivered one meets a 409 and takes the container an earlier attempt made.
         container = self._create(spec)
         if container.status != "running":
-            try:
+            with engine_call(f"starting {spec.name}"):
                 container.start()
-            except docker.errors.APIError as exc:
-                raise classify(exc, f"starting {spec.name}") from exc
-            except docker.errors.DockerException as exc:
-                raise classify(exc, f"starting {spec.name}") from exc
-        try:
+        with engine_call(f"inspecting {spec.name}"):
             container.reload()
-        except docker.errors.DockerException as exc:
-            raise classify(exc, f"inspecting {spec.name}") from exc
         if container.status != "running":  # it already exited: say why, with its last words
             tail = self.logs_tail(spec, lines=5)
             raise EngineError(
@@ -75,13 +71,11 @@ class ContainerEngine:
         return None if container is None else _state_of(container)
 
     def inventory(self) -> dict[str, EngineObject]:
-        try:
+        with engine_call("listing notebooks"):
             # sparse: one /containers/json call, no inspect per container.
             found = self.client.containers.list(
                 all=True, sparse=True, filters={"label": f"{LABEL_INSTANCE}={self.settings.instance}"}
             )
-        except docker.errors.DockerException as exc:
-            raise classify(exc, "listing notebooks") from exc
         out = {}
         for c in found:
             hostname = (c.attrs.get("Labels") or {}).get(LABEL_HOSTNAME, "")
@@ -107,7 +101,7 @@ class ContainerEngine:
             if exc.status_code == 409 and "already in progress" in str(exc.explanation or ""):
                 return  # another kill is removing it
             raise classify(exc, f"removing {spec.name}") from exc
-        except docker.errors.DockerException as exc:
+        except ENGINE_ERRORS as exc:
             raise classify(exc, f"removing {spec.name}") from exc
         log.info("%s: container %s removed", spec.hostname, spec.name)
 
@@ -115,7 +109,7 @@ class ContainerEngine:
         try:
             container = self.client.containers.get(spec.name)
             raw: bytes = container.logs(tail=lines)
-        except docker.errors.DockerException:
+        except (*ENGINE_ERRORS, EngineError, EngineUnavailable):  # the last two: making the client failed
             return ""
         return raw.decode("utf-8", "replace").strip()
 
@@ -125,7 +119,7 @@ class ContainerEngine:
             return self.client.containers.get(spec.name)
         except docker.errors.NotFound:
             return None
-        except docker.errors.DockerException as exc:
+        except ENGINE_ERRORS as exc:
             raise classify(exc, f"looking up {spec.name}") from exc
 
     def _create(self, spec: NotebookSpec) -> Container:
@@ -164,7 +158,7 @@ class ContainerEngine:
                 if found is not None:
                     return found
             raise classify(exc, f"creating {spec.name}") from exc
-        except docker.errors.DockerException as exc:
+        except ENGINE_ERRORS as exc:
             raise classify(exc, f"creating {spec.name}") from exc
 
     def _address(self, container: Container, spec: NotebookSpec) -> str:
@@ -185,7 +179,7 @@ class ContainerEngine:
     def _node(self) -> str:
         try:
             return self._engine_name
-        except docker.errors.DockerException:
+        except ENGINE_ERRORS:
             return ""  # the node name is informative only; not worth failing a spawn over
 
     @functools.cached_property

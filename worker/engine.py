@@ -13,7 +13,8 @@ import os
 import re
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -281,6 +282,27 @@ def classify(exc: Exception, doing: str) -> EngineError | EngineUnavailable:
     if isinstance(exc, docker.errors.DockerException):
         return EngineUnavailable(f"engine error while {doing}: {_short(text)}")
     return EngineError(f"unexpected error while {doing}: {_short(text)}")
+
+
+#: What a docker-py call can raise about the engine. docker-py wraps HTTP error answers in
+#: DockerException subclasses but lets requests' own errors through unwrapped: an engine that
+#: is unreachable or too slow raises ``requests.exceptions.ConnectionError``/``ReadTimeout``.
+ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException)
+
+
+@contextmanager
+def engine_call(
+    doing: str, classifier: Callable[[Exception, str], EngineError | EngineUnavailable] = classify
+) -> Iterator[None]:
+    """Run a Docker call, turning any :data:`ENGINE_ERRORS` into EngineError/EngineUnavailable.
+
+    ``classifier`` is :func:`classify` unless a backend words some errors its own way. Handle
+    an expected error (``NotFound``, a 409) inside the block: everything else leaves it mapped.
+    """
+    try:
+        yield
+    except ENGINE_ERRORS as exc:
+        raise classifier(exc, doing) from exc
 
 
 def _short(text: str, limit: int = 300) -> str:

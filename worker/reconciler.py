@@ -3,7 +3,8 @@
 One pass reads the engine once (every object labelled with this instance) and the live
 records once per live status, then:
 
-- ACTIVE whose object vanished or stopped -> FAILED with the reason (exit code, OOM, gone);
+- ACTIVE whose object vanished or stopped (its state asked again first) -> FAILED with the reason
+  (exit code, OOM, gone);
 - PENDING/STARTING past their deadline (the worker running them died) -> FAILED, object removed;
 - DELETING left over (its kill task was lost) -> the kill is done here;
 - objects labelled as ours with no live record, older than ORPHAN_GRACE -> removed (logged);
@@ -104,12 +105,15 @@ class Reconciler:
             obj = objects.get(hostname)
             try:
                 if record.status == Status.ACTIVE:
-                    if obj is None:
-                        self._fail(report, spec, "the notebook's container disappeared", Status.ACTIVE)
-                    elif not obj.running:
+                    if obj is None or not obj.running:
+                        # The inventory was read before the records: a notebook that started in
+                        # between is missing from it, or not running yet. Ask for its state now.
                         state = self.engine.state(spec)
-                        why = state.reason if state else "stopped"
-                        self._fail(report, spec, f"the notebook's container {why}", Status.ACTIVE)
+                        if state is None:
+                            self._fail(report, spec, "the notebook's container disappeared", Status.ACTIVE)
+                        elif not state.running:
+                            why = state.reason or "stopped"
+                            self._fail(report, spec, f"the notebook's container {why}", Status.ACTIVE)
                 elif record.status in (Status.PENDING, Status.STARTING):
                     if self._adopt(record, obj):
                         report.adopted.append(hostname)

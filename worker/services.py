@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -54,6 +53,7 @@ from worker.engine import (
     NotebookSpec,
     Placement,
     classify,
+    engine_call,
     probe_host,
 )
 from worker.hardening import harden_container_spec, service_container_options, service_resources
@@ -111,7 +111,9 @@ class ServiceEngine:
         Waits at most START_TIMEOUT. Raises EngineError as soon as the Swarm shows it cannot
         run the task (rejected, failed, no suitable node), with the Swarm's own error text.
         """
-        service = self._inspect(spec) or self._create(spec)
+        # Create first, as ContainerEngine.start does: a new spawn makes no lookup by name before
+        # it; a redelivered one meets a 409 and takes the service an earlier attempt made.
+        service = self._create(spec)
         service_id = str(service["ID"])
         deadline = self.clock() + self.settings.start_timeout
         unplaceable_since: float | None = None
@@ -165,7 +167,7 @@ class ServiceEngine:
         down, so "running" is judged from the tasks and nodes instead.
         """
         label = f"{LABEL_INSTANCE}={self.settings.instance}"
-        with _engine_call("listing notebook services"):
+        with engine_call("listing notebook services", _classify):
             services: list[dict[str, Any]] = self.api.services(filters={"label": label})
             if not services:
                 return {}
@@ -270,7 +272,7 @@ class ServiceEngine:
     def _latest_task(self, service: str) -> dict[str, Any] | None:
         """The service's newest task; None if it has none yet, or the service is gone."""
         try:
-            with _engine_call(f"listing the tasks of {service}"):
+            with engine_call(f"listing the tasks of {service}", _classify):
                 tasks: list[dict[str, Any]] = self.api.tasks(filters={"service": service})
         except EngineError:
             # The engine refuses a filter naming a service that no longer exists (404).
@@ -289,7 +291,7 @@ class ServiceEngine:
         return True
 
     def _node(self, node_id: str) -> dict[str, Any]:
-        with _engine_call(f"inspecting node {node_id}"):
+        with engine_call(f"inspecting node {node_id}", _classify):
             node: dict[str, Any] = self.api.inspect_node(node_id)
         return node
 
@@ -371,14 +373,6 @@ class ServiceEngine:
         except (EngineError, EngineUnavailable, docker.errors.DockerException, requests.exceptions.RequestException):
             return ""
         return raw.decode("utf-8", "replace").strip()
-
-
-@contextmanager
-def _engine_call(doing: str) -> Iterator[None]:
-    try:
-        yield
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-        raise _classify(exc, doing) from exc
 
 
 def _classify(exc: Exception, doing: str) -> EngineError | EngineUnavailable:

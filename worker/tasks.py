@@ -28,10 +28,16 @@ RETRY = {
     "retry_backoff": 1,
     "retry_backoff_max": 15,
     "retry_jitter": True,
-    # Unbounded here because the Spawner bounds it: after the spawn's deadline it stops
-    # raising EngineUnavailable and marks the record FAILED instead.
-    "max_retries": None,
 }
+
+#: Spawn retries without a bound because the Spawner bounds it: after the spawn's deadline it
+#: stops raising EngineUnavailable and marks the record FAILED instead.
+SPAWN_RETRY = {**RETRY, "max_retries": None}
+
+#: Nothing bounds kill and refill from inside, so they give up after 20 retries (a few minutes
+#: of backoff): the reconciler finishes a kill left DELETING and refills the warm pool on every
+#: pass anyway.
+BOUNDED_RETRY = {**RETRY, "max_retries": 20}
 
 
 @functools.cache
@@ -63,13 +69,13 @@ def refiller() -> Refiller | None:
     return Refiller(store(), p, Queue(app), settings) if p else None
 
 
-@app.task(name=SPAWN_TASK, **RETRY)
+@app.task(name=SPAWN_TASK, **SPAWN_RETRY)
 def spawn(hostname: str) -> str | None:
     status = spawner().spawn(hostname)
     return status.value if status else None
 
 
-@app.task(name=KILL_TASK, **RETRY)
+@app.task(name=KILL_TASK, **BOUNDED_RETRY)
 def kill(hostname: str) -> str | None:
     status = spawner().kill(hostname)
     return status.value if status else None
@@ -81,7 +87,7 @@ def reconcile() -> dict[str, object]:
     return Reconciler(store(), sp.engine, sp, settings, queue=Queue(app), refiller=refiller()).run().as_dict()
 
 
-@app.task(name=REFILL_TASK, **RETRY)
+@app.task(name=REFILL_TASK, **BOUNDED_RETRY)
 def refill_pool(image: str) -> list[str]:
     r = refiller()
     return r.refill(image) if r else []
