@@ -10,7 +10,7 @@ import contextlib
 import math
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,13 +204,3 @@ class Gunicorn(ApiServer):
 
     def __init__(self, env: Mapping[str, str], logfile: Path, workers: int = 2, threads: int = 8) -> None:
         super().__init__(env, logfile, threads=threads, workers=workers, access_log=True)
-
-
-@contextlib.contextmanager
-def running(proc: Any) -> Iterator[Any]:
-    """Start a WorkerProcess/Gunicorn-like object and always stop it."""
-    proc.start()
-    try:
-        yield proc
-    finally:
-        proc.stop()

@@ -45,10 +45,10 @@ def stack(redis: RedisServer, client: docker.DockerClient, workdir: Path, tag: s
     app = create_app(settings)
     st = Stack(settings, app, app.test_client(), Store(connect(settings.redis_url), settings.key_prefix), client)
     st.worker = WorkerProcess(full, workdir / f"{tag}-worker.log", name=tag)
-    st.worker.start()
     beat = BeatProcess(full, workdir / f"{tag}-beat.log", name=f"{tag}-beat")
-    beat.start()
-    try:
+    try:  # a beat (or worker) that fails to start leaves nothing running
+        st.worker.start()
+        beat.start()
         yield st
     finally:
         beat.stop()

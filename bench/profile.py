@@ -100,7 +100,7 @@ def measured(
         "median_ms": s["median"] * 1000,
         "mean_ms": s["mean"] * 1000,
         "p99_ms": s["p99"] * 1000,
-        "redis_round_trips_per_op": (counter.round_trips - before_rt - 1) / ops,  # minus the INFO
+        "redis_round_trips_per_op": (counter.round_trips - before_rt - 2) / ops,  # minus both INFOs
         "redis_commands_per_op": (after_cmd - before_cmd) / ops,
         "docker_calls_per_op": (counter.docker_calls - before_dc) / ops,
     }
@@ -140,58 +140,65 @@ def main(argv: list[str] | None = None) -> int:
         server.start()
         try:
             settings = Settings.from_env(base_env(server.url, unique_instance("profile"), START_TIMEOUT=60))
-            app = create_app(settings)
-            http = app.test_client()
             store = Store(connect(settings.redis_url), settings.key_prefix)
             raw = store.redis
-            n = args.requests
-            form = {"image": images["httpd"], "user": "prof"}
-            for _ in range(20):  # warm-up: scripts loaded, producer pool and connections made
-                http.post("/spawn", data=form)
-            with measured("POST /spawn", n, counter, raw, out, profiles) as times:
-                names = [timed(times, lambda: http.post("/spawn", data=form)).get_json()["hostname"] for _ in range(n)]
-            with measured("GET /container/<h>", n, counter, raw, out, profiles) as times:
-                for name in names:
-                    timed(times, lambda name=name: http.get(f"/container/{name}"))
-            delete_keys(raw, settings.key_prefix)
+            try:
+                app = create_app(settings)
+                http = app.test_client()
+                n = args.requests
+                form = {"image": images["httpd"], "user": "prof"}
+                for _ in range(20):  # warm-up: scripts loaded, producer pool and connections made
+                    http.post("/spawn", data=form)
+                with measured("POST /spawn", n, counter, raw, out, profiles) as times:
+                    names = [
+                        timed(times, lambda: http.post("/spawn", data=form)).get_json()["hostname"] for _ in range(n)
+                    ]
+                with measured("GET /container/<h>", n, counter, raw, out, profiles) as times:
+                    for name in names:
+                        timed(times, lambda name=name: http.get(f"/container/{name}"))
+                delete_keys(raw, settings.key_prefix)
 
-            def spawn(user: str) -> str:
-                return str(http.post("/spawn", data={"image": images["httpd"], "user": user}).get_json()["hostname"])
+                def spawn(user: str) -> str:
+                    return str(
+                        http.post("/spawn", data={"image": images["httpd"], "user": user}).get_json()["hostname"]
+                    )
 
-            template = template_record(store, spawn, settings)
-            seed(store, template, 0, args.records)
-            http.get("/containers?limit=1")
-            with measured(f"GET /containers ({args.records})", 5, counter, raw, out, profiles, 0.001) as times:
-                for _ in range(5):
-                    timed(times, lambda: http.get("/containers"))
-            with measured(f"Store.list ({args.records})", 5, counter, raw, out, profiles, 0.001) as times:
-                for _ in range(5):
-                    timed(times, store.list)
-            delete_keys(raw, settings.key_prefix)
+                template = template_record(store, spawn, settings)
+                seed(store, template, 0, args.records)
+                http.get("/containers?limit=1")
+                with measured(f"GET /containers ({args.records})", 5, counter, raw, out, profiles, 0.001) as times:
+                    for _ in range(5):
+                        timed(times, lambda: http.get("/containers"))
+                with measured(f"Store.list ({args.records})", 5, counter, raw, out, profiles, 0.001) as times:
+                    for _ in range(5):
+                        timed(times, store.list)
+                delete_keys(raw, settings.key_prefix)
 
-            docker_client = make_client(settings)
-            docker_client.api.hooks["response"].append(counter.docker_hook)
-            spawner = Spawner(store, ContainerEngine(docker_client, settings), settings)
-            made = [
-                store.create(
-                    image=images["httpd"],
-                    user="prof",
-                    domain=settings.domain,
-                    internal={"queue_deadline": str(time.time() + 600)},
-                ).hostname
-                for _ in range(args.spawns + 1)
-            ]
-            spawner.spawn(made[0])  # warm-up: the engine's name is asked once per process
-            remove_containers(client, settings.instance)
-            with measured("Spawner.spawn (httpd)", args.spawns, counter, raw, out, profiles) as times:
-                for name in made[1:]:
-                    status = timed(times, lambda name=name: spawner.spawn(name))
-                    assert status == Status.ACTIVE, status
-                    # Not part of a spawn (untimed; another Docker client, so not counted either):
-                    # each spawn finds the engine as empty as the first one did.
-                    remove_containers(client, settings.instance, threads=1)
-            remove_containers(client, settings.instance)
-            delete_keys(raw, settings.key_prefix)
+                docker_client = make_client(settings)
+                docker_client.api.hooks["response"].append(counter.docker_hook)
+                spawner = Spawner(store, ContainerEngine(docker_client, settings), settings)
+                made = [
+                    store.create(
+                        image=images["httpd"],
+                        user="prof",
+                        domain=settings.domain,
+                        internal={"queue_deadline": str(time.time() + 600)},
+                    ).hostname
+                    for _ in range(args.spawns + 1)
+                ]
+                spawner.spawn(made[0])  # warm-up: the engine's name is asked once per process
+                remove_containers(client, settings.instance)
+                with measured("Spawner.spawn (httpd)", args.spawns, counter, raw, out, profiles) as times:
+                    for name in made[1:]:
+                        status = timed(times, lambda name=name: spawner.spawn(name))
+                        assert status == Status.ACTIVE, status
+                        # Not part of a spawn (untimed; another Docker client, so not counted either):
+                        # each spawn finds the engine as empty as the first one did.
+                        remove_containers(client, settings.instance, threads=1)
+            finally:
+                # Even after a failed run: no test container is left on the engine.
+                remove_containers(client, settings.instance)
+                delete_keys(raw, settings.key_prefix)
         finally:
             server.stop()
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -544,16 +544,17 @@ def bench_pool(ctx: Context, n: int, size: int = 3) -> dict[str, Any]:
     app = create_app(settings)
     store = Store(connect(settings.redis_url), settings.key_prefix)
     pool = Pool(store, settings.pool_sizes)
-    worker = WorkerProcess(env, ctx.workdir / "worker-pool.log", name="benchpool")
-    worker.start()
     from tests.support import BeatProcess
 
+    worker = WorkerProcess(env, ctx.workdir / "worker-pool.log", name="benchpool")
     beat = BeatProcess(env, ctx.workdir / "beat-pool.log", name="benchpool-beat")
-    beat.start()
-    timer = EventTimer(store)
+    timer: EventTimer | None = None
     took: list[float] = []
     from_pool = 0
-    try:
+    try:  # a beat (or worker) that fails to start leaves nothing running
+        worker.start()
+        beat.start()
+        timer = EventTimer(store)
         for i in range(n):
             deadline = time.monotonic() + 60
             while pool.ready_count(image) < 1 and time.monotonic() < deadline:
@@ -568,7 +569,8 @@ def bench_pool(ctx: Context, n: int, size: int = 3) -> dict[str, Any]:
                 seen = timer.wait([body["hostname"]], 120)[body["hostname"]]
                 took.append(seen.at.get(Status.ACTIVE, math.nan) - started)
     finally:
-        timer.close()
+        if timer is not None:
+            timer.close()
         beat.stop()
         worker.stop()
         remove_containers(ctx.docker, settings.instance)

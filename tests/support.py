@@ -61,6 +61,7 @@ class RedisServer:
         self.workdir = workdir
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
 
     @property
     def url(self) -> str:
@@ -71,29 +72,34 @@ class RedisServer:
         if not binary:
             raise RuntimeError("redis-server is not installed (make test installs it)")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "everysec",
-                "--dir",
-                str(self.workdir),
-            ],
-            stdout=(self.workdir / "redis.log").open("ab"),
-            stderr=subprocess.STDOUT,
-        )
         import redis
 
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
-        wait_for(lambda: _ping(client), 15, f"redis-server on port {self.port}")
+        self._log = (self.workdir / "redis.log").open("ab")
+        try:
+            self.proc = subprocess.Popen(
+                [
+                    binary,
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "everysec",
+                    "--dir",
+                    str(self.workdir),
+                ],
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+            )
+            client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+            wait_for(lambda: _ping(client), 15, f"redis-server on port {self.port}")
+        except BaseException:
+            self.stop()  # never leave a half-started server (or its log handle) behind
+            raise
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -104,6 +110,9 @@ class RedisServer:
                 self.proc.kill()
                 self.proc.wait(5)
         self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def restart(self, down_for: float = 0.0) -> None:
         self.stop()
@@ -128,6 +137,7 @@ class WorkerProcess:
         self.name = name
         self.extra_args = extra_args or []
         self.proc: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
 
     def command(self) -> list[str]:
         return [
@@ -147,16 +157,20 @@ class WorkerProcess:
     def start(self, wait: bool = True) -> None:
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
         self._log = self.logfile.open("ab")
-        self.proc = subprocess.Popen(
-            self.command(),
-            cwd=ROOT,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        if wait:
-            wait_for(self._ready, 60, f"celery worker {self.name} to be ready (log: {self.logfile})", 0.2)
+        try:
+            self.proc = subprocess.Popen(
+                self.command(),
+                cwd=ROOT,
+                env=env,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            if wait:
+                wait_for(self._ready, 60, f"celery worker {self.name} to be ready (log: {self.logfile})", 0.2)
+        except BaseException:
+            self.stop()  # never leave a half-started process (or its log handle) behind
+            raise
 
     ready_text = " ready."
 
@@ -186,8 +200,9 @@ class WorkerProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
         self.proc = None
-        if getattr(self, "_log", None):
+        if self._log is not None:
             self._log.close()
+            self._log = None
 
 
 class BeatProcess(WorkerProcess):
@@ -222,6 +237,7 @@ class ApiServer:
         self.access_log = access_log
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
 
     @property
     def url(self) -> str:
@@ -230,21 +246,25 @@ class ApiServer:
     def start(self) -> None:
         import requests
 
-        self._log = self.logfile.open("ab")
         command = [str(VENV_BIN / "gunicorn"), "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers)]
         command += ["--threads", str(self.threads), "--graceful-timeout", "3"]
         command += ["--access-logfile", "-"] if self.access_log else []
         command += ["api.wsgi:app"]
-        self.proc = subprocess.Popen(
-            command, cwd=ROOT, env={**os.environ, **self.env}, stdout=self._log, stderr=subprocess.STDOUT
-        )
 
         def answers() -> bool:
             if self.proc is None or self.proc.poll() is not None:
                 raise AssertionError(f"gunicorn exited early:\n{self.log_tail()}")
             return requests.get(self.url + "/healthz", timeout=1).ok
 
-        wait_for(answers, 30, f"gunicorn on port {self.port} to answer")
+        self._log = self.logfile.open("ab")
+        try:
+            self.proc = subprocess.Popen(
+                command, cwd=ROOT, env={**os.environ, **self.env}, stdout=self._log, stderr=subprocess.STDOUT
+            )
+            wait_for(answers, 30, f"gunicorn on port {self.port} to answer")
+        except BaseException:
+            self.stop()  # never leave a half-started server (or its log handle) behind
+            raise
 
     def log_tail(self, lines: int = 60) -> str:
         try:
@@ -261,8 +281,9 @@ class ApiServer:
                 self.proc.kill()
                 self.proc.wait(10)
         self.proc = None
-        if getattr(self, "_log", None):
+        if self._log is not None:
             self._log.close()
+            self._log = None
 
 
 # -- Images ------------------------------------------------------------------------------

@@ -61,35 +61,36 @@ def test_redis_restarted_under_load(
     # reconciler sends a PENDING spawn again after its queue deadline, so beat runs here too.
     st = stack_factory("redisrestart", REDIS_URL=own_redis.url, START_TIMEOUT=10, RECONCILE_INTERVAL=1)
     beat = BeatProcess(st.worker.env, tmp_path / "beat.log", name="beat")
-    beat.start()
-    hostnames = [st.spawn(images["slow3"], user=f"r{i}") for i in range(10)]
-    own_redis.stop()
     try:
-        # While Redis is away the API answers 503 JSON, never 500.
-        for method, path in (
-            ("get", f"/container/{hostnames[0]}"),
-            ("get", "/containers"),
-            ("post", "/spawn"),
-            ("get", "/healthz"),
-            ("delete", f"/container/{hostnames[1]}"),
-        ):
-            response = getattr(st.http, method)(path, data={"image": images["httpd"], "user": "x"})
-            assert response.status_code == 503, (path, response.status_code)
-            assert response.is_json and response.get_json()["error"], path
-        time.sleep(2)
-    finally:
-        own_redis.start()  # same port and data folder: the append-only file brings the records back
-    try:
+        beat.start()
+        hostnames = [st.spawn(images["slow3"], user=f"r{i}") for i in range(10)]
+        own_redis.stop()
+        try:
+            # While Redis is away the API answers 503 JSON, never 500.
+            for method, path in (
+                ("get", f"/container/{hostnames[0]}"),
+                ("get", "/containers"),
+                ("post", "/spawn"),
+                ("get", "/healthz"),
+                ("delete", f"/container/{hostnames[1]}"),
+            ):
+                response = getattr(st.http, method)(path, data={"image": images["httpd"], "user": "x"})
+                assert response.status_code == 503, (path, response.status_code)
+                assert response.is_json and response.get_json()["error"], path
+            time.sleep(2)
+        finally:
+            own_redis.start()  # same port and data folder: the append-only file brings the records back
         records = settle(st, hostnames, timeout=120)
         outcome = check_outcome(st, records)
+        assert (outcome.lost, outcome.stuck, outcome.duplicates, outcome.orphans, outcome.broken) == (0, 0, 0, 0, 0), (
+            outcome
+        )
+        assert outcome.active + outcome.failed == len(hostnames)
     finally:
+        # Before the own_redis fixture stops its server: this stack's worker, beat and keys use it.
         beat.stop()
-    assert (outcome.lost, outcome.stuck, outcome.duplicates, outcome.orphans, outcome.broken) == (0, 0, 0, 0, 0), (
-        outcome
-    )
-    assert outcome.active + outcome.failed == len(hostnames)
-    st.worker.stop()
-    st.cleanup()
+        st.worker.stop()
+        st.cleanup()
 
 
 def test_engine_outage_spawns_wait_then_complete(stack_factory: Any, tls_engine: Any, tmp_path: Path) -> None:

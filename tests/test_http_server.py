@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,36 +9,17 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support import ROOT, free_port, wait_for
+from tests.support import ApiServer, wait_for
 
 
 @pytest.fixture
 def served(stack: Any, tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    env = {**os.environ, **stack.worker.env}
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "gunicorn"),
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "1",
-            "--threads",
-            "4",
-            "api.wsgi:app",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=(tmp_path / "gunicorn.log").open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
+    server = ApiServer(stack.worker.env, tmp_path / "gunicorn.log", threads=4, workers=1)
     try:
-        wait_for(lambda: requests.get(base + "/healthz", timeout=1).ok, 30, "gunicorn to answer")
-        yield base
+        server.start()
+        yield server.url
     finally:
-        proc.terminate()
-        proc.wait(15)
+        server.stop()
 
 
 def test_spawn_poll_kill_over_http_like_the_seed(served: str, stack: Any, images: dict[str, str]) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +11,7 @@ import pytest
 import requests
 
 from shared.status import Status
-from tests.support import ROOT, wait_for
+from tests.support import BeatProcess, wait_for
 from tests.support import make_reconciler as reconciler
 from worker.containers import ContainerEngine
 from worker.engine import NotebookSpec
@@ -129,32 +127,14 @@ def test_only_one_pass_at_a_time(stack: Any) -> None:
 def test_beat_runs_reconcile_periodically(stack_factory: Any, images: dict[str, str], tmp_path: Path) -> None:
     fast = stack_factory("beat", RECONCILE_INTERVAL=1)
     record = active(fast, images["httpd"], "watched")
-    env = {**fast.worker.env, "PYTHONUNBUFFERED": "1"}
-    import os
-
-    beat = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "celery"),
-            "-A",
-            "worker.celery_app",
-            "beat",
-            "--loglevel",
-            "INFO",
-            "--schedule",
-            str(tmp_path / "beat-schedule"),
-        ],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=(tmp_path / "beat.log").open("wb"),
-        stderr=subprocess.STDOUT,
-    )
+    beat = BeatProcess(fast.worker.env, tmp_path / "beat.log", name="beat")
     try:
+        beat.start()
         fast.docker.containers.get(record.container_id).remove(force=True)
         after = fast.wait(record.hostname, {Status.FAILED}, timeout=30)
         assert "disappeared" in after.error
     finally:
-        beat.terminate()
-        beat.wait(15)
+        beat.stop()
 
 
 def test_starting_notebook_that_answers_is_adopted(stack: Any, images: dict[str, str]) -> None:
