@@ -2,8 +2,12 @@
 # engine, Redis, the Python virtualenv), so they work on a fresh Debian machine as root.
 SHELL := /bin/bash
 PYTEST_ARGS ?=
+# The virtualenv: the runtime lock alone for `make run` on a fresh clone, plus the test tools
+# once `make test` has run. Another path keeps a venv outside the checkout (the tests do).
+VENV ?= .venv
+export VENV
 
-.PHONY: run test bench profile bench-tools worker lint typecheck clean
+.PHONY: run test bench profile bench-tools worker lint typecheck lock clean
 
 run:
 	scripts/bring-up.sh run
@@ -11,36 +15,41 @@ run:
 
 test:
 	scripts/bring-up.sh test
-	.venv/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # Benchmarks side by side with raw Docker (bench/spawn.py): figures on stdout, bench/results/bench-latest.json
 # and .png. BENCH_ARGS e.g. "--sections cold --n 10". Its tools (requirements-bench.txt) are installed only here.
 BENCH_ARGS ?=
 
 bench: bench-tools
-	.venv/bin/python -m bench.spawn $(BENCH_ARGS)
+	$(VENV)/bin/python -m bench.spawn $(BENCH_ARGS)
 
 # Call trees and round trips of the hot paths (bench/profile.py): bench/results/profile-latest.json and .txt.
 profile: bench-tools
-	.venv/bin/python -m bench.profile $(BENCH_ARGS)
+	$(VENV)/bin/python -m bench.profile $(BENCH_ARGS)
 
 bench-tools:
-	scripts/bring-up.sh test
-	@if [ ! -f .venv/.installed-bench ] || [ requirements-bench.txt -nt .venv/.installed-bench ] \
-	    || [ .venv/.installed-test -nt .venv/.installed-bench ]; then \
-	  echo "installing benchmark tools from requirements-bench.txt"; \
-	  .venv/bin/pip install -q --disable-pip-version-check -r requirements-bench.txt && touch .venv/.installed-bench; \
-	fi
+	scripts/bring-up.sh bench
 
 # One more worker process beside a running `make run` (to scale out, or replace a dead one).
 worker:
 	scripts/bring-up.sh run
-	.venv/bin/celery -A worker.celery_app worker --loglevel INFO --hostname worker-$$$$@%h
+	$(VENV)/bin/swarm-manager worker --hostname worker-$$$$@%h
 
 lint:
-	.venv/bin/ruff check .
-	.venv/bin/ruff format --check .
-	.venv/bin/mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+# The lock files, with hashes, from the *.in files (uv, one of the test tools): the runtime set
+# (requirements.txt), then the test tools and the benchmark tools with the runtime pins as constraints.
+UV_COMPILE = $(VENV)/bin/uv pip compile --quiet --generate-hashes --python-version 3.11 --custom-compile-command "make lock"
+
+lock:
+	scripts/bring-up.sh test
+	$(UV_COMPILE) requirements.in -o requirements.txt
+	$(UV_COMPILE) requirements-dev.in -o requirements-dev.txt
+	$(UV_COMPILE) requirements-bench.in -o requirements-bench.txt
 
 clean:
 	rm -rf .venv .state .pytest_cache .mypy_cache .ruff_cache

@@ -33,8 +33,10 @@ from flask import Blueprint, Response, current_app, stream_with_context
 from flask.typing import ResponseReturnValue
 
 from api import auth
-from api.routes import checked_hostname, settings, store
+from api.routes import checked_hostname, link, secrets_visibility, settings, store
 from shared.errors import StoreUnavailable
+from shared.notebook_token import FIELD as TOKEN_FIELD
+from shared.public_url import notebook_url
 from shared.record import Notebook
 from shared.status import Status
 from shared.store import Event, Subscription
@@ -72,7 +74,7 @@ def message_for(record: Notebook) -> str:
         where = f" on {record.node}" if record.node else ""
         return f"starting: the container runs{where}"
     if status is Status.ACTIVE:
-        return f"ready at http://{record.url}/"
+        return f"ready at {link(record.hostname, record.domainname)}"
     if status is Status.FAILED:
         return f"failed: {record.error or 'no reason given'}"
     if status is Status.DELETING:
@@ -80,14 +82,21 @@ def message_for(record: Notebook) -> str:
     return "removed"
 
 
-def record_message(record: Notebook) -> str:
-    data = {
+def record_message(record: Notebook, sees: Callable[[str], bool]) -> str:
+    """The SSE message for a record event. Every one carries ``public_url`` (PUBLIC_URL's address,
+    no secret in it); ``ready`` also carries ``notebook_url`` with the token for a caller who may
+    see it (the owner, admins: ``sees``, as on every other route), read when the event is sent."""
+    public = link(record.hostname, record.domainname)
+    data: dict[str, Any] = {
         "hostname": record.hostname,
         "status": record.status.value,
         "stage": STAGE_OF[record.status],
         "message": message_for(record),
+        "public_url": public,
         "record": record.to_json(),
     }
+    if record.status is Status.ACTIVE and sees(record.user):
+        data["notebook_url"] = notebook_url(public, store().internal(record.hostname, TOKEN_FIELD) or "")
     return sse(STAGE_OF[record.status], data)
 
 
@@ -115,9 +124,10 @@ def follow(sub: Subscription, lifetime: float, heartbeat: float) -> Iterator[Eve
 
 
 def one_notebook(sub: Subscription, record: Notebook, lifetime: float, heartbeat: float) -> Iterator[str]:
+    sees = secrets_visibility()
     try:
         yield f"retry: {RETRY_MS}\n\n"
-        yield record_message(record)
+        yield record_message(record, sees)
         if record.settled:
             return
         # The subscription was confirmed before the record was read, so a change made around
@@ -132,7 +142,7 @@ def one_notebook(sub: Subscription, record: Notebook, lifetime: float, heartbeat
                 yield progress_message(event)
             elif (event.record.status, event.record.updated_at) != last:
                 last = (event.record.status, event.record.updated_at)
-                yield record_message(event.record)
+                yield record_message(event.record, sees)
                 if event.record.settled:
                     return
         yield ": time limit reached; reconnect to follow on\n\n"
@@ -147,6 +157,7 @@ def every_notebook(
     sub: Subscription, lifetime: float, heartbeat: float, visible: Callable[[Event], bool] | None = None
 ) -> Iterator[str]:
     """``visible``: which events this caller may see (None: all; ``auth.event_filter``)."""
+    sees = secrets_visibility()
     try:
         yield f"retry: {RETRY_MS}\n\n"
         yield ": connected\n\n"  # sends the headers now, so the client knows it is listening
@@ -158,7 +169,7 @@ def every_notebook(
             elif event.record is None:
                 yield progress_message(event)
             else:
-                yield record_message(event.record)
+                yield record_message(event.record, sees)
         yield ": time limit reached; reconnect to follow on\n\n"
     except StoreUnavailable as exc:
         log.warning("events stream ended: %s", exc)

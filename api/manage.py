@@ -16,7 +16,15 @@ from flask.typing import ResponseReturnValue
 
 from api import auth
 from api.events import STAGES
-from api.routes import checked_hostname, kill_notebook, public_record, spawn_notebook, store
+from api.routes import (
+    checked_hostname,
+    kill_notebook,
+    link,
+    public_record,
+    secrets_visibility,
+    spawn_notebook,
+    store,
+)
 from shared.errors import (
     Forbidden,
     ImageNotAllowed,
@@ -26,7 +34,9 @@ from shared.errors import (
     QuotaExceeded,
     StoreUnavailable,
 )
-from shared.record import parse_rfc3339
+from shared.notebook_token import FIELD as TOKEN_FIELD
+from shared.public_url import notebook_url
+from shared.record import Notebook, parse_rfc3339
 from shared.status import KILLABLE, Status
 from shared.validation import validate_user
 
@@ -89,11 +99,17 @@ def page() -> ResponseReturnValue:
     except StoreUnavailable as exc:
         records, unavailable = [], True
         problems.insert(0, str(exc))
+    try:
+        links = links_for(records)
+    except StoreUnavailable as exc:
+        links, unavailable = {r.hostname: "" for r in records}, True
+        problems.insert(0, str(exc))
     error = "; ".join(problems) or request.args.get("error", "")[:300]
     query = {k: v for k, v in (("user", user_filter), ("status", status_filter)) if v}
     response = render_template(
         "manage.html",
         records=records,
+        links=links,
         killable={s.value for s in KILLABLE},
         statuses=[s.value for s in Status],
         stages=STAGES,
@@ -105,6 +121,13 @@ def page() -> ResponseReturnValue:
     )
     headers = {"Content-Security-Policy": CSP, "Cache-Control": "no-store"}
     return response, (503 if unavailable else 200), headers
+
+
+def links_for(records: list[Notebook]) -> dict[str, str]:
+    """Each notebook's address to open: with its token where the caller may see it (one read for all)."""
+    sees = secrets_visibility()
+    tokens = store().internals((r.hostname for r in records if sees(r.user)), TOKEN_FIELD)
+    return {r.hostname: notebook_url(link(r.hostname, r.domainname), tokens.get(r.hostname, "")) for r in records}
 
 
 @bp.post("/manage/spawn")

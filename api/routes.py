@@ -25,9 +25,10 @@ from shared.errors import (
 )
 from shared.limits import Allowlist, Quota
 from shared.notebook_token import FIELD as TOKEN_FIELD
-from shared.notebook_token import new_token, notebook_url, wanted
+from shared.notebook_token import new_token, wanted
 from shared.pool import Pool
 from shared.profiles import Limits, Profiles
+from shared.public_url import notebook_url, public_url
 from shared.queue import Queue
 from shared.record import Notebook, rfc3339
 from shared.settings import Settings
@@ -105,11 +106,17 @@ def secrets_visibility() -> Callable[[str], bool]:
     return lambda owner: owner == who.user
 
 
+def link(hostname: str, domain: str) -> str:
+    """The notebook's public address (PUBLIC_URL), without its token."""
+    return public_url(settings().public_url, hostname, domain)
+
+
 def public_record(record: Notebook, token: str | None = None) -> dict[str, str]:
     """The record as the caller may see it: every route serialises records through this.
 
-    Its owner and admins also get ``token`` (the notebook's own secret, "" when it has none)
-    and ``notebook_url`` (ready to open: ``http://<url>/?token=<token>``); nobody else does.
+    Its owner and admins also get ``token`` (the notebook's own secret, "" when it has none),
+    ``notebook_url`` (ready to open: PUBLIC_URL's address with ``?token=<token>``) and
+    ``public_url`` (the same without the token); nobody else does.
     ``token`` None reads it from the record's internal field.
     """
     out = record.to_json()
@@ -117,8 +124,10 @@ def public_record(record: Notebook, token: str | None = None) -> dict[str, str]:
         return out
     if token is None:
         token = store().internal(record.hostname, TOKEN_FIELD) or ""
+    public = link(record.hostname, record.domainname)
     out["token"] = token
-    out["notebook_url"] = notebook_url(record.url, token)
+    out["notebook_url"] = notebook_url(public, token)
+    out["public_url"] = public
     return out
 
 
@@ -135,8 +144,10 @@ def public_rows(rows: list[dict[str, str]], sees: Callable[[str], bool] | None =
     for row in rows:
         token = row.pop(key, "")
         if sees(row["user"]):
+            public = link(row["hostname"], row["domainname"])
             row["token"] = token
-            row["notebook_url"] = notebook_url(row["url"], token)
+            row["notebook_url"] = notebook_url(public, token)
+            row["public_url"] = public
     return rows
 
 

@@ -391,7 +391,9 @@ def template_record(store: Store, spawn: Callable[[str], str], settings: Setting
 
     user = "tmpl" + secrets.token_hex(3)
     hostname = spawn(user)
-    status = Spawner(store, InstantEngine(), settings, probe=lambda address: True).spawn(hostname)
+    status = Spawner(
+        store, InstantEngine(), settings, probe=lambda address: True, token_check=lambda address, token: ""
+    ).spawn(hostname)
     assert status == Status.ACTIVE, status
     data = {str(k): str(v) for k, v in store.redis.hgetall(store.key_for(hostname)).items()}
     zsets, sets = [], []

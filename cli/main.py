@@ -3,8 +3,9 @@
 Client commands (``spawn``, ``status``, ``list``, ``kill``) talk to the API over HTTP with
 ``requests``; ``--wait`` follows the notebook's Server-Sent Events stream
 (``GET /container/<hostname>/events``) and falls back to polling ``GET /container/<hostname>``
-every 0.5 s where the API has no such stream. Server commands (``serve``, ``worker``) replace
-this process with gunicorn or a Celery worker, as ``make run`` starts them.
+every 0.5 s where the API has no such stream. Server commands (``serve``, ``worker``, ``beat``,
+``flower``, ``check``; ``cli/servers.py``) replace this process with gunicorn, Celery or Flower,
+as ``make run``, the Dockerfiles and compose start them.
 
 Output: tables and plain values on stdout for people, ``--json`` for scripts (the API's JSON as
 it is); progress and errors go to stderr. Exit status: 0 done, 1 failed (a notebook that
@@ -18,15 +19,14 @@ import argparse
 import json
 import os
 import re
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import requests
 
+from cli import servers
 from shared.record import parse_rfc3339
 from shared.status import SETTLED, TERMINAL, Status
 
@@ -187,7 +187,9 @@ class Api:
                     record = data.get("record")
                     report(hostname, status, str(data.get("message") or status or ""))
                     if status in until and isinstance(record, dict):
-                        return record
+                        # The ready event carries the addresses (notebook_url with the token,
+                        # for the owner and admins); its record does not.
+                        return {**record, **{k: data[k] for k in ("public_url", "notebook_url") if k in data}}
                     if time.monotonic() >= deadline:
                         return None
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError):
@@ -228,7 +230,7 @@ def describe(record: dict[str, Any]) -> str:
     if status == Status.STARTING:
         return "starting" + (f" on {record['node']}" if record.get("node") else "")
     if status == Status.ACTIVE:
-        return f"ready at {record.get('url', '')}"
+        return f"ready at {record.get('public_url') or record.get('url', '')}"
     if status == Status.FAILED:
         return f"failed: {record.get('error') or 'no reason given'}"
     if status == Status.DELETING:
@@ -291,7 +293,9 @@ def cmd_spawn(api: Api, out: Output, args: argparse.Namespace) -> int:
     record = api.watch(hostname, SPAWN_DONE, args.timeout, out.progress)
     status = record.get("status")
     if status == Status.ACTIVE:
-        out.data(record, str(record.get("url", "")))
+        # What to open: with the token when we may see it, else the public address (an older
+        # API has neither: its url, <hostname>.<DOMAIN>).
+        out.data(record, str(record.get("notebook_url") or record.get("public_url") or record.get("url", "")))
         return EXIT_OK
     if out.as_json:
         out.data(record, "")
@@ -359,41 +363,6 @@ def cmd_token_revoke(api: Api, out: Output, args: argparse.Namespace) -> int:
     revoked = dict(api.request("DELETE", f"/tokens/{args.id}"))
     out.data(revoked, f"{revoked.get('id')}  revoked (was {revoked.get('user')}'s)")
     return EXIT_OK
-
-
-def _exec(program: str, argv: list[str]) -> NoReturn:
-    beside = Path(sys.executable).parent / program  # the same virtualenv as this command
-    path = str(beside) if beside.exists() else shutil.which(program)
-    if not path:
-        raise CliError(f"{program} is not installed (pip install -r requirements.txt)")
-    sys.stdout.flush()
-    os.execv(path, [path, *argv])
-
-
-def cmd_serve(args: argparse.Namespace, extra: list[str]) -> int:
-    bind = args.bind or f"127.0.0.1:{os.environ.get('PORT', '3000')}"
-    _exec(
-        "gunicorn",
-        [
-            "--bind",
-            bind,
-            "--workers",
-            str(args.workers),
-            "--threads",
-            str(args.threads),
-            "--graceful-timeout",
-            "10",
-            "--access-logfile",
-            "-",
-            *extra,
-            "api.wsgi:app",
-        ],
-    )
-
-
-def cmd_worker(args: argparse.Namespace, extra: list[str]) -> int:
-    hostname = args.hostname or f"worker-{os.getpid()}@%h"
-    _exec("celery", ["-A", "worker.celery_app", "worker", "--loglevel", args.loglevel, "--hostname", hostname, *extra])
 
 
 # -- arguments -----------------------------------------------------------------------------------
@@ -467,28 +436,7 @@ def parser() -> argparse.ArgumentParser:
     )
     kill.set_defaults(run=cmd_kill)
 
-    serve = commands.add_parser(
-        "serve", help="run the API under gunicorn (as `make run` does); other options are passed to gunicorn"
-    )
-    serve.add_argument("--bind", help="address:port (default 127.0.0.1:$PORT, PORT defaulting to 3000)")
-    serve.add_argument(
-        "--workers",
-        type=int,
-        default=os.environ.get("API_WORKERS", "2"),  # a string: parsed by type=int only for serve
-        help="gunicorn worker processes (default $API_WORKERS or 2)",
-    )
-    serve.add_argument(
-        "--threads",
-        type=int,
-        default=os.environ.get("API_THREADS", "32"),
-        help="threads per worker process (default $API_THREADS or 32; each open events stream holds one)",
-    )
-    serve.set_defaults(server=cmd_serve)
-
-    worker = commands.add_parser("worker", help="run a Celery worker; other options are passed to celery")
-    worker.add_argument("--hostname", help="the worker's node name (default worker-<pid>@<host>)")
-    worker.add_argument("--loglevel", default="INFO")
-    worker.set_defaults(server=cmd_worker)
+    servers.add_commands(commands)
 
     token = commands.add_parser("token", help="create, list and revoke user tokens (needs the admin's token)")
     token_commands = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
@@ -520,5 +468,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"swarm-manager: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except servers.ServerError as exc:
+        print(f"swarm-manager: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return 130

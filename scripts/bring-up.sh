@@ -1,34 +1,51 @@
 #!/usr/bin/env bash
 # Bring up what swarm-manager needs on a Debian machine, installing only what is missing:
-#   Debian packages (docker.io, redis-server; for tests also busybox-static, openssl,
-#   iproute2, chromium, debootstrap), a running Docker engine (tests only; `make run` supervises its own),
-#   the Python virtualenv in .venv with the pinned dependencies, and configurable-http-proxy
-#   in .state/chp (tests, and `make run` when PROXY_API_URL is set or PROXY=chp).
-# Usage: scripts/bring-up.sh run|test
+#   run:   Debian packages docker.io, redis-server, python3-venv (and nodejs + npm for the routing
+#          proxy unless PROXY=off), the virtualenv from the runtime lock (requirements.txt) and
+#          configurable-http-proxy in .state/chp. `make run` starts Redis and dockerd itself.
+#   test:  also busybox-static, openssl, iproute2, util-linux, chromium, docker-compose, debootstrap;
+#          the test tools (requirements-dev.txt); a running Docker engine.
+#   bench: test, plus the benchmark tools (requirements-bench.txt).
+# The virtualenv is $VENV (default .venv). Lock files are reinstalled only when their content
+# changes (a hash in the venv), so a fresh clone and a long-lived checkout behave the same.
+# Usage: scripts/bring-up.sh run|test|bench
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-run}
+venv=${VENV:-.venv}
 
 say() { printf '\033[1m[bring-up]\033[0m %s\n' "$*" >&2; }
 
-want_chp=
-if [ "$mode" = test ] || [ -n "${PROXY_API_URL:-}" ] || [ "${PROXY:-}" = chp ]; then want_chp=1; fi
+case "$mode" in
+  run) locks=(requirements.txt) ;;
+  test) locks=(requirements.txt requirements-dev.txt) ;;
+  bench) locks=(requirements.txt requirements-dev.txt requirements-bench.txt) ;;
+  *) say "usage: $0 run|test|bench"; exit 2 ;;
+esac
+
+want_chp=1
+if [ "$mode" = run ] && [ "$(echo "${PROXY:-chp}" | tr '[:upper:]' '[:lower:]')" = off ] && [ -z "${PROXY_API_URL:-}" ]; then
+  want_chp=
+fi
 
 missing=()
 command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+# Debian's python3 has no venv module (ensurepip) without python3-venv.
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ -n "$want_chp" ]; then
   command -v node >/dev/null 2>&1 || missing+=(nodejs)
   command -v npm >/dev/null 2>&1 || missing+=(npm)
 fi
-command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-command -v python3 >/dev/null 2>&1 || missing+=(python3 python3-venv)
-if [ "$mode" = test ]; then
+if [ "$mode" != run ]; then
   [ -x /bin/busybox ] || missing+=(busybox-static)
   command -v openssl >/dev/null 2>&1 || missing+=(openssl)
   command -v ip >/dev/null 2>&1 || missing+=(iproute2)
   command -v nsenter >/dev/null 2>&1 || missing+=(util-linux)
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+  command -v git >/dev/null 2>&1 || missing+=(git)
   # The real Jupyter Notebook test image is built from Debian packages (tests/jupyter_image.py).
   command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
 fi
@@ -43,29 +60,33 @@ fi
 
 # The Docker engine. `make run` runs dockerd itself (so Ctrl-C stops it) when none answers;
 # the test suite needs one running in the background.
-if [ "$mode" = test ] && ! docker info >/dev/null 2>&1; then
+if [ "$mode" != run ] && ! docker info >/dev/null 2>&1; then
   say "starting dockerd (log: /var/log/dockerd.log)"
   setsid nohup dockerd --data-root /var/lib/docker >/var/log/dockerd.log 2>&1 < /dev/null &
   for _ in $(seq 1 120); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
   docker info >/dev/null 2>&1 || { say "dockerd did not come up; see /var/log/dockerd.log"; tail -20 /var/log/dockerd.log >&2; exit 1; }
 fi
 
-# Python dependencies, reinstalled only when a requirements file changed.
-reqs=requirements.txt
-[ "$mode" = test ] && reqs=requirements-dev.txt
-stamp=.venv/.installed-$mode
-if [ ! -x .venv/bin/python ]; then
-  say "creating .venv"
-  python3 -m venv .venv
+# Python dependencies from the lock files (every package pinned, with hashes).
+if [ ! -x "$venv/bin/python" ]; then
+  say "creating $venv"
+  python3 -m venv "$venv"
 fi
-# (Also when the project's console script, `swarm-manager`, is not installed yet.)
-if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ "$reqs" -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ] \
-   || [ ! -x .venv/bin/swarm-manager ]; then
-  say "installing Python dependencies from $reqs"
-  .venv/bin/pip install -q --disable-pip-version-check -r "$reqs"
-  .venv/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . 2>/dev/null \
-    || .venv/bin/pip install -q --disable-pip-version-check --no-deps -e .
-  touch "$stamp"
+want=$(cat "${locks[@]}" | sha256sum | cut -c1-32)
+stamp="$venv/.installed-$mode"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  say "installing Python dependencies from ${locks[*]}"
+  args=()
+  for lock in "${locks[@]}"; do args+=(-r "$lock"); done
+  "$venv/bin/pip" install -q --disable-pip-version-check --require-hashes "${args[@]}"
+  echo "$want" > "$stamp"
+fi
+# The project itself (the `swarm-manager` command), editable from this checkout; again when the
+# venv last served another checkout.
+if [ "$(cat "$venv/.project" 2>/dev/null)" != "$PWD" ] || [ ! -x "$venv/bin/swarm-manager" ]; then
+  say "installing swarm-manager from $PWD into $venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check --no-deps -e .
+  echo "$PWD" > "$venv/.project"
 fi
 
 # configurable-http-proxy, the routing proxy: from the npm registry into .state/chp (never

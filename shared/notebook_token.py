@@ -50,8 +50,3 @@ class Delivery:
 
     def arguments(self, token: str) -> list[str]:
         return [self.arg.replace("{token}", token)] if self.arg else []
-
-
-def notebook_url(url: str, token: str) -> str:
-    """The ready-to-open address: ``http://<hostname>.<DOMAIN>/?token=<token>``."""
-    return f"http://{url}/" + (f"?token={token}" if token else "")

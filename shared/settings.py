@@ -94,6 +94,13 @@ def _pool(raw: str) -> tuple[tuple[str, int], ...]:
     return tuple(sizes.items())
 
 
+def _public_url(raw: str) -> str:
+    """``http(s)://...{hostname}...``: where people open a notebook (shared/public_url.py)."""
+    from shared.public_url import check_template  # public_url has no settings import: no cycle
+
+    return check_template(raw.strip())
+
+
 def _text(raw: str) -> str:
     return raw.strip()
 
@@ -196,9 +203,24 @@ def _optional_cpus(raw: str) -> float | None:
     return None if value in ("", "0") else parse_cpus(value)
 
 
-def setting(env: str, default: str, parse: Callable[[str], Any], doc: str) -> Any:
-    """Declare a field read from environment variable ``env`` (README's table is made from these)."""
-    return field(default=parse(default), metadata={"env": env, "default": default, "parse": parse, "doc": doc})
+def setting(env: str, default: str, parse: Callable[[str], Any], doc: str, *, secret: bool = False) -> Any:
+    """Declare a field read from environment variable ``env`` (README's table is made from these).
+
+    A ``secret`` may also come from a file named by ``<env>_FILE`` (Docker secrets, ``make run``'s
+    .state files), so that it need not sit in the environment of processes that do not use it.
+    """
+    metadata = {"env": env, "default": default, "parse": parse, "doc": doc, "secret": secret}
+    return field(default=parse(default), metadata=metadata)
+
+
+def _from_file(name: str, path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        # The path is the operator's own setting; the file's content never appears in the message.
+        why = getattr(exc, "strerror", None) or type(exc).__name__
+        raise ValueError(f"cannot read {name}_FILE {path!r}: {why}") from None
 
 
 @dataclass(frozen=True)
@@ -211,6 +233,15 @@ class Settings:
         "localhost",
         _match(_DNS_NAME, "DNS domain"),
         "Wildcard domain: a notebook's URL is <hostname>.<DOMAIN>.",
+    )
+    public_url: str = setting(
+        "PUBLIC_URL",
+        "http://{hostname}.{domain}/",
+        _public_url,
+        "Where people open a notebook: a template with {hostname} (and optionally {domain}), e.g. "
+        "https://{hostname}.{domain}/ behind a TLS proxy. The records' notebook_url, /manage's links, the "
+        "ready event and the CLI are built from it (`make run` sets it to its proxy's port, "
+        "http://{hostname}.{domain}:8000/).",
     )
     notebook_port: int = setting(
         "NOTEBOOK_PORT", "8888", _int(1, 65535), "Port the notebook server listens on inside its container."
@@ -327,7 +358,11 @@ class Settings:
         "it ends. Empty: no proxy.",
     )
     proxy_auth_token: str = setting(
-        "PROXY_AUTH_TOKEN", "", _text, "The proxy's API token (its CONFIGPROXY_AUTH_TOKEN)."
+        "PROXY_AUTH_TOKEN",
+        "",
+        _text,
+        "The proxy's API token (its CONFIGPROXY_AUTH_TOKEN); or PROXY_AUTH_TOKEN_FILE, a file holding it.",
+        secret=True,
     )
     proxy_public_url: str = setting(
         "PROXY_PUBLIC_URL",
@@ -354,14 +389,16 @@ class Settings:
         "",
         _secret,
         "The admin's API token (at least 16 characters): sees and kills everything and "
-        "manages user tokens. Required by the API when AUTH is on.",
+        "manages user tokens. Required by the API when AUTH is on. Or ADMIN_TOKEN_FILE, a file holding it.",
+        secret=True,
     )
     secret_key: str = setting(
         "SECRET_KEY",
         "",
         _secret,
         "Signs /manage's session cookies (at least 16 characters). Empty: one is generated "
-        "once and kept in Redis, shared by every API process.",
+        "once and kept in Redis, shared by every API process. Or SECRET_KEY_FILE, a file holding it.",
+        secret=True,
     )
     session_cookie_secure: bool = setting(
         "SESSION_COOKIE_SECURE",
@@ -449,9 +486,11 @@ class Settings:
         for f in fields(cls):
             name = f.metadata["env"]
             raw = env.get(name)
-            if raw is None:
-                continue
             try:
+                if raw is None and f.metadata["secret"] and env.get(f"{name}_FILE"):
+                    raw = _from_file(name, env[f"{name}_FILE"])
+                if raw is None:
+                    continue
                 values[f.name] = f.metadata["parse"](raw)
             except ValueError as exc:
                 problems.append(f"{name}: {exc}")

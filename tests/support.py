@@ -311,6 +311,8 @@ def _rootfs_tar(files: Mapping[str, bytes]) -> bytes:
 
 
 #: name -> CMD of each test image. All serve HTTP on 8888 except where the name says otherwise.
+#: None of them has Jupyter's /api/status but ``status``: the worker's token check
+#: (worker/readiness.py) fails a notebook that answers it without its token, which busybox does.
 IMAGES: dict[str, list[str]] = {
     "httpd": ["/bin/httpd", "-f", "-p", "8888", "-h", "/www"],
     # Answers only after 5 s (a notebook server that is slow to start).
@@ -320,11 +322,19 @@ IMAGES: dict[str, list[str]] = {
     "silent": ["/bin/sleep", "100000"],
     # Exits at once with code 3.
     "crash": ["/bin/sh", "-c", "echo 'boom: no kernel found' >&2; exit 3"],
+    # Reports activity like a Jupyter server (/api/status with last_activity), to anyone: for the
+    # idle-culling tests, with notebook tokens off; with them on the token check fails it.
+    "status": ["/bin/httpd", "-f", "-p", "8888", "-h", "/www"],
+}
+#: Files each image serves beside /www/index.html.
+EXTRA_FILES: dict[str, dict[str, bytes]] = {
+    "status": {"rootfs/www/api/status": b'{"last_activity": "2026-01-01T00:00:00Z"}\n'},
 }
 
 
 def image_ref(name: str) -> str:
-    return f"{IMAGE_REPO}/{name}:1"
+    # :2 since the images lost /api/status (a machine keeps images built by an older tree).
+    return f"{IMAGE_REPO}/{name}:2"
 
 
 def build_images(client: docker.DockerClient) -> dict[str, str]:
@@ -344,7 +354,7 @@ def build_images(client: docker.DockerClient) -> dict[str, str]:
         files = {
             "Dockerfile": dockerfile.encode(),
             "rootfs/www/index.html": b"<h1>test notebook</h1>\n",
-            "rootfs/www/api/status": b'{"last_activity": "2026-01-01T00:00:00Z"}\n',
+            **EXTRA_FILES.get(name, {}),
         }
         client.images.build(fileobj=io.BytesIO(_rootfs_tar(files)), custom_context=True, tag=ref, rm=True)
     return out
@@ -378,3 +388,36 @@ def make_reconciler(stack: Any, clock: Callable[[], float] = time.time, **overri
     engine = ContainerEngine(stack.docker, settings)
     spawner = Spawner(stack.store, engine, settings)
     return Reconciler(stack.store, engine, spawner, settings, clock=clock)
+
+
+# -- A fresh clone, as a new user gets it -------------------------------------------------------------
+def fresh_clone(dest: Path) -> Path:
+    """``git clone`` of this repository into ``dest``, with the working tree's state laid over it.
+
+    In CI (a clean checkout) that is exactly a clone of HEAD; while a change is being made, it is
+    the change as it stands, new files included, without anything git ignores (.venv, .state).
+    """
+    subprocess.run(["git", "clone", "-q", "--no-hardlinks", str(ROOT), str(dest)], check=True, timeout=120)
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    present = set()
+    for name in filter(None, listed.decode().split("\0")):
+        source = ROOT / name
+        if not source.exists() and not source.is_symlink():
+            continue  # deleted in the working tree
+        present.add(name)
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target, follow_symlinks=False)
+    tracked = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=dest, capture_output=True, check=True, timeout=60
+    ).stdout.decode()
+    for name in filter(None, tracked.split("\0")):
+        if name not in present:
+            (dest / name).unlink(missing_ok=True)
+    return dest

@@ -461,6 +461,7 @@ def test_form_spawn_exactly_like_the_seed_curl(api: Api) -> None:
     token = body.pop("token")
     assert token and token == api.store.internal(hostname, "token")
     assert body.pop("notebook_url") == f"http://{hostname}.nb.test/?token={token}"
+    assert body.pop("public_url") == f"http://{hostname}.nb.test/"  # PUBLIC_URL's default
     assert record.to_json() == body
     assert api.raw.llen(api.queue_key) == 1
     message = json.loads(api.raw.lindex(api.queue_key, 0))

@@ -81,12 +81,15 @@ def ensure_removed(stack: Any, hostname: str) -> None:
 def test_spawn_wait_status_list_kill(served: str, stack: Any, images: dict[str, str]) -> None:
     spawned = run_cli("spawn", "--image", images["httpd"], "--user", "cli", "--wait", api=served)
     assert spawned.returncode == 0, spawned.stderr
-    url = spawned.stdout.strip()
-    hostname = url.split(".")[0]
+    opened = spawned.stdout.strip()
+    hostname = opened.removeprefix("http://").split(".")[0]
+    url = f"{hostname}.nb.test"
     try:
-        assert url == f"{hostname}.nb.test", spawned.stdout
-        assert f"{hostname}  queued" in spawned.stderr  # progress on stderr, the URL alone on stdout
-        assert "ready at" in spawned.stderr, spawned.stderr
+        # The address to open alone on stdout: PUBLIC_URL's, with the notebook's own token.
+        token = stack.store.internal(hostname, "token")
+        assert token and opened == f"http://{url}/?token={token}", spawned.stdout
+        assert f"{hostname}  queued" in spawned.stderr  # progress on stderr
+        assert f"ready at http://{url}/" in spawned.stderr and token not in spawned.stderr, spawned.stderr
         assert stack.record(hostname).status == Status.ACTIVE
 
         status = run_cli("status", hostname, api=served)

@@ -8,7 +8,6 @@ worker=N`` would run. A missing docker-compose is a failure, never a skip.
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -252,15 +251,16 @@ def test_commands(config: dict[str, Any]) -> None:
     image = service(config, "worker").get("image")
     for name in ("beat", "flower"):
         assert service(config, name).get("image") == image, f"{name} must use the worker image"
-    assert command(service(config, "worker"))[:4] == ["celery", "-A", "worker.celery_app", "worker"]
+    # Each process's command line is defined once, by the swarm-manager command (cli/servers.py).
+    assert command(service(config, "worker"))[:4] == ["python", "-m", "cli", "worker"]
     beat = command(service(config, "beat"))
-    assert beat[:4] == ["celery", "-A", "worker.celery_app", "beat"]
+    assert beat[:4] == ["python", "-m", "cli", "beat"]
     schedule = beat[beat.index("--schedule") + 1] if "--schedule" in beat else ""
     assert schedule.startswith("/tmp/") or any(
         schedule.startswith(m["target"] + "/") and not m["read_only"] for m in mounts(service(config, "beat"))
     ), f"beat's schedule file {schedule!r} must be in /tmp or a writable volume"
     flower = command(service(config, "flower"))
-    assert flower[:4] == ["celery", "-A", "worker.celery_app", "flower"] and "--port=5555" in flower, flower
+    assert flower[:4] == ["python", "-m", "cli", "flower"] and flower[flower.index("--port") + 1] == "5555", flower
 
 
 def test_app_environment_is_known_settings(config: dict[str, Any]) -> None:
@@ -343,14 +343,17 @@ def test_dockerfile(dockerfile: str, package: str, other: str) -> None:
     assert other not in sources, f"{dockerfile} must not contain {other}/"
     assert "." not in sources, f"{dockerfile} copies the whole tree (including {other}/)"
     installs = [args for keyword, args in steps if keyword == "RUN" and "pip install" in args]
-    assert installs and all("--no-cache-dir" in a and "-r requirements.txt" in a for a in installs), installs
+    assert installs and all("--no-cache-dir" in a and "--require-hashes -r requirements.txt" in a for a in installs), (
+        installs
+    )
+    assert "cli" in sources, f"{dockerfile} needs cli/: its CMD is the swarm-manager command"
     assert any(keyword == "EXPOSE" for keyword, _ in steps), f"{dockerfile} has no EXPOSE"
     assert any(keyword == "CMD" for keyword, _ in steps), f"{dockerfile} has no CMD"
 
 
 def test_api_dockerfile_serves_and_checks_health() -> None:
     steps = dict(instructions(ROOT / "Dockerfile.api"))
-    assert re.search(r'"0\.0\.0\.0:3000"', steps["CMD"]) and "api.wsgi:app" in steps["CMD"], steps["CMD"]
+    assert steps["CMD"] == '["python", "-m", "cli", "serve", "--bind", "0.0.0.0:3000"]', steps["CMD"]
     assert "/healthz" in steps.get("HEALTHCHECK", ""), "the api image needs a HEALTHCHECK on /healthz"
     assert steps["EXPOSE"] == "3000"
 

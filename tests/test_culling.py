@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
 import requests
 
 from shared.record import parse_rfc3339
@@ -52,9 +53,17 @@ def test_bad_ttl_is_refused(stack: Any, images: dict[str, str]) -> None:
         assert response.status_code == 400, ttl
 
 
-def test_idle_notebook_is_culled_and_unreporting_one_is_not(stack: Any, images: dict[str, str]) -> None:
+@pytest.fixture(scope="module")
+def open_stack(stack_factory: Any) -> Any:
+    """Notebooks without tokens: the ``status`` image serves Jupyter's /api/status to anyone, which
+    the token check (worker/readiness.py) would rightly fail."""
+    return stack_factory("culling", NOTEBOOK_TOKEN="off")
+
+
+def test_idle_notebook_is_culled_and_unreporting_one_is_not(open_stack: Any, images: dict[str, str]) -> None:
+    stack = open_stack
     # The test image's /api/status reports last_activity 2026-01-01, long ago.
-    record = active(stack, images["httpd"], "idler")
+    record = active(stack, images["status"], "idler")
     assert last_activity(record.address) == parse_rfc3339("2026-01-01T00:00:00Z")
     report = make_reconciler(stack, idle_timeout=3600).run(lock=False)
     assert record.hostname in report.culled
@@ -62,8 +71,9 @@ def test_idle_notebook_is_culled_and_unreporting_one_is_not(stack: Any, images: 
     assert "idle" in after.error
 
 
-def test_last_activity_is_unknown_for_servers_that_do_not_report_it(stack: Any, images: dict[str, str]) -> None:
-    record = active(stack, images["httpd"], "plainserver")
+def test_last_activity_is_unknown_for_servers_that_do_not_report_it(open_stack: Any, images: dict[str, str]) -> None:
+    stack = open_stack
+    record = active(stack, images["status"], "plainserver")
     container = stack.docker.containers.get(record.container_id)
     container.exec_run(["/bin/sh", "-c", "echo not-json > /www/api/status"])
     assert requests.get(record.address + "/api/status", timeout=5).status_code == 200

@@ -37,6 +37,11 @@ profiles:
     token: false
   - name: leaky
     command: ["/bin/sh", "-c", "echo my token is $JUPYTER_TOKEN; exit 4"]
+  - name: emptytoken
+    command: ["jupyter", "notebook", "--ip=0.0.0.0", "--port=8888", "--no-browser", "--allow-root",
+              "--NotebookApp.token="]
+  - name: wrongvar
+    token_env: NB_SECRET
 """
 
 
@@ -143,6 +148,42 @@ def test_profile_passes_the_token_as_an_argument(jstack: Stack, jupyter_image: s
     with direct() as http:
         assert http.get(record.address + "/api/status", timeout=5).status_code == 403
         assert http.get(record.address + "/api/status", params={"token": token}, timeout=5).status_code == 200
+    jstack.kill(record.hostname)
+
+
+# -- the token is enforced: a notebook that ignores it is never ACTIVE ------------------------------
+def test_a_server_that_ignores_its_token_fails_with_the_reason(jstack: Stack, jupyter_image: str) -> None:
+    # The recipe's own command line: `--NotebookApp.token=` overrides JUPYTER_TOKEN, so the
+    # server answers anyone who knows its address.
+    body = spawn_json(jstack, jupyter_image, "careless", profile="emptytoken")
+    assert body["token"]
+    record = jstack.wait(body["hostname"], FINAL, timeout=90)
+    assert record.status == Status.FAILED
+    assert record.error.startswith("the notebook ignores its token: GET /api/status without it answered 200")
+    assert "token: false" in record.error and body["token"] not in record.error
+    assert not [c for c in jstack.containers() if c.name.endswith(body["hostname"])], "a FAILED notebook keeps nothing"
+
+
+def test_a_server_that_never_got_its_token_fails_with_the_reason(jstack: Stack, jupyter_image: str) -> None:
+    # The token goes in a variable the server does not read: it makes up its own, and refuses ours.
+    body = spawn_json(jstack, jupyter_image, "misdelivered", profile="wrongvar")
+    record = jstack.wait(body["hostname"], FINAL, timeout=90)
+    assert record.status == Status.FAILED
+    assert record.error.startswith("the notebook refuses its own token: GET /api/status with it answered 403")
+
+
+def test_any_image_serving_its_api_to_anyone_fails_unless_its_profile_says_no_token(
+    jstack: Stack, images: dict[str, str]
+) -> None:
+    # busybox httpd serving a Jupyter-like /api/status to everyone: what the check exists for.
+    refused = spawn_json(jstack, images["status"], "busy")
+    failed = jstack.wait(refused["hostname"], FINAL, timeout=60)
+    assert failed.status == Status.FAILED and "ignores its token" in failed.error, failed.error
+    # The profile says the image has no token support: it runs, and its record carries no token.
+    declared = spawn_json(jstack, images["status"], "busy", profile="notoken")
+    assert declared["token"] == "" and declared["notebook_url"] == declared["public_url"]
+    record = jstack.wait(declared["hostname"], FINAL, timeout=60)
+    assert record.status == Status.ACTIVE, record.error
     jstack.kill(record.hostname)
 
 

@@ -66,7 +66,7 @@ TABLE = [
     (f"quay.io/org/nb:v1@{OTHER_DIGEST}", 202),  # the digest decides, and digests are allowed
     ("quay.io/org/nb:v1", 403),  # only digests are allowed there
     ("quay.io/org/nb", 403),
-    ("swarm-manager-test/httpd:1", 202),
+    ("swarm-manager-test/httpd:2", 202),
     # Invalid references never reach the allowlist: 400 as bad input.
     ("Jupyter/base-notebook", 400),  # upper case
     ("REGISTRY.EXAMPLE:5000/lab/notebook", 400),

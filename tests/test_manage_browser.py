@@ -150,7 +150,10 @@ def test_spawn_turns_active_and_kill_removes_without_a_reload(
     assert hostname
     stack.created.append(hostname)
     expect(row.locator(".badge")).to_have_text("ACTIVE", timeout=60_000)
-    expect(row.locator("td[data-label='URL'] a")).to_have_attribute("href", f"http://{hostname}.nb.test/")
+    # The link opens the notebook signed in: PUBLIC_URL's address with the notebook's own token.
+    token = stack.store.internal(hostname, "token")
+    assert token
+    expect(row.locator("td[data-label='URL'] a")).to_have_attribute("href", f"http://{hostname}.nb.test/?token={token}")
     assert stack.record(hostname).status == Status.ACTIVE
     assert_not_reloaded(page)
 

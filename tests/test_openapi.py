@@ -69,7 +69,7 @@ def app_operations(app: Flask) -> set[tuple[str, str]]:
 
 
 #: Fields the API adds to a record for its owner and the admin (api/routes.py public_record).
-SECRET_FIELDS = ["token", "notebook_url"]
+SECRET_FIELDS = ["token", "notebook_url", "public_url"]
 ADMIN_TOKEN = "openapi-admin-" + secrets.token_hex(16)
 AS_ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 

@@ -139,7 +139,8 @@ def test_an_active_notebook_is_routed_by_host_and_unrouted_when_killed(
     page = chp.get(host)
     assert page.status_code == 200 and "test notebook" in page.text, (page.status_code, page.text[:200])
     assert chp.get(f"{host}:80").status_code == 200  # a Host with a port routes too
-    assert chp.get(host, "/api/status").json()["last_activity"]  # paths pass through unchanged
+    assert "test notebook" in chp.get(host, "/index.html").text  # paths pass through unchanged
+    assert chp.get(host, "/no/such/file").status_code == 404  # the notebook's own 404, not the proxy's
     other = chp.get(f"zzzzzzzzzzzz.{rstack.settings.domain}")
     assert other.status_code in (404, 503) and "test notebook" not in other.text
 

@@ -352,7 +352,7 @@ def test_a_swarm_worker_node_is_not_a_services_endpoint(
     # Forcing services there is a setting to fix, not an engine outage to retry.
     forced = ServiceEngine(swarm_worker.client, sstack.settings)
     with pytest.raises(EngineError, match="needs a Swarm manager"):
-        forced.start(spec(sstack, "swarm-manager-test/httpd:1", "notmanager01"))
+        forced.start(spec(sstack, "swarm-manager-test/httpd:2", "notmanager01"))
 
 
 def test_constraint_lands_the_notebook_on_the_labelled_worker(

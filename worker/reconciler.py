@@ -115,7 +115,7 @@ class Reconciler:
                             why = state.reason or "stopped"
                             self._fail(report, spec, f"the notebook's container {why}", Status.ACTIVE)
                 elif record.status in (Status.PENDING, Status.STARTING):
-                    if self._adopt(record, obj):
+                    if self._adopt(report, record, obj):
                         report.adopted.append(hostname)
                     elif now > self._deadline(record) + DEADLINE_MARGIN:
                         self._fail(
@@ -221,7 +221,7 @@ class Reconciler:
                 # The record is DELETING: a later pass finishes the kill.
                 log.warning("%s: kill after culling failed for now: %s", hostname, exc)
 
-    def _adopt(self, record: Notebook, obj: EngineObject | None) -> bool:
+    def _adopt(self, report: Report, record: Notebook, obj: EngineObject | None) -> bool:
         """Mark ACTIVE a STARTING notebook whose container runs and answers.
 
         Normally its spawn does that within one probe interval; one that is still STARTING
@@ -230,6 +230,11 @@ class Reconciler:
         if record.status != Status.STARTING or obj is None or not obj.running or not record.address:
             return False
         if not self.spawner.probe(record.address):
+            return False
+        spec = self.spawner.with_token(self.spawner.spec_for(record), record)
+        problem = self.spawner.token_problem(spec, record.address)
+        if problem:  # it answers, but anyone could use it: never ACTIVE (as its spawn would decide)
+            self._fail(report, spec, problem, Status.STARTING)
             return False
         try:
             self.store.transition(record.hostname, Status.ACTIVE, allowed={Status.STARTING})

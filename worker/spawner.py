@@ -28,7 +28,7 @@ from shared.status import Status
 from shared.store import Store
 from worker.engine import Engine, NotebookSpec
 from worker.proxy import Proxy
-from worker.readiness import answers_http
+from worker.readiness import answers_http, token_problem
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ class Spawner:
         settings: Settings,
         *,
         probe: Callable[[str], bool] = answers_http,
+        token_check: Callable[[str, str], str] = token_problem,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         profiles: Profiles | None = None,
@@ -54,6 +55,7 @@ class Spawner:
         self.engine = engine
         self.settings = settings
         self.probe = probe
+        self.token_check = token_check
         self.clock = clock
         self.sleep = sleep
         # The profiles are PROFILES_FILE's unless given; the proxy (CHP routes) only when given.
@@ -195,6 +197,9 @@ class Spawner:
                     if not state.running:
                         return self.fail(spec, f"the container {state.reason} before answering" + self._logs(spec))
             self.sleep(self.settings.probe_interval)
+        problem = self.token_problem(spec, address)
+        if problem:
+            return self.fail(spec, problem)
         self._add_route(spec, address)  # before ACTIVE, so an ACTIVE notebook is routed
         try:
             self.store.transition(hostname, Status.ACTIVE, allowed={Status.STARTING})
@@ -211,6 +216,13 @@ class Spawner:
             log.warning("%s: could not drop the spawn's deadlines: %s", hostname, exc)
         self.offer_to_pool(spec)
         return Status.ACTIVE
+
+    def token_problem(self, spec: NotebookSpec, address: str) -> str:
+        """What is wrong with the notebook's token (for FAILED), or an empty string when nothing is.
+
+        Only a notebook given a token is checked: its server must not ignore it, nor refuse its own
+        (``worker/readiness.py``)."""
+        return self.token_check(address, spec.token) if spec.token else ""
 
     def offer_to_pool(self, spec: NotebookSpec) -> None:
         """A warm-pool member that became ACTIVE can now be claimed by a spawn."""

@@ -75,8 +75,11 @@
     tr.dataset.user = rec.user;
     tr.dataset.status = rec.status;
     tr.dataset.updated = rec.updated_at || "";
-    const url = rec.status === "ACTIVE"
-      ? el("a", { href: "http://" + rec.url + "/", target: "_blank", rel: "noopener noreferrer", text: rec.url })
+    // The address to open: with the notebook's token for its owner and admins (notebook_url, in
+    // answers and in ready events), else PUBLIC_URL's address; a later event without one keeps it.
+    tr.dataset.link = rec.notebook_url || tr.dataset.link || rec.public_url || "";
+    const url = rec.status === "ACTIVE" && tr.dataset.link
+      ? el("a", { href: tr.dataset.link, target: "_blank", rel: "noopener noreferrer", text: rec.url })
       : el("span", { className: "muted", text: rec.url });
     const badge = el("span", { className: "badge s-" + rec.status, text: rec.status });
     const status = [badge, el("span", { className: "stage" })];
@@ -251,7 +254,7 @@
   function onEvent(ev) {
     let data;
     try { data = JSON.parse(ev.data); } catch (e) { return; }
-    if (data.record) upsert(data.record);
+    if (data.record) upsert(Object.assign({}, data.record, { public_url: data.public_url, notebook_url: data.notebook_url }));
     else progress(data);
   }
 
