@@ -9,14 +9,30 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Response
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api.fastjson import OrjsonProvider
+from api.hub import Hub
 from shared.pool import Pool
 from shared.profiles import Profiles, load_profiles
 from shared.queue import Queue, make_celery
 from shared.settings import Settings
 from shared.store import Store, connect
+from shared.streams import StreamSlots
+
+#: Answers that may carry a secret: records (a notebook's token and notebook_url for its owner),
+#: POST /tokens (a user's token), event streams (a ready event carries the notebook's token).
+SECRET_BEARING = frozenset({"application/json", "text/event-stream"})
+
+
+def no_store(response: Response) -> Response:
+    """``Cache-Control: no-store`` on every JSON answer and event stream, errors included: no
+    browser or shared cache keeps a token. For all of them, not route by route, so that no route
+    can forget it; pages (/manage sets its own) and static files are left as they are."""
+    if response.mimetype in SECRET_BEARING:
+        response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def create_app(
@@ -43,10 +59,19 @@ def create_app(
     app.extensions["queue"] = queue or Queue(make_celery(settings, name="swarm_manager_api"))
     app.extensions["profiles"] = profiles if profiles is not None else load_profiles(settings.profiles_file)
     app.extensions["pool"] = Pool(app.extensions["store"], settings.pool_sizes) if settings.pool else None
+    # Every event stream of this process follows one Redis subscription (api/hub.py); made here,
+    # in the serving process (gunicorn loads the app after it forks its workers).
+    hub_store = app.extensions["store"]
+    app.extensions["hub"] = Hub(hub_store, StreamSlots(hub_store.redis, hub_store.prefix))
+    if settings.trusted_proxy_hops:
+        # The client's address (per-address stream caps) and scheme as the trusted proxies saw them.
+        hops = settings.trusted_proxy_hops
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
 
     from api import errors, manage, routes
 
     errors.register(app)
+    app.after_request(no_store)
     app.register_blueprint(routes.bp)
     # The original implementation also served everything under /api/ for tmpnb-style clients.
     app.register_blueprint(routes.bp, url_prefix="/api", name="api_compat")

@@ -5,19 +5,25 @@ request's caller into ``g.caller`` before any view runs, from either
 
 - ``Authorization: Bearer <token>``: the admin token (``ADMIN_TOKEN``) or a user token
   (``shared/auth.py``); a header that is there but not a live token is 401 at once, or
-- the /manage session cookie, set by signing in with a token on the page. Unsafe methods
-  through the cookie need the session's CSRF token (form field ``csrf_token`` or header
-  ``X-CSRF-Token``), and the seed's ``GET /container/<h>/kill`` never accepts the cookie (a GET
-  must not be a cross-site request forgery vector); it works with a Bearer token only.
+- the /manage session cookie, set by signing in with a token on the page. The cookie holds only
+  the session's random secret; the session itself (who signed in, its CSRF token, its expiry)
+  is in Redis (``shared/auth.py`` :class:`~shared.auth.Sessions`), so signing out or revoking
+  the token ends it at once. Cookies ignore ports, so anything else served on the API's host
+  (a notebook's own port) receives the cookie: therefore every request through it must also carry
+  the session's CSRF token, which only the page has (``X-CSRF-Token``, the forms' ``csrf_token``
+  field, or the ``csrf`` query parameter the page's EventSource adds to the event streams' URL),
+  except rendering the page itself (a navigation sends no header). The seed's
+  ``GET /container/<h>/kill`` never accepts the cookie (a GET must not kill on a cookie); it
+  works with a Bearer token only.
 
 and answers what the route's policy (:data:`POLICY`, by view function) needs: public routes
 (``/healthz``, the OpenAPI document, static files, the sign-in form), admin-only routes
 (``/metrics``, ``/tokens``), and everything else for any caller. What a user token may touch
 within a route is decided by three helpers the routes call: :func:`spawn_user` (a user spawns
 only for itself), :func:`check_visible` (another user's notebook is 404, like an unknown one:
-no enumeration) and :func:`scoped_user` / :func:`event_filter` (lists and the events stream
-show only its own). The admin sees and kills everything. With ``AUTH=off`` every caller is the
-admin (and a WARNING says so at start-up).
+no enumeration) and :func:`scoped_user` (lists show only its own; the events streams are routed by owner
+in ``api/hub.py``). The admin sees and kills everything. With ``AUTH=off`` every caller is the
+admin, no cookie is ever set (and a WARNING says so at start-up).
 """
 
 from __future__ import annotations
@@ -27,21 +33,18 @@ import hmac
 import logging
 import re
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, g, redirect, render_template, request, session, url_for
-from flask.sessions import NullSession, SecureCookieSessionInterface
+from flask import Blueprint, Flask, Response, current_app, g, make_response, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from markupsafe import Markup
+from werkzeug.wrappers import Response as BaseResponse
 
-from shared.auth import ADMIN, USER, Tokens, is_admin_token
-from shared.errors import ConfigError, Forbidden, NotFound, StoreUnavailable, Unauthorized
+from shared.auth import ADMIN, USER, Session, Sessions, Tokens, is_admin_token
+from shared.errors import ConfigError, Forbidden, NotFound, Unauthorized
 from shared.record import Notebook
 from shared.settings import Settings
-from shared.store import Event, Store
+from shared.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,7 @@ PUBLIC, ANY, ADMIN_ONLY, PAGE = "public", "any", "admin", "page"
 POLICY: dict[str, str] = {
     "api.routes.healthz": PUBLIC,
     "api.openapi.openapi": PUBLIC,
-    "api.auth.signin": PUBLIC,
+    "api.auth.signin": PUBLIC,  # checks the sign-in form's CSRF token itself
     "api.auth.signout": PUBLIC,  # checks the session's CSRF token itself
     "api.metrics.metrics": ADMIN_ONLY,
     "api.tokens.create": ADMIN_ONLY,
@@ -66,18 +69,29 @@ POLICY: dict[str, str] = {
 }
 #: Views that kill on a GET: a Bearer token only, never the cookie.
 KILLS_ON_GET = {"api.routes.kill"}
+#: Views whose GET may carry the CSRF token as the ``csrf`` query parameter: the event streams,
+#: which the page follows with an EventSource (it cannot send headers). Nowhere else, so the
+#: token is in no other URL (access logs show URLs).
+STREAMS = {"api.events.all_events", "api.events.container_events"}
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-CSRF_FIELD, CSRF_HEADER = "csrf_token", "X-CSRF-Token"
-SESSION_LIFETIME = timedelta(hours=12)
+CSRF_FIELD, CSRF_HEADER, CSRF_PARAM = "csrf_token", "X-CSRF-Token", "csrf"
 
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is asking: the admin (``user`` None) or a user token acting as ``user``."""
+    """Who is asking: the admin (``user`` None) or a user token acting as ``user``.
+
+    ``token_id`` is the user token the request came with (as Bearer, or the one its session
+    signed in with; "" for the admin) and ``session_id`` the session it came through ("" for a
+    Bearer token): whatever the request opens that outlives it (an event stream) ends when
+    ``shared.auth.revoked_message`` names either.
+    """
 
     role: str
     user: str | None
     via: str
+    token_id: str = ""
+    session_id: str = ""
 
     @property
     def is_admin(self) -> bool:
@@ -95,22 +109,13 @@ def tokens() -> Tokens:
     return current_app.extensions["tokens"]
 
 
+def sessions() -> Sessions:
+    return tokens().sessions
+
+
 # -- set-up ------------------------------------------------------------------------------
-class SessionInterface(SecureCookieSessionInterface):
-    """Flask's signed-cookie sessions, signed with SECRET_KEY or else the key generated once in
-    Redis, so every gunicorn worker (and every API replica) accepts the others' cookies."""
-
-    def get_signing_serializer(self, app: Flask) -> Any:
-        if not app.secret_key and app.extensions["settings"].auth:
-            try:
-                app.secret_key = app.extensions["tokens"].session_secret()
-            except StoreUnavailable:
-                return None  # no session for this request; whatever needs one answers 503
-        return super().get_signing_serializer(app)
-
-
 def init_app(app: Flask) -> None:
-    """Check the settings, install the session, the before_request and CORS on ``app``."""
+    """Check the settings, install the before_request, the sign-in routes and CORS on ``app``."""
     s: Settings = app.extensions["settings"]
     store: Store = app.extensions["store"]
     app.extensions["tokens"] = Tokens(store.redis, store.prefix)
@@ -124,25 +129,15 @@ def init_app(app: Flask) -> None:
             "!!! AUTH is off: anyone who can reach this API can spawn, list and kill every notebook "
             "and watch every event. Turn it on (AUTH=on with ADMIN_TOKEN) anywhere but a private machine."
         )
-    if s.secret_key:
-        app.secret_key = s.secret_key
-    app.session_interface = SessionInterface()
-    app.config.update(
-        # Per instance: two deployments on one host (cookies ignore ports) keep their sessions apart.
-        SESSION_COOKIE_NAME=f"{s.instance}-session",
-        SESSION_COOKIE_HTTPONLY=True,
-        # Lax: a link from elsewhere to /manage keeps the session; every GET is harmless (the GET
-        # kill refuses the cookie) and every POST needs the CSRF token anyway.
-        SESSION_COOKIE_SAMESITE="Lax",
-        SESSION_COOKIE_SECURE=s.session_cookie_secure,
-        PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME,
-    )
+    # No app.secret_key: Flask's own (client-side) session stays a NullSession, which refuses
+    # writes, so nothing about a caller can end up in a cookie by accident.
     app.register_blueprint(bp)
     # A renamed view would silently fall back to ANY (admin-only routes open to users): refuse to start.
     views = {f"{view.__module__}.{view.__name__}" for view in app.view_functions.values()}
-    if unknown := sorted((set(POLICY) | KILLS_ON_GET) - views):
+    if unknown := sorted((set(POLICY) | KILLS_ON_GET | STREAMS) - views):
         raise RuntimeError(f"api/auth.py names views the app does not have: {unknown}")
     app.before_request(authenticate)
+    app.after_request(vary_on_cookie)
     app.context_processor(lambda: {"caller": g.get("caller"), "csrf_token": csrf_token, "csrf_field": csrf_field})
     if s.cors_origins:
         from flask_cors import CORS
@@ -163,10 +158,70 @@ def init_app(app: Flask) -> None:
         app.after_request(vary_on_origin)
 
 
+def vary_on_cookie(response: Response) -> Response:
+    """An answer that depended on the session cookie says so, so no cache hands it to someone else."""
+    if "session" in g:
+        response.vary.add("Cookie")
+    return response
+
+
 def vary_on_origin(response: Response) -> Response:
     """Every answer depends on Origin once CORS is on (allowed ones get the header): tell caches."""
     response.vary.add("Origin")
     return response
+
+
+# -- the cookie ------------------------------------------------------------------------------------
+def cookie_name() -> str:
+    """Per instance: two deployments on one host (cookies ignore ports) keep their sessions apart.
+
+    Secure, it is a ``__Host-`` cookie: browsers take it only with Secure, Path=/ and no Domain, so
+    no other host (a notebook's subdomain) can set or overwrite it.
+    """
+    s = settings()
+    return ("__Host-" if s.session_cookie_secure else "") + f"{s.instance}-session"
+
+
+def set_cookie(response: BaseResponse, value: str) -> None:
+    """``value`` in the session cookie (HttpOnly; SameSite=Lax: a link from elsewhere to /manage
+    keeps the session, and every request through it needs the CSRF token anyway)."""
+    response.set_cookie(
+        cookie_name(),
+        value,
+        max_age=sessions().lifetime,
+        path="/",
+        secure=settings().session_cookie_secure,
+        httponly=True,
+        samesite="Lax",
+    )
+
+
+def clear_cookie(response: BaseResponse) -> None:
+    """Tell the browser to drop the cookie (with the attributes it was set with, or a __Host- one stays)."""
+    response.delete_cookie(
+        cookie_name(), path="/", secure=settings().session_cookie_secure, httponly=True, samesite="Lax"
+    )
+
+
+def signing_key() -> bytes:
+    """SECRET_KEY, or else the key generated once in Redis (the same for every API process)."""
+    key = current_app.extensions.get("signing_key")
+    if key is None:
+        key = (settings().secret_key or sessions().generated_key()).encode()
+        current_app.extensions["signing_key"] = key
+    return bytes(key)
+
+
+def keyed(purpose: str, value: str) -> str:
+    return hmac.new(signing_key(), f"{purpose}:{value}".encode(), hashlib.sha256).hexdigest()
+
+
+def admin_key() -> str:
+    """What an admin session holds of ADMIN_TOKEN: changes (signing every admin out) when it does.
+
+    Keyed, so a copy of Redis is no oracle for guessing the admin token without the key too.
+    """
+    return keyed("admin-session", settings().admin_token)
 
 
 # -- who is asking ---------------------------------------------------------------------------
@@ -180,50 +235,45 @@ def view_name(endpoint: str | None) -> str:
     return f"{view.__module__}.{view.__name__}" if view else ""
 
 
-def admin_marker() -> str:
-    """What a session of the admin holds: changes (signing everyone out) when ADMIN_TOKEN does.
-
-    Keyed with the session key, so a cookie that leaks is no oracle for guessing the admin token.
-    """
-    key = current_app.secret_key or ""
-    key_bytes = key.encode() if isinstance(key, str) else bytes(key)
-    mac = hmac.new(key_bytes, b"admin-session:" + settings().admin_token.encode(), hashlib.sha256)
-    return "admin:" + mac.hexdigest()[:32]
-
-
-def resolve_token(secret: str) -> tuple[Caller | None, str]:
-    """The caller a token makes, and what a session remembers of it; (None, "") for no live token."""
+def resolve_token(secret: str) -> Caller | None:
+    """The caller a token makes (via BEARER); None for no live token."""
     if is_admin_token(secret, settings().admin_token):
-        return Caller(ADMIN, None, BEARER), admin_marker()
+        return Caller(ADMIN, None, BEARER)
     token = tokens().find(secret)
     if token is None:
-        return None, ""
-    return Caller(USER, token.user, BEARER), f"token:{token.id}"
+        return None
+    return Caller(USER, token.user, BEARER, token_id=token.id)
 
 
 def from_bearer() -> Caller:
     scheme, _, secret = request.headers.get("Authorization", "").strip().partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
         raise Unauthorized("the Authorization header must be: Bearer <token>", invalid=True)
-    caller, _ = resolve_token(secret.strip())
+    caller = resolve_token(secret.strip())
     if caller is None:
         raise Unauthorized("the token is not valid (unknown or revoked)", invalid=True)
     return caller
 
 
+def current_session() -> Session | None:
+    """The live session the request's cookie names (also in ``g.session``); None without one.
+
+    An admin session from before ADMIN_TOKEN changed is ended here (and its streams with it).
+    """
+    found = sessions().get(request.cookies.get(cookie_name(), ""))
+    if found is not None and found.role == ADMIN and not hmac.compare_digest(found.admin_key, admin_key()):
+        sessions().end(found)
+        found = None
+    g.session = found
+    return found
+
+
 def from_session() -> Caller | None:
-    marker = session.get("auth")
-    if not isinstance(marker, str):
+    found = current_session()
+    if found is None:
         return None
-    kind, _, value = marker.partition(":")
-    if kind == "admin" and hmac.compare_digest(marker, admin_marker()):
-        return Caller(ADMIN, None, SESSION)
-    if kind == "token":
-        token = tokens().get(value)  # revoked: gone, and so is the session
-        if token is not None:
-            return Caller(USER, token.user, SESSION)
-    session.pop("auth", None)
-    return None
+    user = found.user if found.role == USER else None
+    return Caller(found.role, user, SESSION, token_id=found.token_id, session_id=found.id)
 
 
 def authenticate() -> ResponseReturnValue | None:
@@ -244,10 +294,10 @@ def authenticate() -> ResponseReturnValue | None:
             return signin_page(401)
         raise Unauthorized()
     if caller.via == SESSION:
-        if request.method in UNSAFE_METHODS:
-            check_csrf()
-        elif view_name(request.endpoint) in KILLS_ON_GET:
+        if request.method not in UNSAFE_METHODS and view_name(request.endpoint) in KILLS_ON_GET:
             raise Forbidden("a GET kill needs Authorization: Bearer <token>; the page kills with a POST")
+        if not (policy == PAGE and request.method in ("GET", "HEAD")):
+            check_csrf(g.session.csrf)
     if policy == ADMIN_ONLY and not caller.is_admin:
         raise Forbidden("only the admin may do this")
     return None
@@ -292,42 +342,19 @@ def scoped_user(requested: str | None) -> str | None:
     return who.user
 
 
-def event_filter() -> Callable[[Event], bool] | None:
-    """For /events: None for the admin (everything), else a test that keeps the caller's own notebooks.
-
-    Record events say whose notebook it is; a progress event is matched by its hostname, looked
-    up once (a pool member's owner changes when it is claimed, and that claim is a record event).
-    """
-    who = caller()
-    if who.is_admin:
-        return None
-    store: Store = current_app.extensions["store"]
-    owners: dict[str, str | None] = {}
-
-    def visible(event: Event) -> bool:
-        if len(owners) > 10_000:
-            owners.clear()
-        if event.record is not None:
-            owners[event.hostname] = event.record.user
-        elif event.hostname not in owners:
-            record = store.get(event.hostname)
-            owners[event.hostname] = record.user if record else None
-        return owners[event.hostname] == who.user
-
-    return visible
-
-
 # -- CSRF --------------------------------------------------------------------------------------
 def csrf_token() -> str:
-    """The session's CSRF token, made on first use; "" with AUTH off (there is no session then)."""
+    """The CSRF token of the page being rendered: the session's when signed in; on the sign-in
+    form, one keyed to the cookie's random value (:func:`signin_nonce`); "" with AUTH off or for a
+    Bearer caller (nothing rides on a cookie then)."""
     if not settings().auth:
         return ""
-    if isinstance(session, NullSession):
-        raise StoreUnavailable("Redis is unavailable: sessions are signed with a key kept there")
-    token = session.get("csrf")
-    if not isinstance(token, str) or not token:
-        token = session["csrf"] = secrets.token_urlsafe(32)
-    return token
+    found = g.get("session")
+    if isinstance(found, Session):
+        return found.csrf
+    if g.get("caller") is not None:
+        return ""
+    return keyed("signin", signin_nonce())
 
 
 def csrf_field() -> Markup:
@@ -335,51 +362,85 @@ def csrf_field() -> Markup:
     return Markup('<input type="hidden" name="{}" value="{}">').format(CSRF_FIELD, token) if token else Markup("")
 
 
-def check_csrf() -> None:
-    expected = session.get("csrf")
-    sent = request.headers.get(CSRF_HEADER) or request.form.get(CSRF_FIELD)
-    if not isinstance(expected, str) or not expected or not sent or not hmac.compare_digest(expected, sent):
+def check_csrf(expected: str) -> None:
+    """Raise Forbidden unless the request carries ``expected``: in the header, in a form's field
+    (unsafe methods), or as the query parameter (a GET of an event stream)."""
+    sent = request.headers.get(CSRF_HEADER)
+    if not sent and request.method in UNSAFE_METHODS:
+        sent = request.form.get(CSRF_FIELD)
+    if not sent and request.method == "GET" and view_name(request.endpoint) in STREAMS:
+        sent = request.args.get(CSRF_PARAM)
+    if not expected or not sent or not hmac.compare_digest(expected.encode(), sent.encode()):
         raise Forbidden("missing or wrong CSRF token: reload the page and try again")
 
 
+def signin_nonce() -> str:
+    """Before signing in, the cookie holds a random value that the sign-in form's CSRF token is
+    keyed to (so another site cannot sign a visitor in as someone else). Nothing is stored for it:
+    visitors who are not signed in write nothing to Redis. Signing in replaces it with a new
+    session secret (no session fixation)."""
+    nonce = g.get("signin_nonce")
+    if nonce is None:
+        nonce = request.cookies.get(cookie_name(), "")
+        if not 32 <= len(nonce) <= 128:
+            nonce = secrets.token_urlsafe(32)
+        g.signin_nonce = nonce
+    return str(nonce)
+
+
 # -- /manage sign-in -------------------------------------------------------------------------------
-def signin_page(status: int, error: str = "") -> ResponseReturnValue:
+def signin_page(status: int, error: str = "") -> Response:
     from api.manage import CSP
 
-    body = render_template("signin.html", error=error)
-    return (
-        body,
-        status,
+    response = make_response(render_template("signin.html", error=error), status)
+    response.headers.update(
         {
             "Content-Security-Policy": CSP,
             "Cache-Control": "no-store",
             "WWW-Authenticate": 'Bearer realm="swarm-manager"',
-        },
+        }
     )
+    nonce = g.get("signin_nonce")
+    if nonce and nonce != request.cookies.get(cookie_name()):
+        set_cookie(response, nonce)
+    return response
 
 
 @bp.post("/manage/signin")
 def signin() -> ResponseReturnValue:
     if not settings().auth:
         return redirect(url_for("manage.page"), 303)
-    try:
-        check_csrf()  # the sign-in form's own token: no signing someone in from another site
-    except Forbidden:
+    sent = request.form.get(CSRF_FIELD, "")
+    nonce = request.cookies.get(cookie_name(), "")
+    if not nonce or not sent or not hmac.compare_digest(keyed("signin", nonce).encode(), sent.encode()):
         return signin_page(403, "The sign-in form expired or your browser sent no cookie: try again.")
-    who, marker = resolve_token(request.form.get("token", "").strip())
-    if who is None:
+    who = resolve_token(request.form.get("token", "").strip())
+    made = None
+    if who is not None:
+        made = sessions().create(
+            role=who.role,
+            user=who.user or "",
+            token_id=who.token_id,
+            admin_key=admin_key() if who.is_admin else "",
+        )
+    if made is None:  # no live token (or it was revoked while signing in)
         log.warning("sign-in to /manage refused from %s: not a valid token", request.remote_addr)
         return signin_page(401, "That token is not valid (unknown or revoked).")
-    session.clear()
-    session.permanent = True
-    session["auth"] = marker
-    session["csrf"] = secrets.token_urlsafe(32)
-    return redirect(url_for("manage.page"), 303)
+    _, secret = made
+    response = redirect(url_for("manage.page"), 303)
+    set_cookie(response, secret)
+    return response
 
 
 @bp.post("/manage/signout")
 def signout() -> ResponseReturnValue:
-    if settings().auth and session.get("auth"):
-        check_csrf()
-    session.clear()
-    return redirect(url_for("manage.page"), 303)
+    """End the session (its CSRF token required) and drop the cookie; without a live session, just the latter."""
+    if settings().auth:
+        found = current_session()
+        if found is not None:
+            check_csrf(found.csrf)
+            sessions().end(found)
+    response = redirect(url_for("manage.page"), 303)
+    if settings().auth:
+        clear_cookie(response)
+    return response

@@ -14,32 +14,40 @@ Each event is one SSE message::
 ``stage`` is one of :data:`STAGES`. Record changes (``queued``, ``starting``, ``ready``, ``failed``,
 ``stopping``, ``removed``) carry the record and its ``status``; the workers' progress within a
 status (``creating``, ``waiting``) has ``"status": null`` and ``"record": null``. Both streams send
-a comment line (``: keep-alive``) every ``EVENTS_HEARTBEAT`` seconds (15) so proxies keep them open,
-and a client that goes away is noticed at the next write and its subscription closed.
+a comment line (``: keep-alive``) every ``EVENTS_HEARTBEAT`` seconds (15) so proxies keep them open.
 
-If Redis is away when a stream is asked for, the answer is the usual 503 JSON error, before any
-streaming starts. Each open stream holds one server thread and one Redis connection.
+A stream holds no Redis connection of its own: it follows the process's one subscription
+through ``api/hub.py``, and blocks only on its own queue (a greenlet under gunicorn's gevent
+worker). Each caller may hold STREAMS_PER_USER streams at once (STREAMS_PER_ADDRESS per client
+address when nobody is signed in), counted across every API process (``shared/streams.py``);
+one more is ``429`` with ``Retry-After``. A stream ends, and gives its slot back, at once when
+its client hangs up, when the token or session that opened it is revoked, or when its client
+stops reading for ``WRITE_TIMEOUT`` seconds. If Redis is away when a stream is asked for, the
+answer is the usual 503 JSON error, before any streaming starts.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from flask import Blueprint, Response, current_app, stream_with_context
+import redis
+from flask import Blueprint, Response, current_app, request, stream_with_context
 from flask.typing import ResponseReturnValue
 
 from api import auth
+from api.hub import Closed, Hub, Listener, close_when_gone
 from api.routes import checked_hostname, link, secrets_visibility, settings, store
-from shared.errors import StoreUnavailable
+from shared.errors import StoreUnavailable, TooManyStreams
 from shared.notebook_token import FIELD as TOKEN_FIELD
 from shared.public_url import notebook_url
 from shared.record import Notebook
 from shared.status import Status
-from shared.store import Event, Subscription
+from shared.store import Event
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +59,10 @@ HEARTBEAT = 15.0
 ALL_LIFETIME = 600.0
 #: Milliseconds a browser waits before reconnecting a stream that ended.
 RETRY_MS = 3000
+#: Seconds a write to a stream's client may block (a client that stopped reading) before it is dropped.
+WRITE_TIMEOUT = 30.0
+#: The Retry-After of a 429 for too many open streams: a hint, a slot frees when one of them ends.
+STREAMS_RETRY_AFTER = 10
 
 #: The stage each record status is reported as.
 STAGE_OF: dict[Status, str] = {
@@ -110,12 +122,15 @@ def sse(name: str, data: dict[str, Any]) -> str:
     return f"event: {name}\ndata: {json.dumps(data)}\n\n"
 
 
-def follow(sub: Subscription, lifetime: float, heartbeat: float) -> Iterator[Event | None]:
-    """Events as they are published, and None each time a keep-alive is due, for ``lifetime`` seconds."""
+def follow(listener: Listener, lifetime: float, heartbeat: float) -> Iterator[Event | None]:
+    """Events as they are published, and None each time a keep-alive is due, for ``lifetime`` seconds.
+
+    Raises Closed when the listener is closed under it (the client left, its token was revoked,
+    the hub lost Redis)."""
     now = time.monotonic()
     end, beat = now + lifetime, now + heartbeat
     while (now := time.monotonic()) < end:
-        event = sub.get(timeout=min(beat, end) - now)
+        event = listener.get(timeout=min(beat, end) - now)
         if event is not None:
             yield event
         if time.monotonic() >= beat:
@@ -123,21 +138,19 @@ def follow(sub: Subscription, lifetime: float, heartbeat: float) -> Iterator[Eve
             beat = time.monotonic() + heartbeat
 
 
-def one_notebook(sub: Subscription, record: Notebook, lifetime: float, heartbeat: float) -> Iterator[str]:
+def one_notebook(listener: Listener, record: Notebook, lifetime: float, heartbeat: float) -> Iterator[str]:
     sees = secrets_visibility()
     try:
         yield f"retry: {RETRY_MS}\n\n"
         yield record_message(record, sees)
         if record.settled:
             return
-        # The subscription was confirmed before the record was read, so a change made around
-        # that read arrives again: skip the record exactly as already sent.
+        # The listener was registered before the record was read, so a change made around that
+        # read arrives again: skip the record exactly as already sent.
         last = (record.status, record.updated_at)
-        for event in follow(sub, lifetime, heartbeat):
+        for event in follow(listener, lifetime, heartbeat):
             if event is None:
                 yield ": keep-alive\n\n"
-            elif event.hostname != record.hostname:
-                continue
             elif event.record is None:
                 yield progress_message(event)
             elif (event.record.status, event.record.updated_at) != last:
@@ -146,44 +159,45 @@ def one_notebook(sub: Subscription, record: Notebook, lifetime: float, heartbeat
                 if event.record.settled:
                     return
         yield ": time limit reached; reconnect to follow on\n\n"
-    except StoreUnavailable as exc:
-        log.warning("%s: events stream ended: %s", record.hostname, exc)
-        yield ": the store is unavailable\n\n"
+    except (Closed, StoreUnavailable) as exc:
+        log.info("%s: events stream ended: %s", record.hostname, exc)
+        yield f": {exc}\n\n"
     finally:
-        sub.close()
+        listener.close()
 
 
-def every_notebook(
-    sub: Subscription, lifetime: float, heartbeat: float, visible: Callable[[Event], bool] | None = None
-) -> Iterator[str]:
-    """``visible``: which events this caller may see (None: all; ``auth.event_filter``)."""
+def every_notebook(listener: Listener, lifetime: float, heartbeat: float) -> Iterator[str]:
+    """The events of every notebook the listener follows (the hub routes by owner: a user token's
+    stream gets only its own notebooks')."""
     sees = secrets_visibility()
     try:
         yield f"retry: {RETRY_MS}\n\n"
         yield ": connected\n\n"  # sends the headers now, so the client knows it is listening
-        for event in follow(sub, lifetime, heartbeat):
+        for event in follow(listener, lifetime, heartbeat):
             if event is None:
                 yield ": keep-alive\n\n"
-            elif visible is not None and not visible(event):
-                continue
             elif event.record is None:
                 yield progress_message(event)
             else:
                 yield record_message(event.record, sees)
         yield ": time limit reached; reconnect to follow on\n\n"
-    except StoreUnavailable as exc:
-        log.warning("events stream ended: %s", exc)
-        yield ": the store is unavailable\n\n"
+    except (Closed, StoreUnavailable) as exc:
+        log.info("events stream ended: %s", exc)
+        yield f": {exc}\n\n"
     finally:
-        sub.close()
+        listener.close()
 
 
-def stream(body: Iterator[str], sub: Subscription) -> Response:
+def stream(body: Iterator[str], listener: Listener) -> Response:
     response = current_app.response_class(stream_with_context(body), mimetype="text/event-stream")
-    response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
     # Also when the client is gone before the body was first read (the generator never ran).
-    response.call_on_close(sub.close)
+    response.call_on_close(listener.close)
+    sock = request.environ.get("gunicorn.socket")
+    if sock is not None:
+        # A client that stops reading blocks the stream's writes: give up on it after a while.
+        sock.settimeout(WRITE_TIMEOUT)
+        close_when_gone(sock, listener)
     return response
 
 
@@ -191,22 +205,61 @@ def heartbeat() -> float:
     return float(current_app.config.get("EVENTS_HEARTBEAT", HEARTBEAT))
 
 
+def hub() -> Hub:
+    return current_app.extensions["hub"]
+
+
+def open_listener(**interest: Any) -> Listener:
+    """Take one of the caller's stream slots (429 over STREAMS_PER_USER / STREAMS_PER_ADDRESS),
+    then follow ``interest`` through this process's hub (503 when Redis is away)."""
+    who = auth.caller()
+    s = settings()
+    if who.via == auth.OPEN:  # nobody signed in: count by client address
+        owner, cap, what = f"addr:{request.remote_addr}", s.streams_per_address, "STREAMS_PER_ADDRESS"
+    else:
+        owner, cap, what = f"user:{who.user}" if who.user else "admin", s.streams_per_user, "STREAMS_PER_USER"
+    stream_id = secrets.token_hex(8)
+    hub_ = hub()
+    try:
+        taken = hub_.slots.acquire(owner, stream_id, cap)
+    except redis.RedisError as exc:
+        raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+    if not taken:
+        raise TooManyStreams(
+            f"too many open event streams: {cap} at once ({what}); close one, or wait for one to end",
+            retry_after=STREAMS_RETRY_AFTER,
+            limit="streams",
+        )
+    try:
+        return hub_.open(
+            who=owner,
+            stream_id=stream_id,
+            token_id=who.token_id,
+            session_id=who.session_id,
+            **interest,
+        )
+    except BaseException:
+        hub_.slots.release(owner, stream_id)
+        raise
+
+
 @bp.get("/container/<hostname>/events", strict_slashes=False)
 def container_events(hostname: str) -> ResponseReturnValue:
     hostname = checked_hostname(hostname)
-    sub = store().subscribe()  # before reading the record: no change after the read is missed
+    listener = open_listener(hostname=hostname)  # before reading the record: no later change is missed
     try:
         record = auth.check_visible(store().require(hostname))  # another user's: 404
     except BaseException:
-        sub.close()
+        listener.close()
         raise
     lifetime = float(current_app.config.get("CONTAINER_EVENTS_LIFETIME", settings().start_timeout * 2 + 60))
-    return stream(one_notebook(sub, record, lifetime, heartbeat()), sub)
+    return stream(one_notebook(listener, record, lifetime, heartbeat()), listener)
 
 
 @bp.get("/events", strict_slashes=False)
 def all_events() -> ResponseReturnValue:
-    visible = auth.event_filter()  # a user token: only its own notebooks' events
-    sub = store().subscribe()
+    who = auth.caller()
+    # The admin follows every notebook; a user token only its own (routed by owner in the hub).
+    listener = open_listener(everything=True) if who.is_admin else open_listener(user=who.user or "")
     lifetime = float(current_app.config.get("EVENTS_LIFETIME", ALL_LIFETIME))
-    return stream(every_notebook(sub, lifetime, heartbeat(), visible), sub)
+    return stream(every_notebook(listener, lifetime, heartbeat()), listener)

@@ -34,7 +34,7 @@ from shared.record import Notebook, rfc3339
 from shared.settings import Settings
 from shared.status import KILLABLE, Status
 from shared.store import Store
-from shared.validation import is_hostname, validate_image, validate_user
+from shared.validation import is_hostname, parse_whole, validate_image, validate_user
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,10 @@ bp = Blueprint("api", __name__)
 
 SPAWN_FIELDS = ("image", "user", "ttl", "profile", "mem_limit", "cpu_limit")
 MAX_LIST_LIMIT = 10_000
+#: The longest a notebook may live when MAX_AGE is 0 ("no limit") and its spawn gives a ttl: ten
+#: years. A ttl is capped by it as by MAX_AGE; uncapped, 999999999999 s would end in year 33715,
+#: past the last date the records can hold.
+MAX_LIFETIME = 10 * 365 * 86400
 
 
 def store() -> Store:
@@ -183,23 +187,31 @@ def int_arg(name: str, default: int | None, lo: int, hi: int) -> int | None:
     raw = request.args.get(name)
     if raw is None or raw == "":
         return default
-    if not (raw.isascii() and raw.isdigit()) or not lo <= int(raw) <= hi:
+    try:
+        value: int | None = parse_whole(raw)  # ASCII digits only (shared/validation.py says why)
+    except ValueError:
+        value = None
+    if value is None or not lo <= value <= hi:
         raise InvalidInput(f"{name} must be a whole number from {lo} to {hi}")
-    return int(raw)
+    return value
 
 
 # -- actions shared with /manage ------------------------------------------------------
 def lifetime(ttl: object) -> float | None:
-    """Seconds this notebook may live: the client's ``ttl`` capped by MAX_AGE; None for no limit."""
-    cap = settings().max_age or None
+    """Seconds this notebook may live: the client's ``ttl`` capped by MAX_AGE (or, when MAX_AGE is
+    0, by MAX_LIFETIME); without a ttl MAX_AGE, and None for no limit."""
     if ttl is None or ttl == "":
-        return cap
+        return settings().max_age or None
     if isinstance(ttl, float) and ttl.is_integer():
         ttl = int(ttl)  # JSON has one number type: 3600.0 is a whole number of seconds too
     raw = str(ttl) if isinstance(ttl, int) and not isinstance(ttl, bool) else ttl
-    if not isinstance(raw, str) or not (raw.isascii() and raw.isdigit()) or len(raw) > 12 or int(raw) < 1:
+    try:
+        seconds = parse_whole(raw) if isinstance(raw, str) and len(raw) <= 12 else 0
+    except ValueError:
+        seconds = 0
+    if seconds < 1:
         raise InvalidInput("ttl must be a whole number of seconds from 1 to 999999999999")
-    return float(int(raw)) if cap is None else min(float(int(raw)), cap)
+    return float(min(seconds, settings().max_age or MAX_LIFETIME))
 
 
 def spawn_notebook(

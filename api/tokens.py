@@ -3,8 +3,9 @@
 - ``POST /tokens`` (``user`` as a form field or JSON) → 201 ``{id, user, token, created}``; the
   token itself is in this answer only (Redis keeps its SHA-256).
 - ``GET /tokens[?user=U]`` → the live tokens, newest first, without secrets.
-- ``DELETE /tokens/<id>`` → 200 ``{id, user, created, revoked}``; the token stops working at once
-  (also a /manage session signed in with it). An unknown id is 404.
+- ``DELETE /tokens/<id>`` → 200 ``{id, user, created, revoked}``; the token stops working at once,
+  every /manage session signed in with it is ended, and the event streams either opened are told
+  to close (``shared.auth.Tokens.revoke``: one step in Redis). An unknown id is 404.
 """
 
 from __future__ import annotations

@@ -110,6 +110,16 @@ def remove_containers(client: docker.DockerClient, instance: str, threads: int =
     return len(found)
 
 
+def remove_everything(client: docker.DockerClient, instance: str) -> int:
+    """At the end of a run: the instance's containers, then its networks (the worker's own
+    ``<instance>-notebooks``, which stays while the worker runs)."""
+    removed = remove_containers(client, instance)
+    for net in client.networks.list(filters={"label": f"{LABEL_INSTANCE}={instance}"}):
+        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+            net.remove()
+    return removed
+
+
 def remove_one(client: docker.DockerClient, name: str) -> None:
     with contextlib.suppress(docker.errors.NotFound):
         client.api.remove_container(name, force=True)
@@ -200,7 +210,9 @@ def server_seconds(record: Notebook | None) -> float:
 
 # -- the API on a real socket, as `make run` serves it -------------------------------------
 class Gunicorn(ApiServer):
-    """``gunicorn api.wsgi:app`` with scripts/run-local.sh's worker settings (and its access log)."""
+    """``gunicorn api.wsgi:app`` with `make run`'s options (``swarm-manager serve``) and its access log."""
 
-    def __init__(self, env: Mapping[str, str], logfile: Path, workers: int = 2, threads: int = 8) -> None:
-        super().__init__(env, logfile, threads=threads, workers=workers, access_log=True)
+    def __init__(
+        self, env: Mapping[str, str], logfile: Path, workers: int = 2, options: list[str] | None = None
+    ) -> None:
+        super().__init__(env, logfile, workers=workers, access_log=True, options=options)

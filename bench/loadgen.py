@@ -37,6 +37,7 @@ class Runner:
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         self.body = urlencode(args.form).encode() if args.form else None
         self.headers = {"Content-Type": "application/x-www-form-urlencoded"} if self.body else {}
+        self.headers.update(args.header)
         self.next = 0
         self.lock = threading.Lock()
         self.service: list[float] = []  # send -> answer read
@@ -126,6 +127,13 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         type=lambda s: tuple(s.split("=", 1)),
         help="NAME=VALUE form field of the body (repeatable)",
+    )
+    parser.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        type=lambda s: tuple(part.strip() for part in s.split(":", 1)),
+        help="NAME: VALUE header of every request (repeatable), e.g. 'Authorization: Bearer ...'",
     )
     parser.add_argument("--rate", type=float, default=200.0, help="requests per second")
     parser.add_argument("--count", type=int, default=2000)

@@ -33,7 +33,7 @@ import redis.connection
 from pyinstrument import Profiler
 
 from api import create_app
-from bench.common import RESULTS, delete_keys, remove_containers, stats
+from bench.common import RESULTS, delete_keys, remove_containers, remove_everything, stats
 from bench.spawn import seed, template_record
 from shared.settings import Settings
 from shared.status import Status
@@ -196,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
                         # each spawn finds the engine as empty as the first one did.
                         remove_containers(client, settings.instance, threads=1)
             finally:
-                # Even after a failed run: no test container is left on the engine.
-                remove_containers(client, settings.instance)
+                # Even after a failed run: no test container (or network) is left on the engine.
+                remove_everything(client, settings.instance)
                 delete_keys(raw, settings.key_prefix)
         finally:
             server.stop()

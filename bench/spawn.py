@@ -15,6 +15,9 @@ default worker settings, the real Docker engine, gunicorn on loopback):
   (bench/loadgen.py) against gunicorn as `make run` serves it, with no worker (spawns stay queued).
 - ``store``: GET /containers with 10,000 and 100,000 records, and Redis memory per record.
 - ``pool``: the warm pool's spawn-to-ACTIVE; runs only when shared/settings.py has a POOL setting.
+- ``streams``: POST /spawn and GET /healthz p99 with 5,000 open event streams and 1,000 silent
+  sockets against the same without them, and how fast a closed stream's slot comes back
+  (bench/streams.py, also runnable on its own).
 
 Figures go to stdout, ``bench/results/bench-<tag>.json`` and ``bench/results/bench-<tag>.png``.
 Every count and wait is bounded; containers (by instance label) and Redis keys are removed after.
@@ -50,10 +53,13 @@ from bench.common import (
     ms,
     raw_spawn,
     remove_containers,
+    remove_everything,
     remove_one,
     server_seconds,
     stats,
 )
+from bench.streams import bench_streams
+from bench.streams import rows as streams_rows
 from shared.settings import Settings
 from shared.status import Status
 from shared.store import Store, connect, new_hostname
@@ -61,7 +67,7 @@ from tests.conftest import base_env
 from tests.support import VENV_BIN, RedisServer, WorkerProcess, build_images, unique_instance
 from worker.engine import EngineState, Placement
 
-ALL_SECTIONS = ("cold", "burst", "api", "store", "pool")
+ALL_SECTIONS = ("cold", "burst", "api", "store", "pool", "streams")
 
 #: The issue's targets (ratios are ours / raw Docker in the same run).
 TARGETS = {
@@ -129,8 +135,8 @@ def stop_stack(ctx: Context) -> None:
     if ctx.worker:
         ctx.worker.stop()
     if ctx.settings:
-        remove_containers(ctx.docker, ctx.instance)
-        remove_containers(ctx.docker, ctx.raw_instance)
+        remove_everything(ctx.docker, ctx.instance)
+        remove_everything(ctx.docker, ctx.raw_instance)
     if ctx.store:
         delete_keys(ctx.store.redis, ctx.settings.key_prefix if ctx.settings else "")
 
@@ -575,7 +581,7 @@ def bench_pool(ctx: Context, n: int, size: int = 3) -> dict[str, Any]:
             timer.close()
         beat.stop()
         worker.stop()
-        remove_containers(ctx.docker, settings.instance)
+        remove_everything(ctx.docker, settings.instance)
         delete_keys(store.redis, settings.key_prefix)
     return {"image": image, "pool_size": size, "n": n, "from_pool": from_pool, "spawn_to_active": stats(took)}
 
@@ -680,6 +686,10 @@ def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"<= {TARGETS['bytes_per_record']} B",
             worst <= TARGETS["bytes_per_record"],
         )
+    st = results.get("streams")
+    if st:
+        for what, quiet, loaded, figure, target, met in streams_rows(st):
+            row(what, loaded, quiet, figure, target, met == "yes")
     p = results.get("pool")
     if p and "spawn_to_active" in p:
         med = p["spawn_to_active"].get("median", math.nan)
@@ -840,6 +850,9 @@ def main(argv: list[str] | None = None) -> int:
                 finally:
                     api.stop()
                     delete_keys(store.redis, settings.key_prefix)
+            if "streams" in sections:
+                log("event streams and idle sockets (gunicorn's gevent workers, no worker)")
+                results["streams"] = bench_streams(redis.url, workdir, 250, 20, 1000, 50.0, 20.0)
             if "pool" in sections:
                 if pool_available():
                     log("warm pool")

@@ -53,26 +53,40 @@ def cmd_check(args: argparse.Namespace, extra: list[str]) -> int:
 def cmd_serve(args: argparse.Namespace, extra: list[str]) -> int:
     _check_settings()
     bind = args.bind or f"127.0.0.1:{os.environ.get('PORT', '3000')}"
-    _exec(
-        "gunicorn",
-        [
-            "--bind",
-            bind,
-            "--workers",
-            str(args.workers),
-            "--threads",
-            str(args.threads),
-            "--graceful-timeout",
-            "10",
-            # The workers' heartbeat files on tmpfs where there is one: a slow disk (a container's
-            # overlay filesystem) can make gunicorn kill healthy workers.
-            *(["--worker-tmp-dir", "/dev/shm"] if os.path.isdir("/dev/shm") else []),
-            "--access-logfile",
-            "-",
-            *extra,
-            "api.wsgi:app",
-        ],
-    )
+    _exec("gunicorn", [*serve_options(bind, args.workers, args.connections), *extra, "api.wsgi:app"])
+
+
+#: Seconds a client has to send a whole request (its line and headers), and to send the next one on a
+#: kept-alive connection: a silent or trickling client is dropped then, holding nothing but a greenlet.
+REQUEST_TIMEOUT = 5
+
+
+def serve_options(bind: str, workers: int, connections: int) -> list[str]:
+    """gunicorn's options for the API: the one serving model (README: Serving).
+
+    gunicorn's gevent worker: every connection is a greenlet, so thousands of open event streams
+    and idle sockets cost memory, not threads, and never hold up other requests (with threads, 64
+    streams took the API offline). ``connections`` bounds a worker's open connections.
+    """
+    return [
+        "--bind",
+        bind,
+        "--workers",
+        str(workers),
+        "--worker-class",
+        "gevent",
+        "--worker-connections",
+        str(connections),
+        "--keep-alive",
+        str(REQUEST_TIMEOUT),
+        "--graceful-timeout",
+        "10",
+        # The workers' heartbeat files on tmpfs where there is one: a slow disk (a container's
+        # overlay filesystem) can make gunicorn kill healthy workers.
+        *(["--worker-tmp-dir", "/dev/shm"] if os.path.isdir("/dev/shm") else []),
+        "--access-logfile",
+        "-",
+    ]
 
 
 def cmd_worker(args: argparse.Namespace, extra: list[str]) -> int:
@@ -90,8 +104,7 @@ def cmd_beat(args: argparse.Namespace, extra: list[str]) -> int:
 def cmd_flower(args: argparse.Namespace, extra: list[str]) -> int:
     _check_settings()
     # Flower reads FLOWER_BASIC_AUTH (user:password[,...]) itself; FLOWER_BASIC_AUTH_FILE names a
-    # file holding it (a Docker secret, make run's .state file). Set but empty it would lock
-    # everyone out of its pages: treat empty as unset.
+    # file holding it (a Docker secret, make run's .state file).
     path = os.environ.pop("FLOWER_BASIC_AUTH_FILE", "")
     if path and not os.environ.get("FLOWER_BASIC_AUTH"):
         try:
@@ -100,7 +113,12 @@ def cmd_flower(args: argparse.Namespace, extra: list[str]) -> int:
         except OSError as exc:
             raise ServerError(f"cannot read FLOWER_BASIC_AUTH_FILE {path!r}: {exc.strerror}") from None
     if not os.environ.get("FLOWER_BASIC_AUTH"):
-        os.environ.pop("FLOWER_BASIC_AUTH", None)
+        # Flower shows every user's notebooks and can revoke tasks and shut workers down; open, it
+        # would also answer any web page that rebinds a name of its own to this address.
+        raise ServerError(
+            "Flower needs a password: set FLOWER_BASIC_AUTH=user:password (or FLOWER_BASIC_AUTH_FILE, a file "
+            "holding it); `make run` makes one in .state/run/flower-auth"
+        )
     _exec(
         "celery",
         ["-A", "worker.celery_app", "flower", f"--port={args.port}", f"--address={args.address}", *extra],
@@ -120,10 +138,11 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="gunicorn worker processes (default $API_WORKERS or 2)",
     )
     serve.add_argument(
-        "--threads",
+        "--connections",
         type=int,
-        default=os.environ.get("API_THREADS", "32"),
-        help="threads per worker process (default $API_THREADS or 32; each open events stream holds one)",
+        default=os.environ.get("API_CONNECTIONS", "10000"),
+        help="open connections per worker process, event streams and idle ones included "
+        "(default $API_CONNECTIONS or 10000)",
     )
     serve.set_defaults(server=cmd_serve)
 

@@ -3,8 +3,8 @@
 #   run:   Debian packages docker.io, redis-server, python3-venv (and nodejs + npm for the routing
 #          proxy unless PROXY=off), the virtualenv from the runtime lock (requirements.txt) and
 #          configurable-http-proxy in .state/chp. `make run` starts Redis and dockerd itself.
-#   test:  also busybox-static, openssl, iproute2, util-linux, chromium, docker-compose, debootstrap;
-#          the test tools (requirements-dev.txt); a running Docker engine.
+#   test:  also busybox-static, openssl, iproute2, util-linux, chromium, docker-compose, debootstrap,
+#          btrfs-progs; the test tools (requirements-dev.txt); a running Docker engine.
 #   bench: test, plus the benchmark tools (requirements-bench.txt).
 # The virtualenv is $VENV (default .venv). Lock files are reinstalled only when their content
 # changes (a hash in the venv), so a fresh clone and a long-lived checkout behave the same.
@@ -48,6 +48,8 @@ if [ "$mode" != run ]; then
   command -v git >/dev/null 2>&1 || missing+=(git)
   # The real Jupyter Notebook test image is built from Debian packages (tests/jupyter_image.py).
   command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
+  # The disk limit is proved on an engine whose data-root is btrfs on a loop file (tests/quota_engine.py).
+  command -v mkfs.btrfs >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.btrfs ] || missing+=(btrfs-progs)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

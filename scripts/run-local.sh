@@ -41,6 +41,9 @@ secret_file() {  # NAME FILE [GENERATE]
 
 # -- supervisord's configuration ---------------------------------------------------------------
 conf=$state/supervisord.conf
+# Open files for the processes: up to 65536, as far as this shell's hard limit allows.
+minfds=$(ulimit -Hn)
+if [ "$minfds" = unlimited ] || [ "$minfds" -gt 65536 ]; then minfds=65536; fi
 # Values in supervisord's configuration: '%' is its interpolation character.
 esc() { printf '%s' "$1" | sed 's/%/%%/g'; }
 quote() { local out="" a; for a in "$@"; do out+="$(printf '%q' "$a") "; done; esc "${out% }"; }
@@ -82,6 +85,8 @@ cat > "$conf" <<EOF
 ; Written by scripts/run-local.sh on each \`make run\`; edits are lost.
 [supervisord]
 nodaemon=true
+; Every open event stream and idle client is a file descriptor of the API's processes.
+minfds=$minfds
 ; In the foreground supervisord logs to the terminal too.
 logfile=$(esc "$state/supervisord.log")
 loglevel=info
@@ -166,9 +171,17 @@ case "$(echo "$AUTH" | tr '[:upper:]' '[:lower:]')" in
     secret_key=$(secret_file SECRET_KEY secret-key)
     [ -z "$secret_key" ] || api_env+=" SECRET_KEY_FILE=$secret_key" ;;
 esac
-flower_env=""
-flower_auth=$(secret_file FLOWER_BASIC_AUTH flower-auth)
-[ -z "$flower_auth" ] || flower_env="FLOWER_BASIC_AUTH_FILE=$flower_auth"
+# Flower always asks for a password: FLOWER_BASIC_AUTH, or one made once and kept.
+if [ -n "${FLOWER_BASIC_AUTH:-}" ] || [ -n "${FLOWER_BASIC_AUTH_FILE:-}" ]; then
+  flower_auth=$(secret_file FLOWER_BASIC_AUTH flower-auth)
+else
+  flower_auth=$state/flower-auth
+  if [ ! -s "$flower_auth" ]; then
+    (umask 077 && "$venv/bin/python" -c "import secrets; print('admin:' + secrets.token_urlsafe(18))" > "$flower_auth")
+  fi
+  say "Flower's user and password (user:password) are in $flower_auth"
+fi
+flower_env="FLOWER_BASIC_AUTH_FILE=$flower_auth"
 # From here on no process inherits a secret: each gets the file it needs (above).
 unset ADMIN_TOKEN ADMIN_TOKEN_FILE SECRET_KEY SECRET_KEY_FILE PROXY_AUTH_TOKEN PROXY_AUTH_TOKEN_FILE \
   FLOWER_BASIC_AUTH FLOWER_BASIC_AUTH_FILE

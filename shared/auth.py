@@ -1,40 +1,76 @@
-"""API tokens: the admin's (a setting) and per-user ones (created and revoked by the admin), in Redis.
+"""API tokens and /manage sessions, in Redis: the admin's token (a setting), per-user tokens
+(created and revoked by the admin) and the sessions a sign-in on /manage starts.
 
 A user token is 32 random bytes (``secrets.token_urlsafe(32)``), shown once when it is created.
-Redis holds only its SHA-256, so a copy of the database gives nobody a usable token. Layout
-(under the instance's key prefix, beside the notebook records):
+A session's cookie holds only another 32 random bytes, the session's secret. Redis holds only the
+SHA-256 of each (a session's digest is its id), so a copy of the database gives nobody a usable
+token or session. Layout (under the instance's key prefix, beside the notebook records):
 
 - ``token:<id>``           hash: ``id``, ``user``, ``created`` (RFC 3339), ``sha256`` of the secret
 - ``tokenhash:<sha256>``   the id of the token with that digest (the lookup by secret)
 - ``idx:tokens``           sorted set of ids scored by creation time (newest-first listing)
-- ``session-secret``       the generated key that signs /manage's session cookies when no
-                           SECRET_KEY is set (shared by every API process)
+- ``session:<id>``         hash: who signed in (``role``, ``user``, ``token_id``; ``admin_key`` for
+                           the admin), the session's ``csrf`` token, ``created`` and ``expires``;
+                           the key expires with the session (:data:`SESSION_LIFETIME`)
+- ``token-sessions:<id>``  set: the ids of the sessions signed in with that user token
+- ``session-secret``       the generated key that keys the sign-in form's CSRF token and the admin
+                           sessions' ``admin_key`` when no SECRET_KEY is set (shared by every API process)
+- channel ``control``      :func:`revoked_message` whenever credentials end, for whatever they
+                           opened (the event streams, ``api/hub.py``)
 
-A revoked token is deleted with its lookup key in one transaction: the next request with it
-fails. The admin token is compared in constant time (digests of both sides, so not even the
-length leaks); a user token is found by its digest, which an attacker cannot steer.
+A revoked token is deleted with its lookup key, its sessions and their index in one script, which
+also publishes the control message: the next request with any of them fails. A session is made only
+while its token is live (the same script checks), so none outlives a revocation that raced it.
+The admin token is compared in constant time (digests of both sides, so not even the length
+leaks); a user token or session is found by its digest, which an attacker cannot steer.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis
 
 from shared.errors import NotFound
-from shared.record import now_rfc3339
+from shared.record import now_rfc3339, rfc3339
 from shared.store import _store_errors
 
 ADMIN = "admin"
 USER = "user"
 
-#: Longest bearer token looked up at all (user tokens are 43 characters).
+#: Longest bearer token or session cookie looked up at all (both are 43 characters).
 MAX_TOKEN_LENGTH = 512
+#: Seconds a /manage session lives from its sign-in (12 hours), however much it is used.
+SESSION_LIFETIME = 12 * 3600
+#: The ``event`` of the control message that ends what some credentials opened.
+REVOKED = "revoked"
+
+
+def token_key(prefix: str, token_id: str) -> str:
+    """The hash of a user token (sessions check it is there when they start)."""
+    return f"{prefix}token:{token_id}"
+
+
+def control_channel(prefix: str) -> str:
+    """The channel :func:`revoked_message` is published on (``<prefix>control``)."""
+    return f"{prefix}control"
+
+
+def revoked_message(token_id: str = "", session_id: str = "") -> str:
+    """The control message for ended credentials: ``{"event": "revoked", "token_id", "session_id"}``.
+
+    ``token_id``: a revoked user token ("" if none): whatever it opened ends, through a Bearer
+    header or any session signed in with it. ``session_id``: one ended session (signed out, or
+    the admin's after ADMIN_TOKEN changed; "" if none). They are the ids a request's caller
+    carries (``api/auth.py`` ``Caller.token_id`` / ``Caller.session_id``).
+    """
+    return json.dumps({"event": REVOKED, "token_id": token_id, "session_id": session_id})
 
 
 def digest(secret: str) -> str:
@@ -46,6 +82,37 @@ def is_admin_token(presented: str, admin_token: str) -> bool:
     if not admin_token:
         return False
     return hmac.compare_digest(digest(presented), digest(admin_token))
+
+
+# KEYS: token:<id>, idx:tokens, token-sessions:<id>
+# ARGV: token id, the lookup keys' prefix, the session keys' prefix, control channel, control message
+# Returns 0 when the token is already gone, else 1.
+_REVOKE = """
+local sha = redis.call('HGET', KEYS[1], 'sha256')
+if not sha then return 0 end
+redis.call('DEL', KEYS[1], ARGV[2] .. sha)
+redis.call('ZREM', KEYS[2], ARGV[1])
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  redis.call('DEL', ARGV[3] .. id)
+end
+redis.call('DEL', KEYS[3])
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+return 1
+"""
+
+# KEYS: session:<id>, and for a user token also token:<id> and token-sessions:<id>
+# ARGV: seconds to live, session id, then the session's fields and values
+# Returns 0 (and writes nothing) when the token is gone, else 1.
+_CREATE_SESSION = """
+if #KEYS > 1 then
+  if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+  redis.call('SADD', KEYS[3], ARGV[2])
+  redis.call('EXPIRE', KEYS[3], ARGV[1])
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
 
 
 @dataclass(frozen=True)
@@ -65,14 +132,17 @@ class Token:
 
 
 class Tokens:
-    """Per-user API tokens in Redis. Takes the store's client and key prefix."""
+    """Per-user API tokens in Redis. Takes the store's client and key prefix; ``sessions`` are the
+    /manage sessions under the same prefix (a revocation ends those signed in with the token)."""
 
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self.redis = client
         self.prefix = prefix
+        self.sessions = Sessions(client, prefix)
+        self._revoke = client.register_script(_REVOKE)
 
     def _key(self, token_id: str) -> str:
-        return f"{self.prefix}token:{token_id}"
+        return token_key(self.prefix, token_id)
 
     def _hash_key(self, sha: str) -> str:
         return f"{self.prefix}tokenhash:{sha}"
@@ -120,24 +190,112 @@ class Tokens:
 
     @_store_errors
     def revoke(self, token_id: str) -> Token:
-        """Delete the token and its lookup key together; raises NotFound for an unknown id."""
+        """Delete the token, its lookup key and every session signed in with it, and publish
+        :func:`revoked_message` for it, in one step; raises NotFound for an unknown id."""
         key = self._key(token_id)
         data = self.redis.hgetall(key)
         if not data:
             raise NotFound(f"no token with id {token_id!r}")
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(key)
-        pipe.delete(self._hash_key(str(data.get("sha256", ""))))
-        pipe.zrem(self._index, token_id)
-        pipe.execute()
+        revoked = self._revoke(
+            keys=[key, self._index, self.sessions.index_key(token_id)],
+            args=[
+                token_id,
+                self._hash_key(""),
+                self.sessions.key(""),
+                control_channel(self.prefix),
+                revoked_message(token_id=token_id),
+            ],
+        )
+        if not revoked:  # revoked by someone else in between
+            raise NotFound(f"no token with id {token_id!r}")
         return Token.from_hash(data)
 
+
+@dataclass(frozen=True)
+class Session:
+    """A /manage session as Redis keeps it: never the cookie's secret, only its digest (``id``)."""
+
+    id: str  # SHA-256 of the cookie's secret: names the session in Redis and in control messages
+    role: str  # ADMIN or USER
+    user: str  # "" for the admin
+    token_id: str  # the user token signed in with; "" for the admin
+    admin_key: str  # the admin's: which ADMIN_TOKEN signed in (a keyed digest, api/auth.py); "" else
+    csrf: str  # the token every request through the session must carry
+    created: str
+    expires: str
+
+    @classmethod
+    def from_hash(cls, data: dict[Any, Any]) -> Session:
+        return cls(**{name: str(data.get(name, "")) for name in cls.__dataclass_fields__})
+
+
+class Sessions:
+    """/manage sessions in Redis (keys under ``prefix``), each living ``lifetime`` seconds from its sign-in."""
+
+    def __init__(self, client: redis.Redis, prefix: str, lifetime: int = SESSION_LIFETIME) -> None:
+        self.redis = client
+        self.prefix = prefix
+        self.lifetime = lifetime
+        self._create = client.register_script(_CREATE_SESSION)
+
+    def key(self, session_id: str) -> str:
+        return f"{self.prefix}session:{session_id}"
+
+    def index_key(self, token_id: str) -> str:
+        return f"{self.prefix}token-sessions:{token_id}"
+
     @_store_errors
-    def session_secret(self) -> str:
-        """The generated key for session cookies: made once (SET NX), then the same for every process."""
+    def create(
+        self, *, role: str, user: str = "", token_id: str = "", admin_key: str = ""
+    ) -> tuple[Session, str] | None:
+        """A new session: (the session, the secret for its cookie, given out only now), with a new
+        CSRF token; None when ``token_id`` names a token that is gone (revoked meanwhile)."""
+        secret = secrets.token_urlsafe(32)
+        now = time.time()
+        session = Session(
+            id=digest(secret),
+            role=role,
+            user=user,
+            token_id=token_id,
+            admin_key=admin_key,
+            csrf=secrets.token_urlsafe(32),
+            created=rfc3339(now),
+            expires=rfc3339(now + self.lifetime),
+        )
+        keys = [self.key(session.id)]
+        if token_id:
+            keys += [token_key(self.prefix, token_id), self.index_key(token_id)]
+        fields = [item for pair in asdict(session).items() for item in pair]
+        if not self._create(keys=keys, args=[self.lifetime, session.id, *fields]):
+            return None
+        return session, secret
+
+    @_store_errors
+    def get(self, secret: str) -> Session | None:
+        """The live session whose cookie holds ``secret``; None for an unknown, ended or expired one."""
+        if not secret or len(secret) > MAX_TOKEN_LENGTH:
+            return None
+        data = self.redis.hgetall(self.key(digest(secret)))
+        return Session.from_hash(data) if data else None
+
+    @_store_errors
+    def end(self, session: Session) -> None:
+        """Delete the session and publish :func:`revoked_message` for it, in one transaction; ending
+        an ended session publishes again, harmlessly. The message names the session only: its token
+        stays live, and so do its other sessions and its Bearer streams."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(self.key(session.id))
+        if session.token_id:
+            pipe.srem(self.index_key(session.token_id), session.id)
+        pipe.publish(control_channel(self.prefix), revoked_message(session_id=session.id))
+        pipe.execute()
+
+    @_store_errors
+    def generated_key(self) -> str:
+        """The generated signing key: made once (SET NX), then the same for every process."""
         key = f"{self.prefix}session-secret"
         self.redis.set(key, secrets.token_urlsafe(48), nx=True)
         value = self.redis.get(key)
         if not value:  # deleted between the two calls: make it again
-            return self.session_secret()
+            return self.generated_key()
         return str(value)

@@ -118,3 +118,9 @@ class QuotaExceeded(SwarmManagerError):
         super().__init__(message)
         self.retry_after = max(1, int(retry_after))
         self.limit = limit  # which limit: "total", "user" or "rate"
+
+
+class TooManyStreams(QuotaExceeded):
+    """The caller has as many event streams open as STREAMS_PER_USER / STREAMS_PER_ADDRESS allow; HTTP 429."""
+
+    code = "too_many_streams"

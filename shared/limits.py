@@ -3,9 +3,9 @@
 Image allowlist (``ALLOWED_IMAGES``)
 ------------------------------------
 A comma-separated list of glob patterns (``fnmatch``: ``*``, ``?``, ``[...]``). A spawn's image is
-allowed when one pattern matches it; ``*`` (the default) allows everything. Both the reference
-and each pattern are first brought to the engine's canonical form, so different spellings of one
-image cannot slip past a pattern (or be refused by it):
+allowed when one pattern matches it; ``*`` (the default) allows every image name (an image ID
+only as below). Both the reference and each pattern are first brought to the engine's canonical
+form, so different spellings of one image cannot slip past a pattern (or be refused by it):
 
 - a name whose first component is not a registry host (no ``.`` or ``:`` in it, and not
   ``localhost``) is on Docker Hub: ``jupyter/base`` is ``docker.io/jupyter/base``;
@@ -33,6 +33,14 @@ A ``*`` in the name part matches across ``/`` (``jupyter/*`` includes ``jupyter/
 across the tag or digest separator. References that are not valid (upper case, ``..``) are
 refused as bad input before the allowlist is consulted.
 
+Image IDs: a bare all-hex name (``044a0057ae76``) is the valid reference
+``docker.io/library/044a0057ae76:latest``, but an engine with no image of that name reads the
+string as an image ID prefix, and ``sha256:<hex>`` as an ID: it would run whatever image that
+is, past any pattern that admits the name (``library/*``, ``*/*``, ``*``). Such a reference is
+allowed only by a pattern that names that exact reference (no glob), and even then the workers
+give the engine the canonical name (:func:`canonical`), never the string as written, so the
+engine never reads it as an ID.
+
 Quotas (``MAX_NOTEBOOKS``, ``MAX_NOTEBOOKS_PER_USER``, ``SPAWN_RATE``)
 ------------------------------------------------------------------
 Checked and recorded in the same Lua script that creates the record (or claims a warm-pool
@@ -55,6 +63,9 @@ _HUB_ALIASES = frozenset({"docker.io", "index.docker.io"})
 _GLOB = re.compile(r"[*?\[]")
 # What a pattern may contain: the reference grammar's characters plus the glob ones.
 _PATTERN_CHARS = re.compile(r"^[A-Za-z0-9._:/@*?\[\]!+-]+$")
+# What the engine may read as an image ID rather than a name (see the module doc): any length, as
+# the engine takes a prefix; either case, as refusing one more spelling costs nothing.
+_IMAGE_ID = re.compile(r"(?:sha256:)?[0-9a-fA-F]+", re.ASCII)
 
 #: Statuses in which a notebook takes a quota slot. A kill frees the slot at once (DELETING),
 #: even though removing the container takes a moment longer.
@@ -110,6 +121,21 @@ def normalize(image: str) -> ImageRef:
     return ImageRef(_canonical_name(match.group("name")), tag, digest)
 
 
+def canonical(image: str) -> str:
+    """The reference to give the engine for a *valid* ``image``: the canonical form the allowlist
+    checked (``python`` -> ``docker.io/library/python:latest``). Raises ValueError.
+
+    The engine reads these exactly as it reads the short forms, except that it never takes one
+    for an image ID.
+    """
+    return str(normalize(image))
+
+
+def looks_like_id(image: str) -> bool:
+    """Whether the engine could read ``image`` as an image ID (a bare hex name, ``sha256:<hex>``)."""
+    return bool(_IMAGE_ID.fullmatch(image.strip()))
+
+
 def parse_pattern(pattern: str) -> ImageRef:
     """A pattern in canonical form: tag/digest None mean "any" (see the module doc)."""
     value = pattern.strip()
@@ -144,6 +170,8 @@ class Allowlist:
     def __init__(self, patterns: tuple[str, ...] = ("*",)) -> None:
         self.patterns = tuple(patterns)
         self._parsed = [parse_pattern(p) for p in self.patterns]
+        # The patterns that are references as they stand (no glob): the only ones that can name an ID.
+        self._exact = {normalize(p) for p in self.patterns if IMAGE_RE.fullmatch(p.strip())}
 
     @property
     def allows_everything(self) -> bool:
@@ -155,11 +183,18 @@ class Allowlist:
             ref = normalize(image)
         except ValueError:
             return False
+        if looks_like_id(image):
+            return ref in self._exact
         return any(matches(ref, p) for p in self._parsed)
 
     def check(self, image: str) -> None:
         """Raise ImageNotAllowed, with the reason, unless ``image`` is allowed."""
         if not self.allows(image):
+            if looks_like_id(image):
+                raise ImageNotAllowed(
+                    f"image {image[:80]!r} looks like an image ID, and image IDs are not allowed unless a pattern "
+                    "in ALLOWED_IMAGES names that exact reference: give the image's name and tag, or name@sha256:..."
+                )
             shown = ", ".join(self.patterns) if len(self.patterns) <= 8 else ", ".join(self.patterns[:8]) + ", ..."
             canonical = ""
             with contextlib.suppress(ValueError):

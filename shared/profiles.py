@@ -23,7 +23,6 @@ reported at once, naming the file, the profile and the field.
 from __future__ import annotations
 
 import difflib
-import fnmatch
 import math
 import re
 import shlex
@@ -34,6 +33,9 @@ from typing import Any
 import yaml
 
 from shared.errors import ConfigError, InvalidInput
+from shared.limits import ImageRef, normalize, parse_pattern
+from shared.limits import matches as image_matches
+from shared.validation import DECIMAL, parse_decimal
 
 KIB = 1024
 #: The engine refuses smaller memory limits ("Minimum memory limit allowed is 6MB").
@@ -44,7 +46,7 @@ MIN_CPUS = 0.01
 MAX_CPUS = 4096.0
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?$", re.IGNORECASE)
+_SIZE = re.compile(rf"^({DECIMAL})\s*([kmgt]?)(?:i?b)?$", re.IGNORECASE | re.ASCII)
 _UNITS = {"": 1, "k": KIB, "m": KIB**2, "g": KIB**3, "t": KIB**4}
 # A Swarm placement constraint: <attribute> ==|!= <value>, e.g. node.labels.gpu==true.
 _CONSTRAINT = re.compile(r"^\s*[A-Za-z0-9_.\-]+\s*(==|!=)\s*\S+\s*$")
@@ -98,7 +100,7 @@ def parse_cpus(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ValueError(f"expected a number of cores such as 0.5 or 2, got {type(value).__name__} {value!r}")
     try:
-        cpus = float(value)
+        cpus = parse_decimal(value.strip()) if isinstance(value, str) else float(value)
     except ValueError:
         raise ValueError(f"not a number of cores: {value!r}") from None
     if not math.isfinite(cpus) or not MIN_CPUS <= cpus <= MAX_CPUS:
@@ -120,7 +122,8 @@ class Profile:
     """One profile; ``None``/empty fields leave the settings' defaults (NOTEBOOK_PORT, the image's CMD)."""
 
     name: str
-    images: tuple[str, ...] = ()  # fnmatch globs on the spawn's image reference; empty: only by name
+    # Image patterns, read as ALLOWED_IMAGES reads them (shared/limits.py); empty: only by name.
+    images: tuple[str, ...] = ()
     port: int | None = None
     command: tuple[str, ...] | None = None
     environment: Mapping[str, str] = field(default_factory=dict)
@@ -136,9 +139,20 @@ class Profile:
     token: bool = True
     token_env: str = ""
     token_arg: str = ""
+    _patterns: tuple[ImageRef, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_patterns", tuple(parse_pattern(p) for p in self.images))
 
     def matches(self, image: str) -> bool:
-        return any(fnmatch.fnmatchcase(image, pattern) for pattern in self.images)
+        """Whether a pattern matches ``image``, both in the canonical form the allowlist compares
+        (``docker.io/x/nb:1`` and ``index.docker.io/x/nb:1`` are ``x/nb:1``): no other spelling
+        of an image escapes its profile. An invalid reference matches nothing."""
+        try:
+            ref = normalize(image)
+        except ValueError:
+            return False
+        return any(image_matches(ref, pattern) for pattern in self._patterns)
 
     def requested(self, mem_limit: object = None, cpu_limit: object = None) -> Limits:
         """The limits a spawn asks for, checked against this profile; raises InvalidInput."""
@@ -412,6 +426,8 @@ def _patterns(value: object) -> tuple[str, ...]:
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
         raise ValueError(f"expected a list of image patterns (globs such as 'jupyter/*'), got {value!r}")
+    for pattern in value:
+        parse_pattern(pattern)  # ValueError: "not an image pattern: ..."
     return tuple(v.strip() for v in value)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from shared.errors import ConfigError
 from shared.limits import Allowlist, parse_allowed_images
 from shared.profiles import load_profiles, parse_cpus, parse_size
+from shared.validation import parse_decimal, parse_whole
 
 _DNS_NAME = re.compile(r"^(?=.{1,200}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
@@ -24,7 +25,7 @@ _SLUG = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 def _int(lo: int, hi: int) -> Callable[[str], int]:
     def parse(raw: str) -> int:
         try:
-            value = int(raw)
+            value = parse_whole(raw.strip())  # ASCII digits only (shared/validation.py says why)
         except ValueError:
             raise ValueError(f"expected a whole number, got {raw!r}") from None
         if not lo <= value <= hi:
@@ -37,7 +38,7 @@ def _int(lo: int, hi: int) -> Callable[[str], int]:
 def _float(lo: float, hi: float) -> Callable[[str], float]:
     def parse(raw: str) -> float:
         try:
-            value = float(raw)
+            value = parse_decimal(raw.strip())  # ASCII digits only (shared/validation.py says why)
         except ValueError:
             raise ValueError(f"expected a number, got {raw!r}") from None
         if not lo <= value <= hi:
@@ -85,10 +86,14 @@ def _pool(raw: str) -> tuple[tuple[str, int], ...]:
     sizes: dict[str, int] = {}
     for part in filter(None, (p.strip() for p in raw.split(","))):
         image, sep, count = part.rpartition("=")
-        if not sep or not (count.isascii() and count.isdigit()) or not 1 <= int(count) <= 100:
+        try:
+            size = parse_whole(count.strip())
+        except ValueError:
+            size = 0
+        if not sep or not 1 <= size <= 100:
             raise ValueError(f"expected image=count with a count from 1 to 100, got {part!r}")
         try:
-            sizes[validate_image(image)] = int(count)
+            sizes[validate_image(image)] = size
         except Exception as exc:
             raise ValueError(f"{part!r}: {exc}") from None
     return tuple(sizes.items())
@@ -196,6 +201,21 @@ def _capabilities(raw: str) -> tuple[str, ...]:
 def _optional_size(raw: str) -> int | None:
     value = raw.strip()
     return None if value in ("", "0") else parse_size(value)
+
+
+#: A size as Docker's json-file ``--log-opt max-size`` reads it (k, m, g are powers of 1000).
+_LOG_SIZE = re.compile(r"^[0-9]+(\.[0-9]+)?[kmg]?$")
+_LOG_UNITS = {"k": 1e3, "m": 1e6, "g": 1e9}
+
+
+def _log_size(raw: str) -> str:
+    """``10m``: passed to the engine as the log's ``max-size``; empty (or 0) for the engine's own log settings."""
+    value = raw.strip().lower()
+    if value in ("", "0"):
+        return ""
+    if not _LOG_SIZE.match(value) or float(value.rstrip("kmg")) * _LOG_UNITS.get(value[-1:], 1) < 1:
+        raise ValueError(f"expected a size such as 10m (a number with k, m or g), got {raw!r}")
+    return value
 
 
 def _optional_cpus(raw: str) -> float | None:
@@ -322,6 +342,26 @@ class Settings:
     worker_concurrency: int = setting(
         "WORKER_CONCURRENCY", "64", _int(1, 1000), "Tasks one worker process runs at once (threads; they mostly wait)."
     )
+    streams_per_user: int = setting(
+        "STREAMS_PER_USER",
+        "20",
+        _int(0, 1_000_000),
+        "Most event streams (/events, /container/<h>/events) one signed-in caller (a user, or the admin) may "
+        "hold open at once, across every API process (0: no limit); one more is 429 with Retry-After.",
+    )
+    streams_per_address: int = setting(
+        "STREAMS_PER_ADDRESS",
+        "50",
+        _int(0, 1_000_000),
+        "The same for callers nobody signed in (AUTH=off), counted per client address (0: no limit).",
+    )
+    trusted_proxy_hops: int = setting(
+        "TRUSTED_PROXY_HOPS",
+        "0",
+        _int(0, 10),
+        "How many reverse proxies in front of the API to trust for the client's address and scheme "
+        "(X-Forwarded-For, X-Forwarded-Proto); 0: take the connection's own address.",
+    )
     max_body: int = setting(
         "MAX_BODY", "16384", _int(256, 10_000_000), "Largest request body the API accepts, in bytes."
     )
@@ -396,8 +436,9 @@ class Settings:
         "SECRET_KEY",
         "",
         _secret,
-        "Signs /manage's session cookies (at least 16 characters). Empty: one is generated "
-        "once and kept in Redis, shared by every API process. Or SECRET_KEY_FILE, a file holding it.",
+        "Keys the /manage sign-in form's CSRF token and the admin's sessions (at least 16 characters; "
+        "changing it signs the admin out). Empty: one is generated once and kept in Redis, shared by "
+        "every API process. Or SECRET_KEY_FILE, a file holding it.",
         secret=True,
     )
     session_cookie_secure: bool = setting(
@@ -470,6 +511,37 @@ class Settings:
         "Linux capabilities notebooks keep; every other one is dropped. The default lets an image that "
         "starts as root switch to its notebook user; empty: none (enough for images that run as a user).",
     )
+    notebook_isolation: bool = setting(
+        "NOTEBOOK_ISOLATION",
+        "on",
+        _bool,
+        "on: notebooks cannot reach each other. Without NOTEBOOK_NETWORK they join the bridge network "
+        "<INSTANCE>-notebooks, which the worker creates with traffic between its containers off (the worker "
+        "and proxies reach them through PUBLISH_IP, or by address from the engine host); a NOTEBOOK_NETWORK "
+        "that lets containers talk is used as named, with a WARNING. off: the engine's default bridge.",
+    )
+    notebook_log_max_size: str = setting(
+        "NOTEBOOK_LOG_MAX_SIZE",
+        "10m",
+        _log_size,
+        "Largest file of a notebook's output log (json-file log driver, max-size: k, m, g in powers of 1000, "
+        "as Docker reads it); the engine keeps NOTEBOOK_LOG_MAX_FILES of them. Empty: the engine's own log "
+        "driver and options (its daemon.json) apply.",
+    )
+    notebook_log_max_files: int = setting(
+        "NOTEBOOK_LOG_MAX_FILES",
+        "3",
+        _int(1, 100),
+        "How many log files of NOTEBOOK_LOG_MAX_SIZE a notebook's output may fill (max-file); older output is dropped.",
+    )
+    notebook_disk_limit: int | None = setting(
+        "NOTEBOOK_DISK_LIMIT",
+        "",
+        _optional_size,
+        "Most a notebook may write to its container's own filesystem (its writable layer, e.g. 10g). Only "
+        "plain containers on storage that can limit it (overlay2 on xfs mounted with pquota, btrfs, zfs, "
+        "devicemapper); elsewhere, and on Swarm services, a spawn fails at once saying so. Empty: no limit.",
+    )
     log_level: str = setting(
         "LOG_LEVEL",
         "INFO",
@@ -515,6 +587,11 @@ class Settings:
             problems.append("READY_THROUGH_PROXY needs PROXY_API_URL and PROXY_PUBLIC_URL")
         if self.notebook_network.lower() == "host" or self.notebook_network.startswith("container:"):
             problems.append(f"NOTEBOOK_NETWORK: {self.notebook_network!r} would share a namespace; name a network")
+        if self.notebook_disk_limit and self.engine_backend == "services":
+            problems.append(
+                "NOTEBOOK_DISK_LIMIT: Swarm services have no writable-layer size limit (set storage-opts in each "
+                "node's daemon.json instead) and ENGINE_BACKEND is services"
+            )
         allowlist = Allowlist(self.allowed_images)
         for image, _ in self.pool:
             if not allowlist.allows(image):

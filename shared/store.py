@@ -280,6 +280,11 @@ def _store_errors_iter(fn: Callable[P, Iterator[R]]) -> Callable[P, Iterator[R]]
     return wrapper
 
 
+#: Redis connections one process keeps at most, and seconds a command waits for one of them.
+POOL_SIZE = 100
+POOL_WAIT = 5.0
+
+
 def connect(url: str, patience: float = 0.0) -> redis.Redis:
     """A Redis client with bounded timeouts and retries.
 
@@ -288,8 +293,12 @@ def connect(url: str, patience: float = 0.0) -> redis.Redis:
     Every write here is safe to retry: a move to the status a record already has is a no-op.
     """
     retries = max(1, int(patience / 0.5)) if patience > 0 else 1
-    return redis.Redis.from_url(
+    # A blocking pool: when every connection is busy (hundreds of the API's greenlets at once), a
+    # command waits its turn for up to POOL_WAIT seconds instead of failing "Too many connections".
+    pool = redis.BlockingConnectionPool.from_url(
         url,
+        max_connections=POOL_SIZE,
+        timeout=POOL_WAIT,
         decode_responses=True,
         socket_connect_timeout=2,
         socket_timeout=10,
@@ -297,6 +306,9 @@ def connect(url: str, patience: float = 0.0) -> redis.Redis:
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError],
     )
+    client = redis.Redis(connection_pool=pool)
+    client.auto_close_connection_pool = True
+    return client
 
 
 def new_hostname() -> str:
@@ -312,6 +324,7 @@ class Event:
     record: Notebook | None = None  # the record as written, for a record event
     stage: str = ""  # for a progress event: what the worker is doing now, e.g. "creating"
     message: str = ""  # for a progress event: the same in words, for people
+    user: str = ""  # whose notebook it is: the record's user, or the progress event's ("" unknown)
 
 
 def parse_event(raw: str) -> Event | None:
@@ -325,9 +338,15 @@ def parse_event(raw: str) -> Event | None:
     if "event" in data:
         if data["event"] != PROGRESS_EVENT:
             return None
-        return Event(data["hostname"], stage=str(data.get("stage", "")), message=str(data.get("message", "")))
+        return Event(
+            data["hostname"],
+            stage=str(data.get("stage", "")),
+            message=str(data.get("message", "")),
+            user=str(data.get("user", "")),
+        )
     try:
-        return Event(data["hostname"], record=Notebook.from_hash({k: str(v) for k, v in data.items()}))
+        record = Notebook.from_hash({k: str(v) for k, v in data.items()})
+        return Event(data["hostname"], record=record, user=record.user)
     except (TypeError, ValueError):
         return None  # not a record this version understands
 
@@ -396,14 +415,22 @@ class Store:
         return [f"{self.prefix}live:all", f"{self.prefix}live:user:{user}", f"{self.prefix}rate:{user}"]
 
     # -- events -------------------------------------------------------------
-    def progress(self, hostname: str, stage: str, message: str) -> bool:
-        """Publish a progress event for ``hostname`` on the events channel; nothing is stored.
+    def progress(self, hostname: str, stage: str, message: str, user: str = "") -> bool:
+        """Publish a progress event for ``hostname`` (owned by ``user``) on the events channel;
+        nothing is stored. The owner lets a listener route it without reading the record.
 
         Best effort: progress is for people watching, so a Redis failure is logged and
         reported as False, never raised into the step that reports it.
         """
         payload = json.dumps(
-            {"event": PROGRESS_EVENT, "hostname": hostname, "stage": stage, "message": message, "at": now_rfc3339()}
+            {
+                "event": PROGRESS_EVENT,
+                "hostname": hostname,
+                "user": user,
+                "stage": stage,
+                "message": message,
+                "at": now_rfc3339(),
+            }
         )
         try:
             self.redis.publish(self.events_channel, payload)

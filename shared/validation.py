@@ -29,6 +29,29 @@ NAME_TOTAL_LENGTH_MAX = 255  # the engine's own limit on the name part
 # They end up in Docker labels, Redis keys and log lines, so keep them to a safe printable set.
 USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$", re.ASCII)
 
+# Numbers from requests, settings and PROFILES_FILE: plain ASCII decimals. int() and float() (and
+# ``\d``) also read other scripts' digits (512 in Arabic-Indic digits is 512), "1_000", "1e3",
+# "inf" and surrounding whitespace: nobody needs those to write a limit, and each is one more
+# spelling that a check, a log line or a person reading a record would take for something else.
+DECIMAL = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+_WHOLE_RE = re.compile(r"[0-9]+")
+_DECIMAL_RE = re.compile(DECIMAL)
+
+
+def parse_whole(text: str) -> int:
+    """``text`` (ASCII digits, nothing else) as an int; raises ValueError, as ``int()`` does."""
+    if not _WHOLE_RE.fullmatch(text):
+        raise ValueError(f"not a whole number: {text[:40]!r}")
+    return int(text)
+
+
+def parse_decimal(text: str) -> float:
+    """``text`` (ASCII digits with at most one ``.``) as a float; raises ValueError, as ``float()`` does."""
+    if not _DECIMAL_RE.fullmatch(text):
+        raise ValueError(f"not a number: {text[:40]!r}")
+    return float(text)
+
+
 HOSTNAME_LENGTH = 12
 HOSTNAME_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 HOSTNAME_RE = re.compile(rf"^[0-9a-z]{{{HOSTNAME_LENGTH}}}$", re.ASCII)

@@ -25,6 +25,7 @@ from shared.settings import Settings
 from shared.status import SETTLED, Status
 from shared.store import Store, connect
 from tests.support import (
+    LABEL_INSTANCE,
     RedisServer,
     WorkerProcess,
     build_images,
@@ -33,6 +34,7 @@ from tests.support import (
     unique_instance,
     wait_for,
 )
+from worker.hardening import isolated_network_options
 
 # The second (mutual-TLS) engine in a network namespace, shared by the TLS and fault tests;
 # the real Jupyter Notebook image (built once per machine), for the tests where a real server matters.
@@ -97,6 +99,7 @@ class Stack:
     docker: docker.DockerClient
     worker: WorkerProcess | None = None
     created: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # the settings' environment (for processes of its own)
 
     def spawn(self, image: str, user: str = "alice") -> str:
         response = self.http.post("/spawn", data={"image": image, "user": user})
@@ -140,10 +143,34 @@ class Stack:
 
 
 @pytest.fixture(scope="session")
+def notebook_network(docker_client: docker.DockerClient) -> Iterator[str]:
+    """One isolated bridge, made as the worker makes its own, shared by the session's stacks.
+
+    With NOTEBOOK_ISOLATION on (the default) each INSTANCE's worker makes ``<INSTANCE>-notebooks``,
+    and a session's few dozen stacks (each kept to the end of the session) would use up the
+    engine's default address pools (about 30 bridge networks), failing this run and any other
+    on the engine. The stacks of the plain-containers backend on this engine get this one as
+    NOTEBOOK_NETWORK instead; the tests of the worker's own network pass NOTEBOOK_NETWORK="".
+    """
+    instance = unique_instance("nb")
+    name = f"{instance}-notebooks"
+    docker_client.api.create_network(
+        name,
+        driver="bridge",
+        options=isolated_network_options(),
+        labels={LABEL_INSTANCE: instance},
+        check_duplicate=True,
+    )
+    yield name
+    cleanup_engine(docker_client, instance)
+
+
+@pytest.fixture(scope="session")
 def stack_factory(
     redis_server: RedisServer,
     docker_client: docker.DockerClient,
     images: dict[str, str],
+    notebook_network: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Any]:
     """Make a Stack with its own instance name (keys, queue and labels) and worker settings."""
@@ -151,10 +178,19 @@ def stack_factory(
 
     def make(tag: str, *, worker: bool = True, **env_overrides: Any) -> Stack:
         env = base_env(redis_server.url, unique_instance(tag), **env_overrides)
+        # The session's network (see notebook_network) only exists on this engine, and Swarm
+        # services cannot join a local bridge.
+        if env["ENGINE_BACKEND"] == "containers" and not env["DOCKER_HOST"] and "NOTEBOOK_NETWORK" not in env_overrides:
+            env["NOTEBOOK_NETWORK"] = notebook_network
         settings = Settings.from_env(env)
         app = create_app(settings)
         stack = Stack(
-            settings, app, app.test_client(), Store(connect(settings.redis_url), settings.key_prefix), docker_client
+            settings,
+            app,
+            app.test_client(),
+            Store(connect(settings.redis_url), settings.key_prefix),
+            docker_client,
+            env=env,
         )
         made.append(stack)
         if worker:

@@ -225,16 +225,22 @@ class BeatProcess(WorkerProcess):
 
 # -- The API on a real socket ------------------------------------------------------------------
 class ApiServer:
-    """``gunicorn api.wsgi:app`` as `make run` serves it (gthread workers), on a free loopback port."""
+    """The API as `make run` serves it (``swarm-manager serve``'s gunicorn options: gevent
+    workers), on a free loopback port."""
 
     def __init__(
-        self, env: Mapping[str, str], logfile: Path, threads: int = 16, workers: int = 1, access_log: bool = False
+        self,
+        env: Mapping[str, str],
+        logfile: Path,
+        workers: int = 1,
+        access_log: bool = False,
+        options: list[str] | None = None,
     ) -> None:
         self.env = dict(env)
         self.logfile = logfile
-        self.threads = threads
         self.workers = workers
         self.access_log = access_log
+        self.options = options  # gunicorn's options other than --bind; default: swarm-manager serve's
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: Any = None
@@ -246,10 +252,15 @@ class ApiServer:
     def start(self) -> None:
         import requests
 
-        command = [str(VENV_BIN / "gunicorn"), "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers)]
-        command += ["--threads", str(self.threads), "--graceful-timeout", "3"]
-        command += ["--access-logfile", "-"] if self.access_log else []
-        command += ["api.wsgi:app"]
+        from cli.servers import serve_options
+
+        if self.options is not None:
+            options = ["--bind", f"127.0.0.1:{self.port}", *self.options]
+        else:
+            options = serve_options(f"127.0.0.1:{self.port}", self.workers, 10_000)
+            if not self.access_log:  # the options' last two: --access-logfile -
+                options = options[:-2]
+        command = [str(VENV_BIN / "gunicorn"), *options, "--graceful-timeout", "3", "api.wsgi:app"]
 
         def answers() -> bool:
             if self.proc is None or self.proc.poll() is not None:
@@ -322,13 +333,25 @@ IMAGES: dict[str, list[str]] = {
     "silent": ["/bin/sleep", "100000"],
     # Exits at once with code 3.
     "crash": ["/bin/sh", "-c", "echo 'boom: no kernel found' >&2; exit 3"],
+    # Writes 30 MB to its standard output (3750 lines of 8000 bytes), then serves: what a notebook
+    # whose user prints too much does to the engine's log of it (tests/test_hardening.py).
+    "chatty": [
+        "/bin/sh",
+        "-c",
+        'l=$(/bin/busybox head -c 8000 /dev/zero | /bin/busybox tr "\\0" x); /bin/busybox yes "$l" | '
+        "/bin/busybox head -n 3750; echo 'chatty: wrote 30 MB'; exec /bin/httpd -f -p 8888 -h /www",
+    ],
     # Reports activity like a Jupyter server (/api/status with last_activity), to anyone: for the
     # idle-culling tests, with notebook tokens off; with them on the token check fails it.
     "status": ["/bin/httpd", "-f", "-p", "8888", "-h", "/www"],
+    # httpd again, with an ID of its own (its marker file): the image that spawning it by its ID
+    # would run past an allowlist that does not name it (tests/test_image_ids.py).
+    "intruder": ["/bin/httpd", "-f", "-p", "8888", "-h", "/www"],
 }
 #: Files each image serves beside /www/index.html.
 EXTRA_FILES: dict[str, dict[str, bytes]] = {
     "status": {"rootfs/www/api/status": b'{"last_activity": "2026-01-01T00:00:00Z"}\n'},
+    "intruder": {"rootfs/www/intruder.txt": b"not an allowed image\n"},
 }
 
 
@@ -361,12 +384,20 @@ def build_images(client: docker.DockerClient) -> dict[str, str]:
 
 
 def cleanup_engine(client: docker.DockerClient, instance: str) -> list[str]:
-    """Remove every container labelled with ``instance``; return the names removed."""
+    """Remove every container labelled with ``instance``, then its networks (the worker's own
+    ``<instance>-notebooks``, worker/containers.py); return the names removed."""
     removed = []
-    for c in client.containers.list(all=True, filters={"label": f"{LABEL_INSTANCE}={instance}"}):
+    label = {"label": f"{LABEL_INSTANCE}={instance}"}
+    for c in client.containers.list(all=True, filters=label):
         try:
             c.remove(force=True)
             removed.append(c.name)
+        except docker.errors.NotFound:
+            pass
+    for net in client.networks.list(filters=label):
+        try:
+            net.remove()
+            removed.append(str(net.name))
         except docker.errors.NotFound:
             pass
     return removed

@@ -19,6 +19,7 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from api import create_app
+from api.routes import MAX_LIFETIME
 from shared.settings import Settings
 from shared.store import Store, connect
 from tests.conftest import base_env
@@ -627,3 +628,35 @@ def test_healthz_with_real_redis(api: Api) -> None:
     response = api.http.get("/healthz")
     assert response.status_code == 200
     assert response.get_json() == {"status": "ok", "redis": "ok"}
+
+
+@pytest.mark.parametrize("max_age", ["0", "86400"], ids=["no-limit", "default"])
+def test_no_ttl_is_a_server_error(redis_server: RedisServer, max_age: str) -> None:
+    """A ttl of 10^12 s once ended in year 33715 (a 500) with MAX_AGE=0. A ttl is capped by
+    MAX_AGE, and with no MAX_AGE by MAX_LIFETIME (ten years); outside 1..999999999999 it is a 400."""
+    settings = Settings.from_env(base_env(redis_server.url, unique_instance("ttl"), MAX_AGE=max_age))
+    http = create_app(settings).test_client()
+    store = Store(connect(settings.redis_url), settings.key_prefix)
+    cap = settings.max_age or MAX_LIFETIME
+
+    def spawn(**extra: Any) -> TestResponse:
+        return http.post("/spawn", json={"image": "busybox", "user": "alice", **extra})
+
+    try:
+        for ttl in (999_999_999_999, "999999999999", 999_999_999_999.0, MAX_LIFETIME + 1, cap):
+            started = time.time()
+            response = spawn(ttl=ttl)
+            assert response.status_code == 202, (ttl, response.get_data(as_text=True))
+            when = datetime.strptime(response.get_json()["expires_at"], "%Y-%m-%dT%H:%M:%S.%fZ")
+            assert abs(when.replace(tzinfo=UTC).timestamp() - started - cap) < 30, (ttl, when)
+        assert spawn(ttl=60).status_code == 202
+        # No ttl: MAX_AGE, or with MAX_AGE=0 no expiry at all.
+        assert bool(spawn().get_json()["expires_at"]) == (max_age != "0")
+        for bad in (0, -1, 10**12, "1000000000000", 1e300, "1e9", 0.5, "\u0666\u0660"):
+            response = spawn(ttl=bad)
+            assert response.status_code == 400, (bad, response.get_json())
+            assert "from 1 to 999999999999" in response.get_json()["error"]
+    finally:
+        for key in store.redis.scan_iter(match=f"{settings.key_prefix}*", count=1000):
+            store.redis.delete(key)
+        store.redis.close()

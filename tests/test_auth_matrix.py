@@ -250,8 +250,9 @@ def test_a_user_events_stream_carries_only_its_own_notebooks(secured: Secured) -
         assert ready.wait(10), f"the {who} stream did not open"
     # The streams are subscribed: everything from here on is delivered to them (or not).
     theirs, mine = secured.notebook(B), secured.notebook(A)
-    for hostname in (theirs, mine, older_theirs):
-        secured.stack.store.progress(hostname, "creating", f"creating {hostname}")
+    # As a worker reports them: with their owner (the hub routes a user's events by it).
+    for hostname, owner in ((theirs, B), (mine, A), (older_theirs, B)):
+        secured.stack.store.progress(hostname, "creating", f"creating {hostname}", user=owner)
     for thread in threads:
         thread.join(15)
     assert set(seen) == {"A", "admin"}, "a stream did not end by itself (EVENTS_LIFETIME)"

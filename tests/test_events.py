@@ -20,6 +20,7 @@ from api import create_app
 from shared.settings import Settings
 from shared.status import Status
 from shared.store import PROGRESS_EVENT, Store, parse_event
+from shared.streams import StreamSlots
 from tests.conftest import base_env
 from tests.support import ApiServer, free_port, unique_instance, wait_for
 
@@ -119,18 +120,16 @@ def api(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiSer
     server.stop()
 
 
-def subscribers(stack: Any) -> int:
-    return int(dict(stack.store.redis.pubsub_numsub(stack.store.events_channel))[stack.store.events_channel])
+def open_streams(stack: Any) -> int:
+    """Stream slots held in Redis (shared/streams.py), across every API process of the stack."""
+    slots = StreamSlots(stack.store.redis, stack.store.prefix)
+    keys = stack.store.redis.scan_iter(match=f"{stack.store.prefix}streams:*", count=1000)
+    return sum(slots.count(key.removeprefix(f"{stack.store.prefix}streams:")) for key in keys)
 
 
-def no_subscribers_left(stack: Any) -> None:
-    """Every stream's subscription is closed (a server notices a client that left at its next write)."""
-
-    def none_left() -> bool:
-        stack.store.progress("zzzzzzzzzzzz", "test", "is anyone there?")
-        return subscribers(stack) == 0
-
-    wait_for(none_left, 20, "the streams' subscriptions to be closed", interval=0.3)
+def no_streams_left(stack: Any, within: float = 10) -> None:
+    """Every stream has ended and given its slot back (at once when its client hangs up)."""
+    wait_for(lambda: open_streams(stack) == 0, within, "every stream to give its slot back", interval=0.1)
 
 
 def names(messages: list[Message]) -> list[str]:
@@ -153,12 +152,12 @@ def test_spawn_reports_every_stage_in_order_and_ends_when_ready(
     with Stream(f"{api.url}/container/{hostname}/events") as stream:
         assert stream.response.status_code == 200
         assert stream.response.headers["Content-Type"].startswith("text/event-stream")
-        assert stream.response.headers["Cache-Control"] == "no-cache"
+        assert stream.response.headers["Cache-Control"] == "no-store"  # a ready event carries the token
         first = stream.next_event(time.monotonic() + 10)
         assert first is not None and first.data is not None
         assert (first.event, first.data["status"], first.data["stage"]) == ("queued", "PENDING", "queued")
         assert first.data["record"]["hostname"] == hostname
-        assert subscribers(stack) >= 1  # the stream listens on Redis pub/sub
+        assert open_streams(stack) == 1  # the stream holds one slot while it is open
 
         stack.app.extensions["queue"].spawn(hostname)
         rest = stream.rest(timeout=60)  # ends by itself once ACTIVE
@@ -176,7 +175,7 @@ def test_spawn_reports_every_stage_in_order_and_ends_when_ready(
     assert ready["record"]["url"] == f"{hostname}.nb.test"
     assert ready["record"]["address"].startswith("http://")
     assert stack.record(hostname).status == Status.ACTIVE
-    no_subscribers_left(stack)
+    no_streams_left(stack)
 
 
 def test_failed_spawn_reports_the_reason_and_ends(api: ApiServer, stack: Any) -> None:
@@ -199,7 +198,7 @@ def test_failed_spawn_reports_the_reason_and_ends(api: ApiServer, stack: Any) ->
         # The all-notebooks stream saw every stage of it.
         mine = everything.events_until(lambda m: m.event == "failed", 60, hostname=hostname)
         assert names(mine) == ["queued", "creating", "failed"]
-    no_subscribers_left(stack)
+    no_streams_left(stack)
 
 
 def test_kill_streams_stopping_then_removed_on_all_events(api: ApiServer, stack: Any, images: dict[str, str]) -> None:
@@ -211,7 +210,7 @@ def test_kill_streams_stopping_then_removed_on_all_events(api: ApiServer, stack:
     assert names(mine) == ["stopping", "removed"]
     assert mine[0].data and mine[0].data["status"] == "DELETING" and mine[0].data["message"] == "stopping"
     assert mine[1].data and mine[1].data["status"] == "REMOVED" and mine[1].data["message"] == "removed"
-    no_subscribers_left(stack)
+    no_streams_left(stack)
 
 
 def test_late_subscriber_gets_ready_at_once_and_the_stream_ends(
@@ -226,7 +225,7 @@ def test_late_subscriber_gets_ready_at_once_and_the_stream_ends(
         assert names(seen) == ["ready"]
         assert seen[0].data and seen[0].data["record"]["status"] == "ACTIVE"
     assert time.monotonic() - started < 5
-    no_subscribers_left(stack)
+    no_streams_left(stack)
 
 
 @pytest.mark.parametrize("name", ["zzzzzzzzzzzz", "NOT-A-HOST"])
@@ -236,16 +235,17 @@ def test_unknown_hostname_is_404_json_not_a_stream(api: ApiServer, stack: Any, n
     assert response.status_code == 404
     assert response.headers["Content-Type"] == "application/json"
     assert response.json()["code"] == "not_found"
-    no_subscribers_left(stack)
+    no_streams_left(stack)
 
 
-def test_a_client_going_away_closes_its_subscription(api: ApiServer, stack: Any) -> None:
+def test_a_client_going_away_frees_its_stream_at_once(api: ApiServer, stack: Any) -> None:
     stream = Stream(f"{api.url}/events")
     assert stream.response.status_code == 200
     next(stream._messages)  # ": connected": the server is in the stream
-    assert subscribers(stack) >= 1
+    assert open_streams(stack) == 1
     stream.close()
-    no_subscribers_left(stack)
+    # Noticed from the socket's end, not at the next keep-alive (15 s away): well within that.
+    no_streams_left(stack, within=10)
 
 
 # -- in-process: keep-alives, time limits, Redis away -------------------------------------------
@@ -276,7 +276,7 @@ def test_keep_alives_and_the_time_limit(stack: Any) -> None:
         one = read_all(http.get(f"/container/{record.hostname}/events", buffered=False), timeout=10)
         assert [m.event for m in one if m.data] == ["queued"]
         assert "time limit reached" in one[-1].comments[-1]
-        no_subscribers_left(stack)
+        no_streams_left(stack)
     finally:
         app.extensions["store"].redis.close()
 

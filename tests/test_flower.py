@@ -1,10 +1,12 @@
-"""Flower, as `make run` starts it, shows the task history: a real Flower process on the stack's
-broker sees a completed spawn task named swarm_manager.spawn with the notebook's hostname.
-With FLOWER_BASIC_AUTH it asks for a password on its pages and its API; without it, its API
-answers no one."""
+"""Flower, as `make run` starts it (``swarm-manager flower``), shows the task history: a real
+Flower process on the stack's broker sees a completed spawn task named swarm_manager.spawn with the
+notebook's hostname. It asks for FLOWER_BASIC_AUTH's password on its pages and its API, whatever
+Host a request names (a DNS-rebinding page included), and does not start without one."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,13 +22,14 @@ FLOWER_USER, FLOWER_PASSWORD = "ops", "flower-test-password"
 
 
 class FlowerProcess(WorkerProcess):
-    """``celery -A worker.celery_app flower`` on a free loopback port, with the stack's settings
-    and, unless ``auth`` is off, FLOWER_BASIC_AUTH."""
+    """``swarm-manager flower`` on a free loopback port, with the stack's settings and the
+    password in a file named by FLOWER_BASIC_AUTH_FILE (as `make run` hands it over)."""
 
-    def __init__(self, env: dict[str, str], logfile: Path, auth: bool = True) -> None:
-        extra = {"FLOWER_BASIC_AUTH": f"{FLOWER_USER}:{FLOWER_PASSWORD}"} if auth else {}
-        super().__init__({**env, **extra}, logfile, name="flower")
-        self.auth = (FLOWER_USER, FLOWER_PASSWORD) if auth else None
+    def __init__(self, env: dict[str, str], logfile: Path) -> None:
+        secret = logfile.with_name("flower-auth")
+        secret.write_text(f"{FLOWER_USER}:{FLOWER_PASSWORD}\n")
+        super().__init__({**env, "FLOWER_BASIC_AUTH_FILE": str(secret)}, logfile, name="flower")
+        self.auth = (FLOWER_USER, FLOWER_PASSWORD)
         self.port = free_port()
 
     @property
@@ -34,14 +37,7 @@ class FlowerProcess(WorkerProcess):
         return f"http://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
-        return [
-            str(VENV_BIN / "celery"),
-            "-A",
-            "worker.celery_app",
-            "flower",
-            f"--port={self.port}",
-            "--address=127.0.0.1",
-        ]
+        return [str(VENV_BIN / "swarm-manager"), "flower", "--port", str(self.port), "--address", "127.0.0.1"]
 
     def _ready(self) -> bool:
         if self.proc is None or self.proc.poll() is not None:
@@ -119,15 +115,29 @@ def test_flower_asks_for_its_password_on_pages_and_api(flower: FlowerProcess) ->
     assert "Access-Control-Allow-Origin" not in right.headers
 
 
-def test_without_a_password_flowers_api_answers_no_one(stack: Any, tmp_path: Path) -> None:
-    proc = FlowerProcess(stack.worker.env, tmp_path / "flower.log", auth=False)
-    try:
-        proc.start()
-        assert requests.get(f"{proc.url}/", timeout=10).status_code == 200  # its pages, on loopback
-        api = requests.get(f"{proc.url}/api/workers", timeout=10, headers={"Origin": "http://evil.example"})
-        assert api.status_code == 401
-        assert "Access-Control-Allow-Origin" not in api.headers
-        shutdown = requests.post(f"{proc.url}/api/worker/shutdown/{stack.worker.name}", timeout=10)
-        assert shutdown.status_code in (401, 403)
-    finally:
-        proc.stop()
+def test_a_rebinding_page_gets_only_the_password_prompt(flower: FlowerProcess) -> None:
+    # A page of another site whose name the attacker made resolve to 127.0.0.1 (DNS rebinding):
+    # its requests name the attacker's host, and Flower still asks for the password.
+    for path in ("/", "/api/tasks", "/api/workers"):
+        rebound = requests.get(f"{flower.url}{path}", headers={"Host": "attacker.example"}, timeout=10)
+        assert rebound.status_code == 401, path
+        assert "spawn-" not in rebound.text
+    shutdown = requests.post(f"{flower.url}/api/worker/shutdown/x", headers={"Host": "attacker.example"}, timeout=10)
+    assert shutdown.status_code in (401, 403)
+
+
+@pytest.mark.parametrize("password", [None, ""])
+def test_flower_does_not_start_without_a_password(stack: Any, password: str | None) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
+    env.update(stack.worker.env)
+    if password is not None:
+        env["FLOWER_BASIC_AUTH"] = password
+    result = subprocess.run(
+        [str(VENV_BIN / "swarm-manager"), "flower", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "FLOWER_BASIC_AUTH" in result.stderr, result.stderr

@@ -14,7 +14,7 @@ from tests.support import ApiServer, wait_for
 
 @pytest.fixture
 def served(stack: Any, tmp_path: Path) -> Iterator[str]:
-    server = ApiServer(stack.worker.env, tmp_path / "gunicorn.log", threads=4, workers=1)
+    server = ApiServer(stack.worker.env, tmp_path / "gunicorn.log", workers=1)
     try:
         server.start()
         yield server.url

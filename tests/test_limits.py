@@ -273,7 +273,7 @@ def test_concurrent_spawns_against_a_limit_of_one(
     """Real gunicorn threads racing: the check and the write are one Lua step, so exactly one wins."""
     instance = unique_instance("race")
     env = base_env(redis_server.url, instance, MAX_NOTEBOOKS_PER_USER=1)
-    server = ApiServer(env, tmp_path / "api.log", threads=16)
+    server = ApiServer(env, tmp_path / "api.log")
     server.start()
     results: list[requests.Response] = []
     lock = threading.Lock()

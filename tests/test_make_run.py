@@ -29,6 +29,7 @@ import requests
 
 from shared.status import SETTLED, Status
 from tests.support import ROOT, cleanup_engine, free_port, fresh_clone, unique_instance, wait_for
+from tests.test_dependencies import canonical, pins
 
 #: Packages of the test and lint set (requirements-dev.txt) that must not be in the runtime venv.
 TEST_TOOLS = ("pytest", "ruff", "mypy", "playwright", "schemathesis", "fakeredis", "uv", "hypothesis", "lupa")
@@ -213,13 +214,12 @@ def test_fresh_clone_runs_from_the_runtime_lock_alone(run: Run, images: dict[str
         timeout=60,
         check=True,
     ).stdout
-    installed = {line.split("==")[0].lower(): line.split("==")[-1] for line in listed.splitlines() if "==" in line}
+    installed = {canonical(line.split("==")[0]): line.split("==")[-1] for line in listed.splitlines() if "==" in line}
     assert not [t for t in TEST_TOOLS if t in installed], f"test tools in the runtime venv: {installed}"
-    locked = dict(re.findall(r"^([A-Za-z0-9._-]+)==([^ \\\n]+)", (ROOT / "requirements.txt").read_text(), flags=re.M))
-    locked = {name.lower().replace("_", "-"): version for name, version in locked.items()}
-    strays = {n: v for n, v in installed.items() if n.replace("_", "-") not in locked and n not in NOT_LOCKED}
+    locked = pins("requirements.txt")
+    strays = {n: v for n, v in installed.items() if n not in locked and n not in NOT_LOCKED}
     assert not strays, f"installed but not in requirements.txt: {strays}"
-    assert all(locked[n.replace("_", "-")] == v for n, v in installed.items() if n not in NOT_LOCKED)
+    assert all(locked[n] == v for n, v in installed.items() if n not in NOT_LOCKED)
 
     hostname = run.spawn(images["httpd"])
     record = run.settled([hostname], 60)[hostname]
@@ -230,8 +230,10 @@ def test_fresh_clone_runs_from_the_runtime_lock_alone(run: Run, images: dict[str
     assert record["notebook_url"] == f"{record['public_url']}?token={record['token']}"
     page = run.http.get(run.proxy + "/", headers={"Host": f"{hostname}.localhost:{port}"}, timeout=10)
     assert page.status_code == 200 and "test notebook" in page.text, (page.status_code, page.text[:200])
-    # Flower answers, and saw the spawn.
-    flower = run.http.get(run.flower + "/", timeout=10)
+    # Flower answers, with the password `make run` made for it, and only with it.
+    user, password = (run.clone / ".state" / "flower-auth").read_text().strip().split(":", 1)
+    assert run.http.get(run.flower + "/", timeout=10).status_code == 401
+    flower = run.http.get(run.flower + "/", auth=(user, password), timeout=10)
     assert flower.status_code == 200 and "Flower" in flower.text
     killed = run.call("DELETE", f"/container/{hostname}")
     assert killed.status_code == 202

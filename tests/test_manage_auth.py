@@ -1,9 +1,12 @@
-"""/manage with AUTH on: signing in with a token, the session cookie, CSRF on every mutation, the
-GET kill that never takes the cookie, and the generated session key shared by several processes.
-A real Redis; no worker (spawns stay queued), except gunicorn for the several-processes case."""
+"""/manage with AUTH on: signing in with a token, the session cookie, the CSRF token on every
+request through it, the GET kill that never takes the cookie, and sessions shared by several
+processes. A real Redis; no worker (spawns stay queued), except gunicorn for the several-processes
+case and the page in Chromium. tests/test_manage_sessions.py holds the server-side sessions on a
+real socket (what the cookie holds, replay after sign-out and revocation, the control message)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import secrets
@@ -22,6 +25,7 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from api import create_app
+from shared.auth import control_channel, revoked_message
 from shared.settings import Settings
 from shared.status import Status
 from shared.store import Store
@@ -138,6 +142,7 @@ def test_secure_cookies_when_configured(redis_server: RedisServer) -> None:
     made = make_site(redis_server, "secure", SESSION_COOKIE_SECURE="1", SECRET_KEY=secrets.token_urlsafe(32))
     try:
         form = made.browser().get("/manage")
+        assert form.headers["Set-Cookie"].startswith(f"__Host-{made.settings.instance}-session=")
         assert "secure" in [part.strip().lower() for part in form.headers["Set-Cookie"].split(";")]
     finally:
         drop(made)
@@ -205,7 +210,9 @@ def test_spawn_through_the_page_needs_the_csrf_token(site: Site) -> None:
 def test_the_json_api_through_the_cookie_needs_the_csrf_token_too(site: Site) -> None:
     browser, csrf = signed_in(site)
     hostname = site.notebook()
-    assert browser.get("/containers").status_code == 200  # reading: the page's own refresh
+    # Reads too: the cookie reaches every port of this host, the token only the page.
+    assert browser.get("/containers").status_code == 403
+    assert browser.get("/containers", headers={"X-CSRF-Token": csrf}).status_code == 200  # the page's refresh
     assert browser.delete(f"/container/{hostname}").status_code == 403
     assert browser.post("/spawn", json={"image": "busybox", "user": "alice"}).status_code == 403
     assert site.store.require(hostname).status is Status.PENDING
@@ -245,9 +252,10 @@ def test_a_user_session_sees_and_spawns_only_its_own(site: Site) -> None:
     own = browser.post("/manage/spawn", data={"image": "busybox", "csrf_token": csrf})
     assert own.status_code == 303 and "message=" in own.headers["Location"]
     assert sorted(r.user for r in site.store.list()) == ["alice", "alice", "bob"]
-    # The page's admin-only neighbours stay closed to the session too.
-    assert browser.get("/metrics").status_code == 403
-    assert browser.get("/tokens").status_code == 403
+    # The page's admin-only neighbours stay closed to the session too, with its CSRF token.
+    for path in ("/metrics", "/tokens"):
+        refused = browser.get(path, headers={"X-CSRF-Token": csrf})
+        assert refused.status_code == 403 and "only the admin" in refused.get_json()["error"]
 
 
 def test_revoking_a_token_ends_its_sessions(site: Site) -> None:
@@ -271,8 +279,9 @@ def test_a_session_from_another_deployment_is_not_accepted(redis_server: RedisSe
         drop(other)
 
 
-def test_processes_share_the_generated_session_key(redis_server: RedisServer, site: Site) -> None:
-    # A second app on the same instance is what a second gunicorn worker is.
+def test_processes_share_sessions_and_the_generated_key(redis_server: RedisServer, site: Site) -> None:
+    # A second app on the same instance is what a second gunicorn worker is: sessions are in
+    # Redis, and the generated key (the sign-in form's CSRF token, admin sessions) is too.
     second = Site(create_app(site.settings), site.settings, site.env)
     browser, csrf = signed_in(site)
     cookie = browser.get_cookie(f"{site.settings.instance}-session")
@@ -337,9 +346,9 @@ def test_gunicorn_workers_accept_each_others_sessions(redis_server: RedisServer,
 # -- in a real browser -------------------------------------------------------------------------------
 @pytest.fixture
 def served_site(redis_server: RedisServer, tmp_path: Path) -> Iterator[tuple[Site, str]]:
-    """The signin site under gunicorn (threads: the page's event stream holds one)."""
+    """The signin site under gunicorn, as `make run` serves it."""
     made = make_site(redis_server, "browser-auth")
-    server = ApiServer(made.env, tmp_path / "gunicorn.log", threads=8)
+    server = ApiServer(made.env, tmp_path / "gunicorn.log")
     server.start()
     try:
         yield made, server.url
@@ -367,13 +376,19 @@ def test_the_page_in_a_browser_signs_in_and_its_script_sends_the_csrf_token(serv
             page.fill("#signin input[name=token]", alice["token"])
             page.click("#signin button")
             expect(page.locator("#signout")).to_contain_text("signed in as alice")
-            expect(page.locator("#live")).to_have_text("live")  # the event stream took the cookie
+            expect(page.locator("#live")).to_have_text("live")  # the event stream took the cookie and ?csrf=
             expect(page.locator(f"#nb-{theirs}")).to_have_count(0)
+            # Followed live: a notebook of alice's made elsewhere appears without a reload.
+            elsewhere = site.notebook("alice")
+            expect(page.locator(f"#nb-{elsewhere} .badge")).to_have_text("PENDING")
+            site.store.transition(elsewhere, Status.DELETING)
+            expect(page.locator(f"#nb-{elsewhere} .badge")).to_have_text("DELETING")
 
             page.fill("#spawn input[name=image]", "busybox")  # user: fixed to alice
             page.click("#spawn button")  # fetch with X-CSRF-Token
-            row = page.locator("#notebooks tbody tr[id^='nb-']")
-            expect(row).to_have_count(1)
+            rows = page.locator("#notebooks tbody tr[id^='nb-']")
+            expect(rows).to_have_count(2)
+            row = page.locator(f"#notebooks tbody tr[id^='nb-']:not(#nb-{elsewhere})")
             expect(row.locator(".badge")).to_have_text("PENDING")
             hostname = str(row.get_attribute("data-hostname"))
             assert site.store.require(hostname).user == "alice"
@@ -390,5 +405,34 @@ def test_the_page_in_a_browser_signs_in_and_its_script_sends_the_csrf_token(serv
             page.click("#signout button")
             expect(page.locator("#signin")).to_be_visible()
             assert errors == []
+        finally:
+            browser.close()
+
+
+def test_the_page_reloads_the_list_after_a_reconnect_with_the_csrf_token(served_site: tuple[Site, str]) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    site, url = served_site
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing (Debian package chromium; `make test` installs it)", pytrace=False)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_context().new_page()
+            page.set_default_timeout(15_000)
+            page.goto(url + "/manage")
+            page.fill("#signin input[name=token]", ADMIN_TOKEN)
+            page.click("#signin button")
+            expect(page.locator("#live")).to_have_text("live")
+            # End the page's stream under it, as the events hub does for a control message naming
+            # its session; the browser reconnects and the page reloads the list once
+            # (GET /containers, which needs the X-CSRF-Token header).
+            cookie = next(c for c in page.context.cookies() if c["name"] == f"{site.settings.instance}-session")
+            ended = revoked_message(session_id=hashlib.sha256(cookie["value"].encode()).hexdigest())
+            with page.expect_response(lambda r: "/containers?" in r.url) as reloaded:
+                site.store.redis.publish(control_channel(site.settings.key_prefix), ended)
+            assert reloaded.value.status == 200
+            expect(page.locator("#live")).to_have_text("live")
+            expect(page.locator("#live-error")).to_be_hidden()
         finally:
             browser.close()

@@ -120,6 +120,23 @@ def test_status_enum_and_record_fields_match_the_code() -> None:
     assert schemas["Event"]["properties"]["stage"]["enum"] == list(STAGES)
 
 
+def test_the_documented_ttl_cap_and_no_store_are_the_codes() -> None:
+    from api import SECRET_BEARING
+    from api.routes import MAX_LIFETIME
+
+    doc = document()
+    ttl = doc["components"]["schemas"]["SpawnRequest"]["properties"]["ttl"]
+    assert f"by ten years: {MAX_LIFETIME})" in ttl["description"]
+    # Every success answer is JSON or an event stream, and each is documented with its no-store header
+    # (required: the schemathesis run below fails an answer without it).
+    for item in doc["components"]["pathItems"].values():
+        for operation in item.values():
+            for code, response in operation["responses"].items():
+                if code.startswith("2"):
+                    assert set(response["content"]) <= SECRET_BEARING, response
+                    assert response["headers"]["Cache-Control"] == {"$ref": "#/components/headers/NoStore"}
+
+
 def test_every_reference_resolves_and_every_operation_answers_errors_as_documented() -> None:
     doc = document()
 

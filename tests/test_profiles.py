@@ -474,3 +474,75 @@ def test_an_image_without_a_profile_runs_with_the_defaults(pstack: Any, images: 
     assert "8888/tcp" in attrs["NetworkSettings"]["Ports"]
     pstack.kill(h)
     assert pstack.wait(h, {Status.REMOVED}, timeout=30).status == Status.REMOVED
+
+
+# -- one image, any spelling: the same profile ----------------------------------------------------
+# Profiles match the canonical reference, as ALLOWED_IMAGES does (shared/limits.py): spelling an
+# image with its registry must not escape a profile's limits, command, constraints or token.
+SPELLINGS = ["local/bar-nb:1", "docker.io/local/bar-nb:1", "index.docker.io/local/bar-nb:1"]
+
+
+def test_every_spelling_of_an_image_gets_its_profile() -> None:
+    profiles = parse_profiles(
+        """
+        profiles:
+          - name: bar
+            images: ["local/bar-nb:*"]
+            mem_limit: 256m
+            cpu_limit: 0.5
+          - name: official
+            images: ["python:3.*", "docker.io/library/busybox"]
+          - name: hub-namespace
+            images: ["docker.io/jupyter/*"]
+          - name: other-registry
+            images: ["registry.example:5000/lab/*"]
+        """
+    )
+    for image in SPELLINGS:
+        chosen = profiles.choose(image)
+        assert chosen is not None and chosen.name == "bar", image
+        assert profiles.choose(image, "bar") == chosen  # named: it applies to every spelling too
+    for image in ("python:3.11", "library/python:3.11", "docker.io/python:3.11", "index.docker.io/library/python:3.12"):
+        assert getattr(profiles.choose(image), "name", None) == "official", image
+    for image in ("busybox", "busybox:1", "docker.io/library/busybox:latest"):
+        assert getattr(profiles.choose(image), "name", None) == "official", image
+    for image in ("jupyter/base", "index.docker.io/jupyter/base:2024"):
+        assert getattr(profiles.choose(image), "name", None) == "hub-namespace", image
+    # What the allowlist tells apart, profiles tell apart: other registries, ports, look-alikes.
+    for image in ("registry.example/lab/x", "registry.example:5001/lab/x", "local.example/bar-nb:1", "python:2.7"):
+        assert profiles.choose(image) is None, image
+    assert getattr(profiles.choose("registry.example:5000/lab/x"), "name", None) == "other-registry"
+
+
+def test_a_profile_pattern_that_is_not_a_pattern_is_refused_at_start_up() -> None:
+    with pytest.raises(ConfigError, match=r"profile 'p': images: .*not an image pattern: 'a b'"):
+        parse_profiles("profiles:\n  - name: p\n    images: ['a b']\n")
+
+
+def test_the_api_gives_every_spelling_the_profile(papi: ProfileApi) -> None:
+    for image in ("smtest/tensorflow-notebook:1", "docker.io/smtest/tensorflow-notebook:1"):
+        code, body = papi.spawn(image=image)
+        assert code == 202 and body["profile"] == "gpu", body
+    code, body = papi.spawn(image="index.docker.io/smtest/tensorflow-notebook:1", mem_limit="3g")
+    assert code == 202 and body["profile"] == "gpu", body  # the profile's maxima, not "no profile"
+    code, body = papi.spawn(image="docker.io/smtest/other:1", profile="gpu")
+    assert code == 400, body  # gpu's pattern is a tag pattern on another repository
+
+
+def test_a_spawn_by_any_spelling_runs_with_the_profiles_limits(pstack: Any, images: dict[str, str]) -> None:
+    """What reaches the engine: HostConfig.Memory and NanoCpus of the real container."""
+    made = []
+    for image in (images["httpd"], f"docker.io/{images['httpd']}", f"index.docker.io/{images['httpd']}"):
+        response = pstack.http.post("/spawn", json={"user": "spelled", "image": image})
+        body = response.get_json()
+        assert response.status_code == 202 and body["profile"] == "limited", (image, body)
+        pstack.created.append(body["hostname"])
+        made.append(body["hostname"])
+    for h in made:
+        record = pstack.wait(h, FINAL, timeout=60)
+        assert record.status == Status.ACTIVE, record.error
+        host_config = pstack.docker.containers.get(record.container_id).attrs["HostConfig"]
+        assert (host_config["Memory"], host_config["NanoCpus"]) == (96 * MIB, 500_000_000), record.image
+        pstack.kill(h)
+    for h in made:
+        assert pstack.wait(h, {Status.REMOVED}, timeout=30).status == Status.REMOVED

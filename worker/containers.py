@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +27,15 @@ from worker.engine import (
     engine_call,
     probe_host,
 )
-from worker.hardening import container_options
+from worker.hardening import (
+    ICC_OPTION,
+    container_options,
+    disk_limit_refused,
+    isolated_network_name,
+    isolated_network_options,
+    isolates,
+    refuses_disk_limit,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +52,9 @@ class ContainerEngine:
         self._client = LazyClient(client)
         self.settings = settings
         self._probe_host = probe_host(settings)
+        # The network notebooks join, found (or made) on the first spawn; "" for the engine's default.
+        self._network: str | None = None
+        self._network_lock = threading.Lock()
 
     @property
     def client(self) -> docker.DockerClient:
@@ -136,8 +148,9 @@ class ContainerEngine:
             # container's state and logs explain a failure.
             "auto_remove": False,
         }
-        if self.settings.notebook_network:
-            kwargs["network"] = self.settings.notebook_network
+        network = self._notebook_network()
+        if network:
+            kwargs["network"] = network
         if spec.command:
             kwargs["command"] = spec.command
         # Unprivileged, capabilities dropped, no-new-privileges, PID/memory/CPU limits, nothing mounted.
@@ -157,9 +170,102 @@ class ContainerEngine:
                 found = self._find(spec)
                 if found is not None:
                     return found
+            explanation = str(exc.explanation or exc)
+            if exc.status_code == 404 and network and network != self.settings.notebook_network:
+                # Our own network was removed since we found it (by hand, or a cleanup): the
+                # next spawn finds or makes it again.
+                with self._network_lock:
+                    self._network = None
+            if self.settings.notebook_disk_limit and refuses_disk_limit(explanation):
+                # The engine answers 500, which would read as "retry later": it never will.
+                raise EngineError(disk_limit_refused(self.settings, f"the engine refused it ({explanation})")) from exc
             raise classify(exc, f"creating {spec.name}") from exc
         except ENGINE_ERRORS as exc:
             raise classify(exc, f"creating {spec.name}") from exc
+
+    def _notebook_network(self) -> str | None:
+        """The network a notebook joins; None for the engine's default bridge. Found once per process.
+
+        NOTEBOOK_NETWORK as named (with NOTEBOOK_ISOLATION on, a WARNING once if containers on it
+        can reach each other); else, with isolation on, the worker's own isolated bridge, made if
+        missing (its ID); else the default bridge.
+        """
+        with self._network_lock:
+            if self._network is None:
+                if self.settings.notebook_isolation and self.settings.publish_ip in ("0.0.0.0", "::"):
+                    # Published on every host address, a port is also on the bridge's gateway, which
+                    # every notebook reaches: the port of each notebook is open to all the others.
+                    log.warning(
+                        "PUBLISH_IP %s publishes every notebook's port on all host addresses, the notebooks' "
+                        "gateway included: notebooks can reach each other there (their tokens still guard "
+                        "them). Publish on an address notebooks cannot reach, such as 127.0.0.1",
+                        self.settings.publish_ip,
+                    )
+                if self.settings.notebook_network:
+                    if self.settings.notebook_isolation:
+                        self._warn_unless_isolated(self.settings.notebook_network)
+                    self._network = self.settings.notebook_network
+                elif self.settings.notebook_isolation:
+                    self._network = self._isolated_network()
+                else:
+                    self._network = ""
+            return self._network or None
+
+    def _networks_named(self, name: str) -> list[dict[str, Any]]:
+        # The engine's name filter matches parts of names too.
+        found: list[dict[str, Any]] = self.client.api.networks(names=[name])
+        return [n for n in found if n.get("Name") == name]
+
+    def _warn_unless_isolated(self, name: str) -> None:
+        with engine_call(f"looking up network {name}"):
+            found = self._networks_named(name)
+        if found and not any(isolates(n) for n in found):
+            # The operator's choice is respected (compose's workers reach notebooks on it by address).
+            log.warning(
+                "NOTEBOOK_NETWORK %s lets containers on it reach each other (driver %s, %s not false): "
+                "notebooks are not isolated from each other. Use a bridge network created with "
+                "-o %s=false, or leave NOTEBOOK_NETWORK empty for the worker's own",
+                name,
+                found[0].get("Driver"),
+                ICC_OPTION,
+                ICC_OPTION,
+            )
+
+    def _isolated_network(self) -> str:
+        """The ID of ``<INSTANCE>-notebooks``, a bridge without traffic between its containers.
+
+        Made when missing. Two workers making it at once can make two networks of that name:
+        each worker then takes the one with the lowest ID, and either keeps notebooks apart.
+        A network of that name that lets containers talk fails the spawn: it is ours by name,
+        and using it would silently undo the isolation.
+        """
+        name = isolated_network_name(self.settings)
+        with engine_call(f"making network {name}"):
+            found = self._networks_named(name)
+            if not found:
+                try:
+                    self.client.api.create_network(
+                        name,
+                        driver="bridge",
+                        options=isolated_network_options(),
+                        labels={LABEL_INSTANCE: self.settings.instance},
+                        check_duplicate=True,
+                    )
+                    log.info("created network %s for notebooks (no traffic between its containers)", name)
+                except docker.errors.APIError as exc:
+                    if exc.status_code != 409:  # 409: another worker made it first
+                        raise
+                found = self._networks_named(name)
+        if not found:
+            raise EngineUnavailable(f"network {name} vanished right after it was made")
+        network = min(found, key=lambda n: str(n.get("Id")))
+        if not isolates(network):
+            raise EngineError(
+                f"network {name} lets containers on it reach each other ({ICC_OPTION} is not false), so "
+                "notebooks on it would not be isolated: remove it (the worker makes it again without), "
+                "or set NOTEBOOK_ISOLATION=off"
+            )
+        return str(network["Id"])
 
     def _address(self, container: Container, spec: NotebookSpec) -> str:
         settings = container.attrs.get("NetworkSettings", {})

@@ -13,7 +13,8 @@ What goes on the service (and why):
   replica does not need, so they are not used;
 - memory and CPU limits and placement constraints from the spec, when it has them, and the
   hardening every notebook gets (``worker/hardening.py``): capabilities dropped, a PID limit,
-  no-new-privileges where the engine's API has it.
+  no-new-privileges where the engine's API has it, a rotated output log. NOTEBOOK_DISK_LIMIT
+  cannot be carried (a service has no StorageOpt): a spawn with it set fails at once.
 
 The task's state is the notebook's state. The Swarm reports what it cannot do in the task
 (``rejected`` with the engine's error, ``pending`` with "no suitable node"), and ``start``
@@ -23,6 +24,7 @@ turns that into an :class:`EngineError` carrying the Swarm's own words within se
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -56,7 +58,15 @@ from worker.engine import (
     engine_call,
     probe_host,
 )
-from worker.hardening import harden_container_spec, service_container_options, service_resources
+from worker.hardening import (
+    ICC_OPTION,
+    disk_limit_refused,
+    harden_container_spec,
+    isolates,
+    service_container_options,
+    service_log_driver,
+    service_resources,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +105,8 @@ class ServiceEngine:
         self.clock = clock
         self.sleep = sleep
         self._probe_host = probe_host(settings)
+        self._isolation_checked = False
+        self._isolation_lock = threading.Lock()
 
     @property
     def client(self) -> docker.DockerClient:
@@ -111,6 +123,15 @@ class ServiceEngine:
         Waits at most START_TIMEOUT. Raises EngineError as soon as the Swarm shows it cannot
         run the task (rejected, failed, no suitable node), with the Swarm's own error text.
         """
+        if self.settings.notebook_disk_limit:
+            raise EngineError(
+                disk_limit_refused(
+                    self.settings,
+                    "a Swarm service has no writable-layer size (the service API has no StorageOpt; set "
+                    "storage-opts such as overlay2.size in each node's daemon.json instead)",
+                )
+            )
+        self._check_isolation()
         # Create first, as ContainerEngine.start does: a new spawn makes no lookup by name before
         # it; a redelivered one meets a 409 and takes the service an earlier attempt made.
         service = self._create(spec)
@@ -242,6 +263,7 @@ class ServiceEngine:
             container_spec=container,
             resources=resources,
             restart_policy=RestartPolicy(condition="none"),
+            log_driver=service_log_driver(self.settings),  # the output log rotated, as for containers
             placement=SwarmPlacement(constraints=list(spec.constraints)) if spec.constraints else None,
             networks=[self.settings.notebook_network] if self.settings.notebook_network else None,
         )
@@ -268,6 +290,44 @@ class ServiceEngine:
             raise _classify(exc, f"creating service {spec.name}") from exc
         log.info("%s: service %s created", spec.hostname, spec.name)
         return created
+
+    def _check_isolation(self) -> None:
+        """With NOTEBOOK_ISOLATION on, warn once per process when notebooks can reach each other.
+
+        The service API cannot ask for a network without traffic between containers: a task joins
+        NOTEBOOK_NETWORK (an overlay, which has no such switch) or, without one, its node's default
+        bridge, which keeps containers apart only when that node's daemon runs with ``"icc": false``.
+        The manager sees its own bridge only; other nodes are the operator's to configure alike.
+        Informative: a lookup that fails is tried again on the next spawn, never fails this one.
+        """
+        if self._isolation_checked or not self.settings.notebook_isolation:
+            return
+        with self._isolation_lock:
+            if self._isolation_checked:
+                return
+            name = self.settings.notebook_network or "bridge"
+            try:
+                network: dict[str, Any] = self.api.inspect_network(name)
+            except (docker.errors.DockerException, requests.exceptions.RequestException):
+                return
+            self._isolation_checked = True
+        if isolates(network):
+            return
+        if self.settings.notebook_network:
+            log.warning(
+                "NOTEBOOK_NETWORK %s (driver %s) lets the notebooks on it reach each other; Swarm services "
+                "cannot be isolated on a shared overlay network",
+                name,
+                network.get("Driver"),
+            )
+        else:
+            log.warning(
+                "notebook tasks join each Swarm node's default bridge, and this manager's lets containers "
+                "reach each other (%s is not false): set %s in every node's daemon.json so notebooks on "
+                "one node cannot reach each other",
+                ICC_OPTION,
+                '"icc": false',
+            )
 
     def _latest_task(self, service: str) -> dict[str, Any] | None:
         """The service's newest task; None if it has none yet, or the service is gone."""

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from shared.errors import EngineError, EngineUnavailable, InvalidTransition, NotFound, ProxyError, StoreUnavailable
-from shared.limits import Allowlist
+from shared.limits import Allowlist, canonical
 from shared.notebook_token import FIELD as TOKEN_FIELD
 from shared.notebook_token import Delivery
 from shared.pool import POOL_USER, Pool
@@ -65,9 +65,17 @@ class Spawner:
         self.allowlist = Allowlist(settings.allowed_images)
 
     def spec_for(self, record: Notebook) -> NotebookSpec:
+        """The notebook's spec from its record and profile. Its ``image`` is the canonical reference
+        the allowlist checks (``shared/limits.py``), never the record's string as written, which the
+        engine could read as an image ID; "" for a reference that is not valid (never started:
+        :meth:`spawn` refuses it)."""
+        try:
+            image = canonical(record.image)
+        except ValueError:
+            image = ""
         spec = NotebookSpec(
             hostname=record.hostname,
-            image=record.image,
+            image=image,
             user=record.user,
             domain=record.domainname,
             port=self.settings.notebook_port,
@@ -118,11 +126,12 @@ class Spawner:
         spec = self.spec_for(record)
         if record.profile and record.profile not in self.profiles:
             return self.fail(spec, f"profile {record.profile!r} is not in this worker's PROFILES_FILE")
-        if not self.allowlist.allows(record.image):
-            # The API refuses these already; this catches records from before an ALLOWED_IMAGES change.
+        if not self.allowlist.allows(record.image) or not spec.image:
+            # The API refuses these already; this catches records from before an ALLOWED_IMAGES change
+            # (and any not written by the API: an invalid reference is never allowed).
             return self.fail(spec, f"image {record.image!r} is not allowed by this worker's ALLOWED_IMAGES")
         spec = self.with_token(spec, record, internal)
-        self.store.progress(hostname, "creating", "creating and starting the container")
+        self.store.progress(hostname, "creating", "creating and starting the container", user=spec.user)
         try:
             placement = self.engine.start(spec)
         except EngineUnavailable as exc:
@@ -160,7 +169,9 @@ class Spawner:
             log.info("%s: killed while starting; removing its container", hostname)
             self.engine.remove(spec)
             return self._status(hostname)
-        self.store.progress(hostname, "waiting", f"waiting for the notebook to answer on port {spec.port}")
+        self.store.progress(
+            hostname, "waiting", f"waiting for the notebook to answer on port {spec.port}", user=spec.user
+        )
         return self._wait_ready(spec, placement.address, ready_deadline)
 
     def _wait_ready(self, spec: NotebookSpec, address: str, deadline: float | None = None) -> Status | None:
@@ -227,7 +238,11 @@ class Spawner:
     def offer_to_pool(self, spec: NotebookSpec) -> None:
         """A warm-pool member that became ACTIVE can now be claimed by a spawn."""
         if self.pool is not None and spec.user == POOL_USER:
-            self.pool.offer(spec.image, spec.hostname)
+            # The pool is keyed by the POOL entry as written, which the member's record keeps
+            # (worker/pool.py); spec.image is the canonical reference.
+            image = self.store.internal(spec.hostname, "pool")
+            if image:
+                self.pool.offer(image, spec.hostname)
 
     # -- kill --------------------------------------------------------------------
     def kill(self, hostname: str) -> Status | None:

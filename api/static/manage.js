@@ -163,16 +163,22 @@
   }, 15000);
 
   // -- forms ------------------------------------------------------------------------------
-  // With authentication on, the session's CSRF token goes with every POST (api/auth.py).
+  // With authentication on, every request through the session cookie needs the session's CSRF
+  // token, reads too (api/auth.py): the cookie also reaches anything else on this host (another
+  // port), the token only this page. Empty with AUTH off.
   const csrfMeta = document.querySelector('meta[name="csrf-token"]');
   const csrf = csrfMeta ? csrfMeta.getAttribute("content") : "";
 
-  async function send(url, body) {
+  function jsonHeaders() {
     const headers = { Accept: "application/json" };
     if (csrf) headers["X-CSRF-Token"] = csrf;
+    return headers;
+  }
+
+  async function send(url, body) {
     const response = await fetch(url, {
       method: "POST",
-      headers: headers,
+      headers: jsonHeaders(),
       body: body,
       credentials: "same-origin",
     });
@@ -242,7 +248,7 @@
     if (filters.user) params.set("user", filters.user);
     if (filters.status) params.set("status", filters.status);
     try {
-      const response = await fetch(cfg.list + "?" + params, { headers: { Accept: "application/json" } });
+      const response = await fetch(cfg.list + "?" + params, { headers: jsonHeaders() });
       if (!response.ok) throw new Error(response.status + " " + response.statusText);
       const records = await response.json();
       records.reverse().forEach(upsert);
@@ -258,8 +264,11 @@
     else progress(data);
   }
 
+  // An EventSource cannot send headers: the stream takes the CSRF token as ?csrf= (and only the streams do).
+  const eventsUrl = csrf ? cfg.events + "?" + new URLSearchParams({ csrf: csrf }) : cfg.events;
+
   function connect() {
-    source = new EventSource(cfg.events);
+    source = new EventSource(eventsUrl);
     stages.forEach((stage) => source.addEventListener(stage, onEvent));
     source.addEventListener("open", () => {
       clearTimeout(lostTimer);
