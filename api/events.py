@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -218,10 +217,9 @@ def open_listener(**interest: Any) -> Listener:
         owner, cap, what = f"addr:{request.remote_addr}", s.streams_per_address, "STREAMS_PER_ADDRESS"
     else:
         owner, cap, what = f"user:{who.user}" if who.user else "admin", s.streams_per_user, "STREAMS_PER_USER"
-    stream_id = secrets.token_hex(8)
     hub_ = hub()
     try:
-        taken = hub_.slots.acquire(owner, stream_id, cap)
+        taken = hub_.slots.acquire(owner, cap)
     except redis.RedisError as exc:
         raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
     if not taken:
@@ -231,15 +229,9 @@ def open_listener(**interest: Any) -> Listener:
             limit="streams",
         )
     try:
-        return hub_.open(
-            who=owner,
-            stream_id=stream_id,
-            token_id=who.token_id,
-            session_id=who.session_id,
-            **interest,
-        )
+        return hub_.open(who=owner, token_id=who.token_id, session_id=who.session_id, **interest)
     except BaseException:
-        hub_.slots.release(owner, stream_id)
+        hub_.slots.release(owner)
         raise
 
 

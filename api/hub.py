@@ -5,8 +5,8 @@ own: it opens a :class:`Listener` here, saying what it follows (one notebook, on
 notebooks, or everything), and blocks on the listener's queue. The hub's one thread reads the
 events channel and puts each event in the queues of the listeners that follow it (found by
 hostname and by owner, not by asking every listener), reads the control channel (a revoked
-token or ended session closes the streams it opened), and renews the stream slots
-(``shared/streams.py``) of its listeners in one round trip every ``LEASE / 4`` seconds.
+token or ended session closes the streams it opened), and renews its process's heartbeat,
+which keeps the stream slots it holds counting (``shared/streams.py``), every ``LEASE / 4`` s.
 
 A listener is closed when its stream ends, when its client goes away (:func:`close_when_gone`
 notices the socket's end at once instead of at the next write), when its credentials are
@@ -49,7 +49,7 @@ class Closed(Exception):
 
 
 class Listener:
-    """What one open stream follows, its queue, and the slot it holds (``who``, ``stream_id``)."""
+    """What one open stream follows, its queue, and whose stream slot it holds (``who``; "" none)."""
 
     def __init__(
         self,
@@ -59,13 +59,12 @@ class Listener:
         user: str = "",
         everything: bool = False,
         who: str = "",
-        stream_id: str = "",
         token_id: str = "",
         session_id: str = "",
     ) -> None:
         self.hub = hub
         self.hostname, self.user, self.everything = hostname, user, everything
-        self.who, self.stream_id = who, stream_id
+        self.who = who
         self.token_id, self.session_id = token_id, session_id
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._on_close: list[Callable[[], None]] = []
@@ -157,11 +156,11 @@ class Hub:
                     followers.discard(listener)
                     if not followers:
                         del index[key]
-        if listener.stream_id:
+        if listener.who:
             try:
-                self.slots.release(listener.who, listener.stream_id)
-            except redis.RedisError as exc:  # the lease ends by itself
-                log.warning("could not give back stream slot %s of %s: %s", listener.stream_id, listener.who, exc)
+                self.slots.release(listener.who)
+            except redis.RedisError as exc:  # counted until this process's heartbeat ends
+                log.warning("could not give back a stream slot of %s: %s", listener.who, exc)
 
     @property
     def open_streams(self) -> int:
@@ -262,11 +261,10 @@ class Hub:
             listener.close(reason)
 
     def _renew(self) -> None:
-        held = [(listener.who, listener.stream_id) for listener in self._snapshot() if listener.stream_id]
         try:
-            self.slots.renew(held)
+            self.slots.renew()
         except redis.RedisError as exc:
-            log.warning("could not renew %d stream slots: %s", len(held), exc)
+            log.warning("could not renew this process's stream slots: %s", exc)
 
 
 def close_when_gone(sock: socket.socket, listener: Listener) -> None:

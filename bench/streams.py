@@ -263,7 +263,7 @@ def rows(result: dict[str, Any]) -> list[list[str]]:
         [
             "a closed stream's slot given back (max of 20)",
             "",
-            ms(result["freed"]["max"]),
+            ms(result["freed"].get("max", float("nan"))),
             "",
             "<= 2 s",
             "yes" if m["freed"] else "no",

@@ -1,68 +1,83 @@
 """Open event streams, counted per caller across every API process (STREAMS_PER_USER, STREAMS_PER_ADDRESS).
 
-Each open stream holds a slot: a member (the stream's random id) of the sorted set
-``<prefix>streams:<who>``, scored by when its lease ends. Taking a slot drops expired leases and
-counts the rest in one script, so concurrent streams of one caller can never pass the cap between
-them. The process that serves a stream renews its leases (``renew``, one round trip for all of
-its streams) well before they end, and gives a slot back the moment its stream closes
-(``release``); the slots of a process that died end with their leases, ``LEASE`` seconds later.
+Each API process counts the streams it serves for each caller in the hash ``<prefix>streams:<who>``
+(one field per process: its count), and keeps a heartbeat key ``<prefix>streams-process:<id>``
+alive while it runs. Taking a slot sums the counts of the processes whose heartbeat is alive
+(dropping a dead process's field on the way) and adds one to its own, in one script, so
+concurrent streams of one caller can never pass the cap between them; giving it back takes one
+off. A process renews only its own heartbeat (one command every ``LEASE / 4`` seconds, however
+many streams it serves: renewing thousands of slots one by one stalled its event loop), and the
+slots of a process that died stop counting when its heartbeat ends, ``LEASE`` seconds later.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterable
+import os
+import secrets
+import socket
 
 import redis
 
-#: Seconds a slot lives unless renewed; a process renews its streams' slots every LEASE / 4.
+#: Seconds a process's slots count without its heartbeat; it renews it every LEASE / 4.
 LEASE = 60.0
 
-# KEYS: streams:<who>; ARGV: stream id, now (epoch), lease end (epoch), cap
+# KEYS: streams:<who>; ARGV: this process's id, the heartbeat keys' prefix, cap, lease (ms)
 # Returns 1 when the slot is taken, 0 when the caller already holds ``cap`` live ones.
 _ACQUIRE = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
-redis.call('EXPIREAT', KEYS[1], math.ceil(tonumber(ARGV[3])))
+local total = 0
+local counts = redis.call('HGETALL', KEYS[1])
+for i = 1, #counts, 2 do
+  if counts[i] == ARGV[1] or redis.call('EXISTS', ARGV[2] .. counts[i]) == 1 then
+    total = total + tonumber(counts[i + 1])
+  else
+    redis.call('HDEL', KEYS[1], counts[i])  -- a process that died: its streams are gone with it
+  end
+end
+if total >= tonumber(ARGV[3]) then return 0 end
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+redis.call('SET', ARGV[2] .. ARGV[1], '1', 'PX', ARGV[4])
+return 1
+"""
+
+# KEYS: streams:<who>; ARGV: this process's id
+_RELEASE = """
+if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
 return 1
 """
 
 
 class StreamSlots:
-    """The slots of one deployment's streams (keys under ``prefix``), in its Redis ``client``."""
+    """The stream slots of one deployment (keys under ``prefix``) held by this process."""
 
     def __init__(self, client: redis.Redis, prefix: str, lease: float = LEASE) -> None:
         self.redis = client
         self.prefix = prefix
         self.lease = lease
+        self.process = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         self._acquire = client.register_script(_ACQUIRE)
+        self._release = client.register_script(_RELEASE)
 
     def key(self, who: str) -> str:
         return f"{self.prefix}streams:{who}"
 
-    def acquire(self, who: str, stream_id: str, cap: int) -> bool:
-        """Take a slot for ``stream_id`` unless ``who`` holds ``cap`` already (0: no cap)."""
-        now = time.time()
-        cap = cap or 1_000_000_000
-        return bool(self._acquire(keys=[self.key(who)], args=[stream_id, repr(now), repr(now + self.lease), cap]))
+    @property
+    def _heartbeats(self) -> str:
+        return f"{self.prefix}streams-process:"
 
-    def renew(self, held: Iterable[tuple[str, str]]) -> None:
-        """Extend the leases of ``(who, stream_id)`` slots still held (one round trip for all)."""
-        end = time.time() + self.lease
-        pipe = self.redis.pipeline(transaction=False)
-        keys = set()
-        for who, stream_id in held:
-            pipe.zadd(self.key(who), {stream_id: end}, xx=True)
-            keys.add(self.key(who))
-        for key in keys:
-            pipe.expireat(key, int(end) + 1)
-        if keys:
-            pipe.execute()
+    def acquire(self, who: str, cap: int) -> bool:
+        """Take a slot for ``who`` unless it holds ``cap`` already (0: no cap)."""
+        args: list[str | int] = [self.process, self._heartbeats, cap or 1_000_000_000, int(self.lease * 1000)]
+        return bool(self._acquire(keys=[self.key(who)], args=args))
 
-    def release(self, who: str, stream_id: str) -> None:
-        self.redis.zrem(self.key(who), stream_id)
+    def release(self, who: str) -> None:
+        self._release(keys=[self.key(who)], args=[self.process])
+
+    def renew(self) -> None:
+        """Keep this process's slots counting for another ``lease`` seconds (one command)."""
+        self.redis.set(self._heartbeats + self.process, "1", px=int(self.lease * 1000))
 
     def count(self, who: str) -> int:
-        """Live slots of ``who`` (for tests and operators)."""
-        return int(self.redis.zcount(self.key(who), time.time(), "+inf"))
+        """Live slots of ``who``, across every process (for tests and operators)."""
+        counts: dict[str, str] = self.redis.hgetall(self.key(who))  # type: ignore[assignment]
+        alive = [process for process in counts if self.redis.exists(self._heartbeats + process)]
+        return sum(int(counts[process]) for process in alive)
