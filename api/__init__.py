@@ -14,6 +14,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api.fastjson import OrjsonProvider
 from api.hub import Hub
+from shared.failover import Replication
 from shared.pool import Pool
 from shared.profiles import Profiles, load_profiles
 from shared.queue import Queue, make_celery
@@ -55,10 +56,14 @@ def create_app(
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
     app.extensions["settings"] = settings
-    app.extensions["store"] = store or Store(connect(settings.redis_url), prefix=settings.key_prefix)
+    app.extensions["store"] = store or Store(connect(settings.redis_target), prefix=settings.key_prefix)
     app.extensions["queue"] = queue or Queue(make_celery(settings, name="swarm_manager_api"))
     app.extensions["profiles"] = profiles if profiles is not None else load_profiles(settings.profiles_file)
     app.extensions["pool"] = Pool(app.extensions["store"], settings.pool_sizes) if settings.pool else None
+    # Accepted spawns and kills are on the replicas before the API answers (shared/failover.py).
+    app.extensions["replication"] = Replication(
+        app.extensions["store"].redis, settings.key_prefix, settings.wait_replicas, settings.redis_wait_timeout
+    )
     # Every event stream of this process follows one Redis subscription (api/hub.py); made here,
     # in the serving process (gunicorn loads the app after it forks its workers).
     hub_store = app.extensions["store"]
@@ -75,6 +80,12 @@ def create_app(
     app.register_blueprint(routes.bp)
     # The original implementation also served everything under /api/ for tmpnb-style clients.
     app.register_blueprint(routes.bp, url_prefix="/api", name="api_compat")
+    from api import binder
+
+    # Thebe, Binder and tmpnb clients (api/binder.py): BinderHub's GET /build/..., and tmpnb's own
+    # POST /api/spawn/ (it answers once the notebook is ACTIVE; the seed's /spawn answers at once).
+    app.register_blueprint(binder.bp)
+    app.view_functions["api_compat.spawn"] = binder.tmpnb_spawn
     app.register_blueprint(manage.bp)
     from api import events
 

@@ -16,6 +16,20 @@ request's caller into ``g.caller`` before any view runs, from either
   ``GET /container/<h>/kill`` never accepts the cookie (a GET must not kill on a cookie); it
   works with a Bearer token only.
 
+Two more identities come without an ``Authorization`` header or a session:
+
+- **anonymous** (:data:`ANONYMOUS`), on the launch routes only (Binder's ``GET /build/...``, tmpnb's
+  ``POST /api/spawn/``): a client with no credentials at all, known by its address
+  (:func:`~api.anonymous.client_key`). It may launch the images ``ANONYMOUS_IMAGES`` names, for
+  nobody in particular, within the anonymous limits (:func:`launch_as`, :func:`check_launch_image`);
+  with ``ANONYMOUS_IMAGES`` empty it gets the 401 it always got. The session cookie is never read
+  there, so it can neither help nor hinder such a launch.
+- **a notebook's capability** (:data:`CAPABILITY`), on one notebook's routes (``GET
+  /container/<h>``, its kills but the GET one, ``/container/<h>/events``): its hostname plus its
+  own token as ``?token=`` (an EventSource cannot send headers). It sees and kills that notebook
+  and nothing else; a wrong token is the same 404 as an unknown hostname, and a notebook without
+  a token has no capability.
+
 and answers what the route's policy (:data:`POLICY`, by view function) needs: public routes
 (``/healthz``, the OpenAPI document, static files, the sign-in form), admin-only routes
 (``/metrics``, ``/tokens``), and everything else for any caller. What a user token may touch
@@ -40,8 +54,11 @@ from flask.typing import ResponseReturnValue
 from markupsafe import Markup
 from werkzeug.wrappers import Response as BaseResponse
 
-from shared.auth import ADMIN, USER, Session, Sessions, Tokens, is_admin_token
-from shared.errors import ConfigError, Forbidden, NotFound, Unauthorized
+from api.anonymous import ANONYMOUS_USER, client_key
+from shared.auth import ADMIN, USER, Session, Sessions, Tokens, digest, is_admin_token
+from shared.errors import ConfigError, Forbidden, ImageNotAllowed, InvalidInput, NotFound, Unauthorized
+from shared.limits import Allowlist
+from shared.notebook_token import FIELD as TOKEN_FIELD
 from shared.record import Notebook
 from shared.settings import Settings
 from shared.store import Store
@@ -50,10 +67,11 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("auth", __name__, template_folder="templates")
 
-#: How a caller proved who it is.
-BEARER, SESSION, OPEN = "bearer", "session", "open"
-#: Route policies.
-PUBLIC, ANY, ADMIN_ONLY, PAGE = "public", "any", "admin", "page"
+#: How a caller proved who it is (ANONYMOUS: not at all; CAPABILITY: a notebook's own token).
+BEARER, SESSION, OPEN, ANONYMOUS, CAPABILITY = "bearer", "session", "open", "anonymous", "capability"
+#: Route policies. LAUNCH: anyone, no credentials making the anonymous caller; NOTEBOOK: one
+#: notebook's routes, which also take that notebook's capability.
+PUBLIC, ANY, ADMIN_ONLY, PAGE, LAUNCH, NOTEBOOK = "public", "any", "admin", "page", "launch", "notebook"
 #: Policy of each view function that is not ANY (by module and name, so a blueprint registered
 #: twice, e.g. under /api/, has one policy).
 POLICY: dict[str, str] = {
@@ -66,7 +84,14 @@ POLICY: dict[str, str] = {
     "api.tokens.listing": ADMIN_ONLY,
     "api.tokens.revoke": ADMIN_ONLY,
     "api.manage.page": PAGE,  # without credentials: the sign-in form
+    "api.binder.build": LAUNCH,
+    "api.binder.tmpnb_spawn": LAUNCH,
+    "api.routes.container": NOTEBOOK,
+    "api.routes.kill": NOTEBOOK,
+    "api.events.container_events": NOTEBOOK,
 }
+#: The query parameter that carries a notebook's capability (its own token, as Jupyter takes it).
+CAPABILITY_PARAM = "token"
 #: Views that kill on a GET: a Bearer token only, never the cookie.
 KILLS_ON_GET = {"api.routes.kill"}
 #: Views whose GET may carry the CSRF token as the ``csrf`` query parameter: the event streams,
@@ -92,6 +117,7 @@ class Caller:
     via: str
     token_id: str = ""
     session_id: str = ""
+    hostname: str = ""  # CAPABILITY: the one notebook it may see
 
     @property
     def is_admin(self) -> bool:
@@ -99,6 +125,7 @@ class Caller:
 
 
 EVERYONE = Caller(ADMIN, None, OPEN)  # AUTH=off
+NOBODY = Caller(ANONYMOUS, None, ANONYMOUS)  # no credentials, on a LAUNCH route
 
 
 def settings() -> Settings:
@@ -287,20 +314,45 @@ def authenticate() -> ResponseReturnValue | None:
     if policy == PUBLIC:
         g.caller = None  # /healthz answers whatever token comes with it, without reading one
         return None
-    caller = from_bearer() if "Authorization" in request.headers else from_session()
+    if "Authorization" in request.headers:
+        caller: Caller | None = from_bearer()
+    elif policy == NOTEBOOK and CAPABILITY_PARAM in request.args:
+        caller = from_capability()
+    elif policy == LAUNCH:
+        caller = NOBODY  # never the cookie: a launch is anonymous or Bearer
+    else:
+        caller = from_session()
     g.caller = caller
     if caller is None:
         if policy == PAGE and request.method in ("GET", "HEAD"):
             return signin_page(401)
         raise Unauthorized()
-    if caller.via == SESSION:
-        if request.method not in UNSAFE_METHODS and view_name(request.endpoint) in KILLS_ON_GET:
-            raise Forbidden("a GET kill needs Authorization: Bearer <token>; the page kills with a POST")
-        if not (policy == PAGE and request.method in ("GET", "HEAD")):
-            check_csrf(g.session.csrf)
+    # A GET must not kill on anything but a Bearer token (a cookie rides along by itself; a
+    # capability in a URL is fetched by link previews and prefetchers).
+    killing_get = request.method not in UNSAFE_METHODS and view_name(request.endpoint) in KILLS_ON_GET
+    if caller.via in (SESSION, CAPABILITY) and killing_get:
+        raise Forbidden("a GET kill needs Authorization: Bearer <token>; kill with POST or DELETE")
+    if caller.via == SESSION and not (policy == PAGE and request.method in ("GET", "HEAD")):
+        check_csrf(g.session.csrf)
     if policy == ADMIN_ONLY and not caller.is_admin:
         raise Forbidden("only the admin may do this")
     return None
+
+
+def from_capability() -> Caller:
+    """The caller a notebook's capability makes: ``?token=`` must be that notebook's own token.
+
+    Anything else (an unknown or malformed hostname, a wrong token, a notebook without a token)
+    is the 404 of an unknown notebook, word for word: nothing to enumerate, nothing to guess.
+    """
+    from api.routes import checked_hostname, store
+
+    hostname = checked_hostname(str((request.view_args or {}).get("hostname", "")))
+    presented = request.args.get(CAPABILITY_PARAM, "")
+    kept = store().internal(hostname, TOKEN_FIELD) or ""
+    if not kept or not presented or not hmac.compare_digest(digest(presented), digest(kept)):
+        raise NotFound(f"no notebook with hostname {hostname!r}")
+    return Caller(ANONYMOUS, None, CAPABILITY, hostname=hostname)
 
 
 def caller() -> Caller:
@@ -319,6 +371,8 @@ def spawn_user(requested: object) -> object:
     who = caller()
     if who.is_admin:
         return requested
+    if who.user is None:
+        raise Unauthorized()  # anonymous callers launch through launch_as only
     if requested is None or (isinstance(requested, str) and requested.strip() in ("", who.user)):
         return who.user
     raise Forbidden("a user token spawns only for its own user")
@@ -327,7 +381,13 @@ def spawn_user(requested: object) -> object:
 def check_visible(record: Notebook) -> Notebook:
     """``record`` if the caller may see it; another user's notebook is the same 404 as an unknown one."""
     who = caller()
-    if not who.is_admin and record.user != who.user:
+    if who.is_admin:
+        return record
+    if who.via == CAPABILITY:
+        visible = record.hostname == who.hostname
+    else:
+        visible = who.user is not None and record.user == who.user
+    if not visible:
         raise NotFound(f"no notebook with hostname {record.hostname!r}")
     return record
 
@@ -337,9 +397,65 @@ def scoped_user(requested: str | None) -> str | None:
     who = caller()
     if who.is_admin:
         return requested
+    if who.user is None:
+        raise Unauthorized()  # nobody without a user lists anything
     if requested not in (None, "", who.user):
         raise Forbidden("a user token lists only its own notebooks")
     return who.user
+
+
+def stream_owner() -> tuple[str, str]:
+    """Whose stream slots a stream counts against, and the setting that caps them: a signed-in
+    caller by its user (or as the admin), everyone else (AUTH=off, anonymous, a capability) by
+    its client address."""
+    who = caller()
+    if who.via in (OPEN, ANONYMOUS, CAPABILITY):
+        return f"addr:{client_key(request.remote_addr)}", "STREAMS_PER_ADDRESS"
+    return (f"user:{who.user}" if who.user else "admin"), "STREAMS_PER_USER"
+
+
+# -- launches (Binder, tmpnb) -----------------------------------------------------------------
+@dataclass(frozen=True)
+class Launch:
+    """Who a Binder or tmpnb launch is for: a user (``anonymous`` False; the ordinary limits), or
+    nobody in particular (``user`` ANONYMOUS_USER; ANONYMOUS_IMAGES and the anonymous limits,
+    counted by ``address``)."""
+
+    user: object
+    anonymous: bool = False
+    address: str = ""
+
+
+def launch_as(requested: object) -> Launch:
+    """Whom a launch is for. A user token: its own user (naming another is 403). The admin (and
+    everyone with AUTH=off): the user it names. A launch that names nobody, by a caller with no
+    user of its own, is anonymous; an anonymous caller cannot name a user (403)."""
+    who = caller()
+    named = not (requested is None or (isinstance(requested, str) and not requested.strip()))
+    if who.user is not None or (who.is_admin and named):
+        return Launch(spawn_user(requested))
+    if who.via == ANONYMOUS and not settings().anonymous_images:
+        raise Unauthorized()  # no anonymous launches here: the 401 of every route without a token
+    if named:
+        raise Forbidden("a launch without a token is anonymous: it cannot name a user")
+    return Launch(ANONYMOUS_USER, anonymous=True, address=client_key(request.remote_addr))
+
+
+def check_launch_image(launch: Launch, image: str) -> None:
+    """An anonymous launch runs only what ANONYMOUS_IMAGES names (403 with the reason); with no
+    anonymous images at all, an anonymous caller gets the 401 any route without a token gives."""
+    if not launch.anonymous:
+        return
+    patterns = settings().anonymous_images
+    if not patterns:
+        if caller().via == ANONYMOUS:
+            raise Unauthorized()
+        raise InvalidInput("user is required (anonymous launches are off: ANONYMOUS_IMAGES is empty)")
+    if not Allowlist(patterns).allows(image):
+        raise ImageNotAllowed(
+            f"image {image[:120]!r} is not open to anonymous clients here (ANONYMOUS_IMAGES: {', '.join(patterns)}); "
+            "launch it with a token"
+        )
 
 
 # -- CSRF --------------------------------------------------------------------------------------

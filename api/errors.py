@@ -28,6 +28,19 @@ from shared.errors import (
 
 log = logging.getLogger(__name__)
 
+
+class LaunchFailed(SwarmManagerError):
+    """A launch that waits for its notebook (tmpnb's /api/spawn/) saw it fail: HTTP 502 with the reason."""
+
+    code = "launch_failed"
+
+
+class LaunchTimedOut(SwarmManagerError):
+    """A launch that waits for its notebook did not see it ready in time: HTTP 504."""
+
+    code = "launch_timed_out"
+
+
 # First match wins: subclasses before their bases.
 STATUS_FOR: dict[type[SwarmManagerError], int] = {
     UnsupportedMediaType: 415,
@@ -40,6 +53,8 @@ STATUS_FOR: dict[type[SwarmManagerError], int] = {
     Forbidden: 403,
     ImageNotAllowed: 403,
     QuotaExceeded: 429,
+    LaunchFailed: 502,
+    LaunchTimedOut: 504,
 }
 
 

@@ -211,15 +211,21 @@ def hub() -> Hub:
 def open_listener(**interest: Any) -> Listener:
     """Take one of the caller's stream slots (429 over STREAMS_PER_USER / STREAMS_PER_ADDRESS),
     then follow ``interest`` through this process's hub (503 when Redis is away)."""
-    who = auth.caller()
-    s = settings()
-    if who.via == auth.OPEN:  # nobody signed in: count by client address
-        owner, cap, what = f"addr:{request.remote_addr}", s.streams_per_address, "STREAMS_PER_ADDRESS"
-    else:
-        owner, cap, what = f"user:{who.user}" if who.user else "admin", s.streams_per_user, "STREAMS_PER_USER"
-    hub_ = hub()
+    owner = take_slot()
     try:
-        taken = hub_.slots.acquire(owner, cap)
+        return follow_as(owner, **interest)
+    except BaseException:
+        hub().slots.release(owner)
+        raise
+
+
+def take_slot() -> str:
+    """Take one of the caller's stream slots (429 over STREAMS_PER_USER / STREAMS_PER_ADDRESS,
+    ``api/auth.py`` says which); return the owner it counts against, for :func:`follow_as`."""
+    owner, what = auth.stream_owner()
+    cap = settings().streams_per_address if what == "STREAMS_PER_ADDRESS" else settings().streams_per_user
+    try:
+        taken = hub().slots.acquire(owner, cap)
     except redis.RedisError as exc:
         raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
     if not taken:
@@ -228,11 +234,14 @@ def open_listener(**interest: Any) -> Listener:
             retry_after=STREAMS_RETRY_AFTER,
             limit="streams",
         )
-    try:
-        return hub_.open(who=owner, token_id=who.token_id, session_id=who.session_id, **interest)
-    except BaseException:
-        hub_.slots.release(owner)
-        raise
+    return owner
+
+
+def follow_as(owner: str, **interest: Any) -> Listener:
+    """Follow ``interest`` through this process's hub, holding ``owner``'s slot (given back when
+    the listener closes; "" holds none). The caller's credentials end it when they are revoked."""
+    who = auth.caller()
+    return hub().open(who=owner, token_id=who.token_id, session_id=who.session_id, **interest)
 
 
 @bp.get("/container/<hostname>/events", strict_slashes=False)

@@ -12,7 +12,8 @@ A listener is closed when its stream ends, when its client goes away (:func:`clo
 notices the socket's end at once instead of at the next write), when its credentials are
 revoked, or when the hub loses Redis: then every listener of the process is closed (its client
 reconnects and reads the current state again, so nothing is silently missed) and the hub
-subscribes again with backoff.
+subscribes again with backoff. The same when redis-py reconnected the subscription by itself (to
+the new master after a Redis Sentinel failover): whatever was published in between is missed.
 
 Under gunicorn's gevent worker (``swarm-manager serve``) ``threading`` and ``queue`` are
 monkey-patched, so the hub's thread, the streams and the watchers are greenlets; under the
@@ -36,6 +37,7 @@ from gevent import monkey
 
 from shared.auth import REVOKED, control_channel
 from shared.errors import StoreUnavailable
+from shared.failover import GapAwarePubSub
 from shared.store import Event, Store, parse_event
 from shared.streams import LEASE, StreamSlots
 
@@ -186,7 +188,9 @@ class Hub:
     def _run(self) -> None:
         backoff = 0.1
         while not self._stopped.is_set():
-            pubsub = self.store.redis.pubsub()  # type: ignore[no-untyped-call]
+            # Its reconnections are counted: redis-py reconnects and resubscribes by itself (to the
+            # new master after a failover), and what was published meanwhile never arrives.
+            pubsub = GapAwarePubSub(self.store.redis.connection_pool)
             try:
                 pubsub.subscribe(self.store.events_channel, self.control_channel)
                 confirmed, deadline = 0, time.monotonic() + self.confirm_within
@@ -198,8 +202,12 @@ class Hub:
                 self._ready.set()
                 backoff = 0.1
                 next_renew = time.monotonic() + self.renew_every
+                gaps = pubsub.reconnections
                 while not self._stopped.is_set():
                     message = pubsub.get_message(timeout=1.0)
+                    if pubsub.reconnections != gaps:
+                        gaps = pubsub.reconnections
+                        self._gap()
                     if message is not None and message.get("type") == "message":
                         self._dispatch(str(message["channel"]), str(message["data"]))
                     if time.monotonic() >= next_renew:
@@ -222,6 +230,14 @@ class Hub:
                     pass
             self._stopped.wait(backoff)
             backoff = min(backoff * 2, 2.0)
+
+    def _gap(self) -> None:
+        """The subscription was connected again (a failover, a Redis restart): events were missed,
+        so every stream ends and its client reads the current state again, as on losing Redis."""
+        log.warning(
+            "events hub reconnected to Redis; closing %d streams that may have missed events", self.open_streams
+        )
+        self._close(list(self._snapshot()), "the store reconnected (a failover?): read the current state again")
 
     def _snapshot(self) -> Iterable[Listener]:
         with self._lock:

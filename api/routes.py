@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,6 +24,7 @@ from shared.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from shared.failover import Replication
 from shared.limits import Allowlist, Quota
 from shared.notebook_token import FIELD as TOKEN_FIELD
 from shared.notebook_token import new_token, wanted
@@ -32,7 +34,7 @@ from shared.public_url import notebook_url, public_url
 from shared.queue import Queue
 from shared.record import Notebook, rfc3339
 from shared.settings import Settings
-from shared.status import KILLABLE, Status
+from shared.status import KILLABLE, TERMINAL, Status
 from shared.store import Store
 from shared.validation import is_hostname, parse_whole, validate_image, validate_user
 
@@ -46,6 +48,8 @@ MAX_LIST_LIMIT = 10_000
 #: years. A ttl is capped by it as by MAX_AGE; uncapped, 999999999999 s would end in year 33715,
 #: past the last date the records can hold.
 MAX_LIFETIME = 10 * 365 * 86400
+#: Where a record is once a kill was accepted: DELETING, or past it by the time the kill is confirmed.
+KILLED = (Status.DELETING.value, *sorted(s.value for s in TERMINAL))
 
 
 def store() -> Store:
@@ -58,6 +62,15 @@ def queue() -> Queue:
 
 def settings() -> Settings:
     return current_app.extensions["settings"]
+
+
+def replicated(hostname: str, field: str = "status", allowed: tuple[str, ...] = ()) -> None:
+    """Return once the write just accepted for ``hostname`` (the record with ``field`` one of
+    ``allowed``, and every write before it: the task sent) is on REDIS_WAIT_REPLICAS replicas, so
+    that a failover cannot lose what the caller is about to be told was accepted. Raises
+    StoreUnavailable (503) when it is not (shared/failover.py)."""
+    replication: Replication = current_app.extensions["replication"]
+    replication.confirm(store().key_for(hostname), field, allowed)
 
 
 def profiles() -> Profiles:
@@ -105,8 +118,11 @@ def secrets_visibility() -> Callable[[str], bool]:
         who = auth.caller()
     except Unauthorized:
         return lambda owner: False  # fail closed: no caller, no secrets
-    if who.is_admin:
+    if who.is_admin or who.via == auth.CAPABILITY:
+        # A notebook's capability is shown only its one notebook (auth.check_visible), whose token it holds.
         return lambda owner: True
+    if who.user is None:
+        return lambda owner: False  # anonymous: nothing (a launch's own answer says launched=True)
     return lambda owner: owner == who.user
 
 
@@ -115,16 +131,18 @@ def link(hostname: str, domain: str) -> str:
     return public_url(settings().public_url, hostname, domain)
 
 
-def public_record(record: Notebook, token: str | None = None) -> dict[str, str]:
+def public_record(record: Notebook, token: str | None = None, *, launched: bool = False) -> dict[str, str]:
     """The record as the caller may see it: every route serialises records through this.
 
     Its owner and admins also get ``token`` (the notebook's own secret, "" when it has none),
     ``notebook_url`` (ready to open: PUBLIC_URL's address with ``?token=<token>``) and
-    ``public_url`` (the same without the token); nobody else does.
+    ``public_url`` (the same without the token); nobody else does, but the client whose launch
+    (Binder, tmpnb) made it, in that launch's own answer (``launched``: an anonymous client has no
+    other way to learn the token it needs).
     ``token`` None reads it from the record's internal field.
     """
     out = record.to_json()
-    if not may_see_secrets(record):
+    if not (launched or may_see_secrets(record)):
         return out
     if token is None:
         token = store().internal(record.hostname, TOKEN_FIELD) or ""
@@ -228,10 +246,25 @@ def spawn_notebook(
     user = auth.spawn_user(user)  # a user token spawns only for itself (403 for anyone else)
     image, user, life = validate_image(image), validate_user(user), lifetime(ttl)
     allowlist().check(image)  # 403 with the reason
+    return start_notebook(image, user, life, profile, mem_limit, cpu_limit, quota())
+
+
+def start_notebook(
+    image: str,
+    user: str,
+    life: float | None,
+    profile: object,
+    mem_limit: object,
+    cpu_limit: object,
+    quotas: Quota,
+) -> tuple[Notebook, str | None]:
+    """The spawn of a checked ``image`` for a checked ``user`` (who may run it was decided before):
+    a warm-pool member, or a PENDING record and its task. ``quotas`` are checked atomically with
+    the write. Returns the record and its token as :func:`spawn_notebook` does."""
     chosen, limits = choose_profile(image, profile, mem_limit, cpu_limit)
     now = time.time()
     # A pooled notebook was started with the image's defaults: not for a named profile or own limits.
-    claimed = claim_from_pool(image, user, now, life) if not profile and limits == Limits() else None
+    claimed = claim_from_pool(image, user, now, life, quotas) if not profile and limits == Limits() else None
     if claimed is not None:
         return claimed, None
     token = new_token() if wanted(settings().notebook_token, profiles().get(chosen) if chosen else None) else ""
@@ -246,18 +279,58 @@ def spawn_notebook(
             **limits.internal(),
             **({TOKEN_FIELD: token} if token else {}),
         },
-        quota=quota(),  # 429 over a limit, checked atomically with the write
+        quota=quotas,  # 429 over a limit, checked atomically with the write
     )
     try:
         queue().spawn(record.hostname)
     except QueueUnavailable:
         # Do not leave a PENDING record that no task will ever pick up.
-        try:
-            store().transition(record.hostname, Status.FAILED, error="the task queue was unavailable")
-        except (StoreUnavailable, InvalidTransition):
-            pass
+        refused(record.hostname, "the task queue was unavailable")
+        raise
+    try:
+        replicated(record.hostname)
+    except StoreUnavailable:
+        refused(record.hostname, "Redis could not confirm the spawn on its replicas")
         raise
     return record, token
+
+
+#: Seconds a refused spawn keeps being marked FAILED while Redis has no master: longer than a
+#: Sentinel failover takes with its usual settings (down-after-milliseconds plus the election).
+REFUSED_PATIENCE = 120.0
+
+
+def refused(hostname: str, why: str) -> None:
+    """The caller is told 503 for this spawn, so it must not go on behind the caller's back: its
+    record is made FAILED with ``why`` (fenced: a spawn attempt in flight can then move it no
+    further). When Redis has no master just then (a failover), the record may still reach the
+    promoted replica, task and all: it is marked there, in the background, once there is one."""
+    current = store()
+    if not _refuse(current, hostname, why):
+        threading.Thread(
+            target=_refuse_later, args=(current, hostname, why), name=f"refuse-{hostname}", daemon=True
+        ).start()
+
+
+def _refuse(current: Store, hostname: str, why: str) -> bool:
+    """One try at :func:`refused`'s mark; False if Redis was away."""
+    try:
+        current.transition(hostname, Status.FAILED, error=why, fence=True)
+    except (InvalidTransition, NotFound):
+        pass  # killed or failed meanwhile, or lost with the master: nothing will start it
+    except StoreUnavailable:
+        return False
+    return True
+
+
+def _refuse_later(current: Store, hostname: str, why: str) -> None:
+    deadline, pause = time.monotonic() + REFUSED_PATIENCE, 0.25
+    while time.monotonic() < deadline:
+        time.sleep(pause)
+        if _refuse(current, hostname, why):
+            return
+        pause = min(pause * 2, 2.0)
+    log.warning("%s: could not mark a refused spawn FAILED within %gs", hostname, REFUSED_PATIENCE)
 
 
 def choose_profile(image: str, name: object, mem_limit: object, cpu_limit: object) -> tuple[str, Limits]:
@@ -270,12 +343,14 @@ def choose_profile(image: str, name: object, mem_limit: object, cpu_limit: objec
     return profile.name, profile.requested(mem_limit, cpu_limit)
 
 
-def claim_from_pool(image: str, user: str, now: float, life: float | None) -> Notebook | None:
+def claim_from_pool(image: str, user: str, now: float, life: float | None, quotas: Quota) -> Notebook | None:
     """An ACTIVE notebook from the warm pool, if ``image`` has one ready; a refill is queued."""
     pool: Pool | None = current_app.extensions.get("pool")
     if pool is None or not pool.pooled(image):
         return None
-    record = pool.claim(image, user, rfc3339(now), now, rfc3339(now + life) if life else "", quota=quota())
+    record = pool.claim(image, user, rfc3339(now), now, rfc3339(now + life) if life else "", quota=quotas)
+    if record is not None:
+        replicated(record.hostname, "user", (user,))
     try:
         queue().refill(image)  # whether or not one was ready: a pool that ran dry needs refilling too
     except QueueUnavailable:
@@ -298,6 +373,7 @@ def kill_notebook(hostname: str) -> tuple[Notebook, bool]:
             continue
         # If this send fails the record stays DELETING and the reconciler sends the kill again.
         queue().kill(hostname)
+        replicated(hostname, allowed=KILLED)
         return record, True
     return store().require(hostname), False
 

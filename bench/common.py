@@ -58,31 +58,43 @@ def stats(values: Iterable[float]) -> dict[str, float]:
 
 
 def ms(seconds: float) -> str:
-    return "n/a" if seconds is None or math.isnan(seconds) else f"{seconds * 1000:.1f} ms"
+    if seconds is None or math.isnan(seconds):
+        return "n/a"
+    # (No timing at all: every request of the sample went unanswered.)
+    return "no answer" if math.isinf(seconds) else f"{seconds * 1000:.1f} ms"
 
 
 # -- raw Docker: the physical limit ---------------------------------------------------------
 def raw_spawn(
-    client: docker.DockerClient, image: str, name: str, instance: str, interval: float, timeout: float = 120
+    client: docker.DockerClient,
+    image: str,
+    name: str,
+    instance: str,
+    interval: float,
+    timeout: float = 120,
+    network: str | None = None,
 ) -> float:
     """Create + start + wait until the port answers HTTP, as directly as the SDK allows; seconds taken.
 
     The same work a spawn does on the engine (a container with a published port on 127.0.0.1,
-    labelled for cleanup), the same readiness probe at the same interval, and nothing else:
-    no record, no queue, no existence check.
+    labelled for cleanup; on ``network`` if given), an HTTP probe every ``interval``, and nothing
+    else: no record, no queue, no existence check, no inspect before the start.
     """
     started = time.perf_counter()
-    container = client.containers.create(
+    api = client.api
+    created = api.create_container(
         image,
         name=name,
         hostname=name[-12:],
         labels={LABEL_INSTANCE: instance},
-        ports={f"{NOTEBOOK_PORT}/tcp": ("127.0.0.1",)},
+        ports=[NOTEBOOK_PORT],
+        host_config=api.create_host_config(port_bindings={NOTEBOOK_PORT: ("127.0.0.1",)}, network_mode=network),
+        networking_config=api.create_networking_config({network: api.create_endpoint_config()}) if network else None,
         detach=True,
     )
-    container.start()
-    container.reload()  # the published port is known only after start
-    port = container.attrs["NetworkSettings"]["Ports"][f"{NOTEBOOK_PORT}/tcp"][0]["HostPort"]
+    api.start(created["Id"])
+    # The published port is known only after start.
+    port = api.inspect_container(created["Id"])["NetworkSettings"]["Ports"][f"{NOTEBOOK_PORT}/tcp"][0]["HostPort"]
     address = f"http://127.0.0.1:{port}"
     deadline = started + timeout
     while not answers_http(address):
@@ -90,6 +102,19 @@ def raw_spawn(
             raise TimeoutError(f"raw container {name} did not answer within {timeout}s")
         time.sleep(interval)
     return time.perf_counter() - started
+
+
+def isolated_network(client: docker.DockerClient, instance: str) -> str:
+    """A bridge network like the worker's own ``<INSTANCE>-notebooks`` (no traffic between its
+    containers), labelled with ``instance`` so :func:`remove_everything` removes it; its name."""
+    from worker.hardening import isolated_network_options
+
+    name = f"{instance}-isolated"
+    if not client.networks.list(names=[name]):
+        client.networks.create(
+            name, driver="bridge", options=isolated_network_options(), labels={LABEL_INSTANCE: instance}
+        )
+    return name
 
 
 def remove_containers(client: docker.DockerClient, instance: str, threads: int = 8) -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import secrets
 import signal
 import socket
@@ -239,6 +240,10 @@ def bench_streams(
     return result
 
 
+def ratio(value: float) -> str:
+    return "—" if math.isinf(value) or math.isnan(value) else f"{value:.2f}x"
+
+
 def rows(result: dict[str, Any]) -> list[list[str]]:
     """Summary rows: measure, quiet, loaded, ratio, target, met."""
     q, lo, m = result["quiet"], result["loaded"], result["met"]
@@ -248,7 +253,7 @@ def rows(result: dict[str, Any]) -> list[list[str]]:
             f"`POST /spawn` p99 at {result['rate']:g}/s, with {load}",
             ms(q["post_spawn"]["p99"]),
             ms(lo["post_spawn"]["p99"]),
-            f"{result['ratio_post_spawn_p99']:.2f}x",
+            ratio(result["ratio_post_spawn_p99"]),
             "<= 20 ms",
             "yes" if m["post_spawn_p99"] else "no",
         ],
@@ -256,7 +261,7 @@ def rows(result: dict[str, Any]) -> list[list[str]]:
             f"`GET /healthz` p99 at {result['rate']:g}/s, with {load}",
             ms(q["healthz"]["p99"]),
             ms(lo["healthz"]["p99"]),
-            f"{result['ratio_healthz_p99']:.2f}x",
+            ratio(result["ratio_healthz_p99"]),
             "<= 10 ms",
             "yes" if m["healthz_p99"] else "no",
         ],

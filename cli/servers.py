@@ -1,4 +1,4 @@
-"""The server-side processes, each defined once: ``swarm-manager serve|worker|beat|flower|check``.
+"""The server-side processes, each defined once: ``swarm-manager serve|worker|beat|watch|flower|check``.
 
 ``make run`` (its supervisord configuration, ``scripts/run-local.sh``), the Dockerfiles and the
 compose and stack files all start the processes through these commands, so a process's command
@@ -101,6 +101,29 @@ def cmd_beat(args: argparse.Namespace, extra: list[str]) -> int:
     _exec("celery", ["-A", "worker.celery_app", "beat", "--loglevel", args.loglevel, "--schedule", schedule, *extra])
 
 
+def cmd_watch(args: argparse.Namespace, extra: list[str]) -> int:
+    """Follow the engine's events (worker/watcher.py) in this process until SIGTERM or SIGINT."""
+    _check_settings()
+    import logging
+    import signal
+    import threading
+
+    from worker import tasks
+    from worker.watcher import Watcher
+
+    logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    stop = threading.Event()
+
+    def stopping(signum: int, frame: object) -> None:
+        stop.set()
+        raise SystemExit(0)  # out of a blocking read of the event stream; run() lets the lease go
+
+    signal.signal(signal.SIGTERM, stopping)
+    signal.signal(signal.SIGINT, stopping)
+    Watcher(tasks.spawner().engine, tasks.reconciler(), tasks.watch_lease()).run(stop)
+    return 0
+
+
 def cmd_flower(args: argparse.Namespace, extra: list[str]) -> int:
     _check_settings()
     # Flower reads FLOWER_BASIC_AUTH (user:password[,...]) itself; FLOWER_BASIC_AUTH_FILE names a
@@ -155,6 +178,13 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     beat.add_argument("--schedule", help="beat's state file (default: one in the temporary folder)")
     beat.add_argument("--loglevel", default="INFO")
     beat.set_defaults(server=cmd_beat)
+
+    watch = commands.add_parser(
+        "watch",
+        help="follow the engine's events and fail a notebook that stops at once (one follows, others stand by)",
+    )
+    watch.add_argument("--loglevel", default="INFO")
+    watch.set_defaults(server=cmd_watch)
 
     flower = commands.add_parser("flower", help="run Flower, the task monitor; other options are passed to it")
     flower.add_argument("--port", type=int, default=os.environ.get("FLOWER_PORT", "5555"), help="default 5555")

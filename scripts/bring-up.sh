@@ -4,7 +4,8 @@
 #          proxy unless PROXY=off), the virtualenv from the runtime lock (requirements.txt) and
 #          configurable-http-proxy in .state/chp. `make run` starts Redis and dockerd itself.
 #   test:  also busybox-static, openssl, iproute2, util-linux, chromium, docker-compose, debootstrap,
-#          btrfs-progs; the test tools (requirements-dev.txt); a running Docker engine.
+#          btrfs-progs, docker-registry, apache2-utils, socat, redis-sentinel; the test tools
+#          (requirements-dev.txt); a running Docker engine.
 #   bench: test, plus the benchmark tools (requirements-bench.txt).
 # The virtualenv is $VENV (default .venv). Lock files are reinstalled only when their content
 # changes (a hash in the venv), so a fresh clone and a long-lived checkout behave the same.
@@ -46,10 +47,17 @@ if [ "$mode" != run ]; then
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
   command -v git >/dev/null 2>&1 || missing+=(git)
+  # The Redis failover tests run a master, a replica and three sentinels (tests/redis_sentinel.py).
+  command -v redis-sentinel >/dev/null 2>&1 || missing+=(redis-sentinel)
   # The real Jupyter Notebook test image is built from Debian packages (tests/jupyter_image.py).
   command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
   # The disk limit is proved on an engine whose data-root is btrfs on a loop file (tests/quota_engine.py).
   command -v mkfs.btrfs >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.btrfs ] || missing+=(btrfs-progs)
+  # The Swarm stack is deployed from a real registry (tests/registry.py) through a manager's mutual-TLS
+  # endpoint (socat in tests/test_stack_deploy.py).
+  command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
+  command -v htpasswd >/dev/null 2>&1 || missing+=(apache2-utils)
+  command -v socat >/dev/null 2>&1 || missing+=(socat)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the whole system in the foreground under supervisord: the API, a worker, beat, Flower, the
+# Run the whole system in the foreground under supervisord: the API, a worker, beat, the engine watcher, Flower, the
 # routing proxy (configurable-http-proxy; PROXY=off leaves it out), and Redis and dockerd when none
 # is running already. supervisord restarts a process that dies (and logs it) while the others keep
 # serving; Ctrl-C (SIGINT or SIGTERM) stops everything it started.
@@ -105,7 +105,9 @@ serverurl=unix://$(esc "$state/supervisor.sock")
 EOF
 
 # -- Redis and the engine, when none is running ---------------------------------------------------
-if ! "$venv/bin/python" -c "import redis,sys; redis.Redis.from_url(sys.argv[1], socket_connect_timeout=1).ping()" "$REDIS_URL" 2>/dev/null; then
+# Behind Redis Sentinel (REDIS_SENTINELS) the sentinels name the server: nothing to start here.
+if [ -z "${REDIS_SENTINELS:-}" ] &&
+  ! "$venv/bin/python" -c "import redis,sys; redis.Redis.from_url(sys.argv[1], socket_connect_timeout=1).ping()" "$REDIS_URL" 2>/dev/null; then
   case "$REDIS_URL" in
     redis://127.0.0.1:*|redis://localhost:*)
       rport=$(echo "$REDIS_URL" | sed -E 's#redis://[^:]+:([0-9]+).*#\1#')
@@ -196,6 +198,7 @@ env $api_env $proxy_env "$sm" check
 program api 20 INT "$api_env" "$sm" serve --bind "127.0.0.1:$port"
 program worker 20 QUIT "$proxy_env" "$sm" worker --hostname "worker1@%h"
 program beat 20 TERM "" "$sm" beat --schedule "$state/celerybeat-schedule"
+program watch 20 TERM "$proxy_env" "$sm" watch
 program flower 30 TERM "$flower_env" "$sm" flower --port "$flower_port" --address 127.0.0.1
 
 say "API http://127.0.0.1:$port/  page http://127.0.0.1:$port/manage  Flower http://127.0.0.1:$flower_port/"

@@ -49,6 +49,22 @@ class InvalidTransition(SwarmManagerError):
         self.new = new
 
 
+class Superseded(InvalidTransition):
+    """A spawn attempt's move refused because the attempt is no longer the record's: a later
+    attempt took the spawn over (a redelivered or resent task), or the reconciler fenced it out.
+    The attempt must leave the record and the notebook's engine objects alone."""
+
+    code = "superseded"
+
+    def __init__(self, hostname: str, attempt: int | None, current: str) -> None:
+        message = f"{hostname}: spawn attempt {attempt} was superseded (now {current or 'none'})"
+        SwarmManagerError.__init__(self, message)
+        self.hostname = hostname
+        self.current = current
+        self.new = ""
+        self.attempt = attempt
+
+
 class StoreUnavailable(SwarmManagerError):
     """Redis did not answer."""
 

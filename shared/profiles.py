@@ -13,6 +13,12 @@ An operator writes them in a YAML file named by ``PROFILES_FILE``::
         max_cpu_limit: 8
         token_env: JUPYTER_TOKEN   # how the notebook's own token is passed (the default), or
         # token_arg: "--ServerApp.token={token}"  (added to command), or token: false (none)
+        allow_origins: ["https://book.example.org"]  # pages that may use its kernels (default CORS_ORIGINS)
+        # cors: false                               # or none at all for this profile's notebooks
+    binder:                        # what Binder's GET /build/<provider>/<spec> launches
+      - spec: gh/org/repo/*        # a glob over <provider>/<spec>; the first match wins
+        image: jupyter/minimal-notebook:2024
+        profile: small             # optional; without it the image's own (and its warm pool)
 
 Both sides load the same file: the API to pick a spawn's profile and check the limits a user
 asks for, the workers to build the notebook's spec from it. The file is validated completely
@@ -23,6 +29,7 @@ reported at once, naming the file, the profile and the field.
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import math
 import re
 import shlex
@@ -35,7 +42,7 @@ import yaml
 from shared.errors import ConfigError, InvalidInput
 from shared.limits import ImageRef, normalize, parse_pattern
 from shared.limits import matches as image_matches
-from shared.validation import DECIMAL, parse_decimal
+from shared.validation import DECIMAL, parse_decimal, validate_image
 
 KIB = 1024
 #: The engine refuses smaller memory limits ("Minimum memory limit allowed is 6MB").
@@ -67,7 +74,12 @@ FIELDS = (
     "token",
     "token_env",
     "token_arg",
+    "allow_origins",
+    "cors",
+    "origin_arg",
 )
+#: The keys of one entry of the file's ``binder`` list.
+BINDER_FIELDS = ("spec", "image", "profile")
 
 
 # -- values ------------------------------------------------------------------------------
@@ -139,6 +151,12 @@ class Profile:
     token: bool = True
     token_env: str = ""
     token_arg: str = ""
+    # Cross-origin pages (thebe): the origins the notebook server lets use its API and kernels
+    # (``allow_origins``; default CORS_ORIGINS), none with ``cors: false``; passed as
+    # ``origin_arg`` (default: both ORIGIN_ARGS) added to ``command``, or in NOTEBOOK_ARGS.
+    allow_origins: tuple[str, ...] = ()
+    cors: bool = True
+    origin_arg: str = ""
     _patterns: tuple[ImageRef, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -223,12 +241,40 @@ class Limits:
         return cls(mem_limit=mem, cpu_limit=cpu)
 
 
-class Profiles:
-    """The operator's profiles, in file order (the first whose pattern matches an image wins)."""
+@dataclass(frozen=True)
+class BinderEntry:
+    """One entry of the file's ``binder`` list: what ``GET /build/<provider>/<spec>`` launches.
 
-    def __init__(self, profiles: Sequence[Profile] = ()) -> None:
+    ``spec`` is a glob over ``<provider>/<spec>`` as the client sends it (percent-escapes decoded,
+    trailing ``/`` dropped), compared case-insensitively: ``gh/org/repo/*`` is every ref of that
+    GitHub repository. ``profile`` "" leaves the image's own profile (and its warm pool).
+    """
+
+    spec: str
+    image: str
+    profile: str = ""
+
+    def matches(self, provider: str, spec: str) -> bool:
+        return fnmatch.fnmatchcase(binder_key(provider, spec), self.spec.lower())
+
+
+def binder_key(provider: str, spec: str) -> str:
+    """What binder patterns are matched against: ``<provider>/<spec>``, lower case, no trailing ``/``."""
+    return f"{provider}/{spec}".rstrip("/").lower()
+
+
+class Profiles:
+    """The operator's profiles, in file order (the first whose pattern matches an image wins), and
+    the Binder entries (the first whose spec pattern matches wins)."""
+
+    def __init__(self, profiles: Sequence[Profile] = (), binder: Sequence[BinderEntry] = ()) -> None:
         self._profiles = list(profiles)
         self._by_name = {p.name: p for p in self._profiles}
+        self.binder = tuple(binder)
+
+    def for_binder(self, provider: str, spec: str) -> BinderEntry | None:
+        """The entry for a Binder launch of ``<provider>/<spec>``; None for a spec nobody mapped."""
+        return next((entry for entry in self.binder if entry.matches(provider, spec)), None)
 
     def __iter__(self) -> Iterator[Profile]:
         return iter(self._profiles)
@@ -270,6 +316,47 @@ class Profiles:
 
 def _absent(value: object) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
+
+
+# -- cross-origin notebooks ---------------------------------------------------------------
+#: How a notebook server learns the origins allowed to use it, unless its profile says
+#: (``origin_arg``): Jupyter Server's and Jupyter Notebook 6's own options (each ignores the other's).
+ORIGIN_ARGS = ("--ServerApp.allow_origin_pat={pattern}", "--NotebookApp.allow_origin_pat={pattern}")
+#: Where the arguments go for a profile without a ``command`` (the image's own CMD): the variable
+#: whose words jupyter/docker-stacks' start-notebook script adds to the server's command line.
+ORIGIN_ENV = "NOTEBOOK_ARGS"
+#: An origin's characters that mean something in a regular expression, each as a one-character class.
+_ORIGIN_ESCAPES = {".": "[.]", "[": "[[]", "]": "[]]"}
+
+
+def allowed_origins(profile: Profile | None, default: Sequence[str]) -> tuple[str, ...]:
+    """The page origins a notebook's server must let use its API and kernels: the profile's
+    ``allow_origins``, else ``default`` (CORS_ORIGINS); none when its profile says ``cors: false``."""
+    if profile is not None and not profile.cors:
+        return ()
+    if profile is not None and profile.allow_origins:
+        return profile.allow_origins
+    return tuple(default)
+
+
+def origin_pattern(origins: Sequence[str]) -> str:
+    """A regular expression that matches exactly ``origins`` (Jupyter's ``allow_origin_pat``).
+
+    Written without backslashes, quotes or spaces (``.`` as ``[.]``), so it passes unchanged through
+    a command line and through NOTEBOOK_ARGS, whether a start script splits it as a shell does
+    (``${NOTEBOOK_ARGS}``) or with ``shlex``.
+    """
+    escaped = ["".join(_ORIGIN_ESCAPES.get(c, c) for c in origin) for origin in origins]
+    return "^(" + "|".join(escaped) + ")$"
+
+
+def origin_arguments(profile: Profile | None, origins: Sequence[str]) -> list[str]:
+    """The notebook server's arguments that allow ``origins`` (none for no origins)."""
+    if not origins:
+        return []
+    pattern = origin_pattern(origins)
+    templates = (profile.origin_arg,) if profile is not None and profile.origin_arg else ORIGIN_ARGS
+    return [t.replace("{pattern}", pattern) for t in templates]
 
 
 # -- loading -----------------------------------------------------------------------------
@@ -317,12 +404,14 @@ def parse_profiles(text: str, source: str = "<profiles>") -> Profiles:
         return Profiles()  # an empty file: no profiles
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping with a 'profiles' list at the top, got {_kind(data)}")
-    unknown = sorted(str(k) for k in data if k != "profiles")
+    unknown = sorted(str(k) for k in data if k not in ("profiles", "binder"))
     if unknown:
-        raise ConfigError(f"{where}: unknown top-level key(s) {', '.join(map(repr, unknown))} (expected 'profiles')")
+        raise ConfigError(
+            f"{where}: unknown top-level key(s) {', '.join(map(repr, unknown))} (expected 'profiles' or 'binder')"
+        )
     items = data.get("profiles")
     if items is None:
-        return Profiles()
+        items = []
     if not isinstance(items, list):
         raise ConfigError(f"{where}: 'profiles' must be a list of profiles, got {_kind(items)}")
 
@@ -344,9 +433,53 @@ def parse_profiles(text: str, source: str = "<profiles>") -> Profiles:
             first_at[name] = index
         if profile is not None:
             profiles.append(profile)
+    binder = _binder_entries(data.get("binder"), {p.name: p for p in profiles}, problems)
     if problems:
         raise ConfigError(f"{where}: " + "; ".join(problems))
-    return Profiles(profiles)
+    return Profiles(profiles, binder)
+
+
+_BINDER_SPEC = re.compile(r"^[a-z0-9*?-]+/\S+$", re.IGNORECASE | re.ASCII)
+
+
+def _binder_entries(value: object, profiles: Mapping[str, Profile], problems: list[str]) -> list[BinderEntry]:
+    """The ``binder`` list; appends "binder #n: field: what is wrong" to ``problems``.
+
+    An entry's image is not checked against ALLOWED_IMAGES here: a launch of it is refused with
+    the reason instead, as a spawn of it would be."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        problems.append(f"binder: expected a list of {{spec, image, profile}} entries, got {_kind(value)}")
+        return []
+    entries = []
+    for index, item in enumerate(value, start=1):
+        label = f"binder #{index}"
+        if not isinstance(item, dict):
+            problems.append(f"{label}: expected a mapping of {', '.join(BINDER_FIELDS)}, got {_kind(item)}")
+            continue
+        found = [
+            f"{label}: unknown key {k!r} (known keys: {', '.join(BINDER_FIELDS)})"
+            for k in item
+            if k not in BINDER_FIELDS
+        ]
+        spec, image, profile = item.get("spec"), item.get("image"), item.get("profile") or ""
+        if not isinstance(spec, str) or len(spec) > 500 or not _BINDER_SPEC.fullmatch(spec.strip()):
+            found.append(f"{label}: spec: expected <provider>/<spec pattern>, e.g. 'gh/org/repo/*', got {spec!r}")
+        try:
+            image = validate_image(image)
+        except InvalidInput as exc:
+            found.append(f"{label}: image: {exc}")
+        if not isinstance(profile, str):
+            found.append(f"{label}: profile: expected a profile's name, got {profile!r}")
+        elif profile and profile not in profiles:
+            found.append(f"{label}: profile: no profile named {profile!r}")
+        elif profile and profiles[profile].images and isinstance(image, str) and not profiles[profile].matches(image):
+            found.append(f"{label}: profile: {profile!r} does not apply to image {image!r}")
+        problems.extend(found)
+        if not found:
+            entries.append(BinderEntry(spec=str(spec).strip(), image=str(image), profile=str(profile).strip()))
+    return entries
 
 
 def _kind(value: object) -> str:
@@ -392,6 +525,9 @@ def _profile(item: object, problems: list[str]) -> Profile | None:
         "token": check("token", _flag) is not False,
         "token_env": check("token_env", _env_name) or "",
         "token_arg": check("token_arg", _token_arg) or "",
+        "allow_origins": check("allow_origins", _origins) or (),
+        "cors": check("cors", _flag) is not False,
+        "origin_arg": check("origin_arg", _origin_arg) or "",
     }
     # The maxima only mean something when users may choose, and must allow the profile's own limits.
     for limit in ("mem_limit", "cpu_limit"):
@@ -410,6 +546,8 @@ def _profile(item: object, problems: list[str]) -> Profile | None:
         problems.append("token_env and token_arg: give one way to pass the token")
     if not values["token"] and (values["token_arg"] or values["token_env"]):
         problems.append("token: false leaves nothing for token_env or token_arg to pass")
+    if not values["cors"] and (values["allow_origins"] or values["origin_arg"]):
+        problems.append("cors: false leaves nothing for allow_origins or origin_arg to pass")
     if problems or name is None:
         return None
     return Profile(name=name, **values)
@@ -484,6 +622,33 @@ def _token_arg(value: object) -> str:
     if not isinstance(value, str) or value.count("{token}") != 1 or any(c.isspace() for c in value):
         raise ValueError(
             f"expected one argument containing {{token}} once, e.g. '--ServerApp.token={{token}}', got {value!r}"
+        )
+    return value
+
+
+_ORIGIN = re.compile(r"^https?://[a-z0-9.\[\]:-]+$")
+
+
+def _origins(value: object) -> tuple[str, ...]:
+    """Page origins, as CORS_ORIGINS takes them (scheme, host, optional port)."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of origins such as https://book.example.org, got {value!r}")
+    out = []
+    for item in value:
+        origin = item.strip().rstrip("/").lower()
+        if not _ORIGIN.fullmatch(origin):
+            raise ValueError(f"expected origins like https://book.example.org[:port], got {item!r}")
+        out.append(origin)
+    return tuple(dict.fromkeys(out))
+
+
+def _origin_arg(value: object) -> str:
+    if not isinstance(value, str) or value.count("{pattern}") != 1 or any(c.isspace() for c in value):
+        raise ValueError(
+            "expected one argument containing {pattern} once, e.g. "
+            f"'--NotebookApp.allow_origin_pat={{pattern}}', got {value!r}"
         )
     return value
 

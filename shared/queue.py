@@ -9,13 +9,16 @@ from __future__ import annotations
 import logging
 import uuid
 from typing import Any
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 from kombu.transport import redis as kombu_redis
 
 from shared.errors import QueueUnavailable
-from shared.settings import Settings
+from shared.failover import sentinel_options
+from shared.settings import RedisTarget, Settings
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +28,8 @@ RECONCILE_TASK = "swarm_manager.reconcile"
 REFILL_TASK = "swarm_manager.refill_pool"
 #: The one Celery queue; in Redis it is the list ``<INSTANCE>:swarm-manager`` (global_keyprefix).
 QUEUE_NAME = "swarm-manager"
+#: Error replies by which Redis refuses a write for a while (not a bug in the command).
+REFUSALS = ("NOREPLICAS", "READONLY", "MISCONF", "LOADING", "MASTERDOWN", "OOM")
 
 
 class RedisChannel(kombu_redis.Channel):
@@ -74,8 +79,40 @@ class RedisChannel(kombu_redis.Channel):
         return client
 
 
+class SentinelChannel(RedisChannel, kombu_redis.SentinelChannel):
+    """kombu's Sentinel channel (its pool asks the sentinels where the master is) with every one
+    of :class:`RedisChannel`'s changes, which come first in the method order: after a failover the
+    worker's connection drops as it does on a Redis restart, and must be ridden out the same way."""
+
+
 class RedisTransport(kombu_redis.Transport):
     Channel = RedisChannel
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel
+
+
+def broker(target: RedisTarget) -> tuple[str, str, dict[str, Any]]:
+    """The broker URL, transport and transport options for ``target``: Celery's own forms.
+
+    One server: its ``redis://`` URL. Sentinels: ``sentinel://host:port/db;sentinel://...`` with
+    the master's name (``master_name``) and how to reach the sentinels (``sentinel_kwargs``) as
+    transport options, as Celery documents it; the URL's user and password are the master's.
+    """
+    url = urlsplit(target.url)
+    password = target.password or unquote(url.password or "")
+    userinfo = quote(unquote(url.username or ""), safe="") + (":" + quote(password, safe="") if password else "")
+    if not target.sentinels:
+        if target.password:
+            host = url.netloc.rpartition("@")[2]
+            return urlunsplit(url._replace(netloc=f"{userinfo}@{host}")), f"{__name__}:RedisTransport", {}
+        return target.url, f"{__name__}:RedisTransport", {}
+    db = url.path.strip("/") or "0"
+    auth = f"{userinfo}@" if userinfo else ""
+    urls = [f"sentinel://{auth}{f'[{h}]' if ':' in h else h}:{port}/{db}" for h, port in target.sentinels]
+    options = {"master_name": target.master, "sentinel_kwargs": sentinel_options(target)}
+    return ";".join(urls), f"{__name__}:SentinelTransport", options
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -86,12 +123,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     # slow but healthy spawn would be delivered twice (harmless, spawns are idempotent,
     # but wasteful). A worker that died mid-task is covered sooner by the reconciler.
     visibility = int(max(300, 3 * settings.start_timeout + 60))
+    url, transport, options = broker(settings.redis_target)
     return {
-        "broker_url": settings.redis_url,
-        "broker_transport": f"{__name__}:RedisTransport",
+        "broker_url": url,
+        "broker_transport": transport,
         "broker_transport_options": {
             "visibility_timeout": visibility,
             "global_keyprefix": settings.key_prefix,
+            **options,
         },
         "broker_connection_retry_on_startup": True,
         "task_ignore_result": True,  # the record in Redis is the result
@@ -128,6 +167,12 @@ class Queue:
             self.app.send_task(name, args=[arg], task_id=task_id)
         except (OperationalError, OSError) as exc:
             raise QueueUnavailable(f"the task queue is unavailable: {exc}") from exc
+        except redis.ResponseError as exc:
+            # Redis refusing writes (a master short of its min-replicas-to-write, out of memory, a
+            # failing disk) reaches here as it is: kombu re-raises only connection errors as its own.
+            if not str(exc).startswith(REFUSALS):
+                raise
+            raise QueueUnavailable(f"the task queue refused the task: {exc}") from exc
 
     def spawn(self, hostname: str) -> None:
         self._send(SPAWN_TASK, hostname, f"spawn-{hostname}")

@@ -12,11 +12,12 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
+from urllib.parse import urlsplit
 
 from shared.errors import ConfigError
 from shared.limits import Allowlist, parse_allowed_images
 from shared.profiles import load_profiles, parse_cpus, parse_size
-from shared.validation import parse_decimal, parse_whole
+from shared.validation import IMAGE_RE, parse_decimal, parse_whole
 
 _DNS_NAME = re.compile(r"^(?=.{1,200}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
@@ -71,6 +72,51 @@ def _redis_url(raw: str) -> str:
     if not raw.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError(f"expected redis://, rediss:// or unix:// URL, got {raw!r}")
     return raw
+
+
+#: Where Sentinel listens unless REDIS_SENTINELS says otherwise (Redis's own default).
+SENTINEL_PORT = 26379
+
+
+def _sentinels(raw: str) -> tuple[tuple[str, int], ...]:
+    """``host:port,host:port`` (``[v6addr]:port`` for IPv6; the port defaults to 26379): the sentinels."""
+    out: list[tuple[str, int]] = []
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        match = re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+)(?::([0-9]{1,5}))?", part)
+        port = int(match.group(2) or SENTINEL_PORT) if match else 0
+        if not match or not 1 <= port <= 65535:
+            raise ValueError(f"expected host:port of a sentinel (e.g. sentinel1:26379), got {part!r}")
+        out.append((match.group(1).strip("[]"), port))
+    return tuple(dict.fromkeys(out))
+
+
+def _master_name(raw: str) -> str:
+    value = raw.strip()
+    if value and not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", value):
+        raise ValueError(f"expected the name the sentinels monitor (letters, digits, . _ -), got {raw!r}")
+    return value
+
+
+def _wait_replicas(raw: str) -> int | None:
+    """A number of replicas, or ``auto`` (None: 1 with REDIS_SENTINELS, else 0)."""
+    return None if raw.strip().lower() == "auto" else _int(0, 100)(raw)
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """Where the one Redis is: a server (``url``), or the master the sentinels name (``sentinels`` set).
+
+    With sentinels, ``url`` gives only the database number and the data nodes' user and password;
+    ``password`` (REDIS_PASSWORD), when set, replaces the URL's. shared/store.py's ``connect()`` and
+    shared/queue.py's ``celery_config()`` both build their connections from this, so records and the
+    task queue always use the same Redis.
+    """
+
+    url: str
+    sentinels: tuple[tuple[str, int], ...] = ()
+    master: str = ""
+    password: str = ""
+    sentinel_password: str = ""
 
 
 def _docker_host(raw: str) -> str:
@@ -137,6 +183,11 @@ def _origins(raw: str) -> tuple[str, ...]:
             raise ValueError(f"expected origins like https://app.example.org[:port], got {part!r}")
         out.append(origin)
     return tuple(dict.fromkeys(out))
+
+
+def _optional_patterns(raw: str) -> tuple[str, ...]:
+    """Image patterns as ALLOWED_IMAGES takes them, or none at all (empty)."""
+    return parse_allowed_images(raw) if raw.strip(" ,") else ()
 
 
 #: Linux capabilities a notebook may be given back (NOTEBOOK_CAP_ADD), to catch typos at start-up.
@@ -246,7 +297,55 @@ def _from_file(name: str, path: str) -> str:
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = setting(
-        "REDIS_URL", "redis://127.0.0.1:6379/0", _redis_url, "Redis for records and the task queue."
+        "REDIS_URL",
+        "redis://127.0.0.1:6379/0",
+        _redis_url,
+        "Redis for records and the task queue. With REDIS_SENTINELS only its database number and user/password "
+        "are used (the sentinels name the server), e.g. redis://:PASSWORD@mymaster/0.",
+    )
+    redis_sentinels: tuple[tuple[str, int], ...] = setting(
+        "REDIS_SENTINELS",
+        "",
+        _sentinels,
+        "Redis Sentinel: `host:port,host:port,...` of the sentinels (port default 26379). Every process then asks "
+        "them where the master is and follows a failover without a restart. Empty: REDIS_URL's one server.",
+    )
+    redis_master: str = setting(
+        "REDIS_MASTER",
+        "",
+        _master_name,
+        "With REDIS_SENTINELS (and required by it): the name the sentinels monitor the master by "
+        "(their `sentinel monitor <name> ...`), e.g. mymaster.",
+    )
+    redis_password: str = setting(
+        "REDIS_PASSWORD",
+        "",
+        _text,
+        "Password of the Redis server(s) (their requirepass); replaces one in REDIS_URL. Or REDIS_PASSWORD_FILE, "
+        "a file holding it.",
+        secret=True,
+    )
+    redis_sentinel_password: str = setting(
+        "REDIS_SENTINEL_PASSWORD",
+        "",
+        _text,
+        "Password of the sentinels themselves, if they require one (their requirepass); or "
+        "REDIS_SENTINEL_PASSWORD_FILE, a file holding it.",
+        secret=True,
+    )
+    redis_wait_replicas: int | None = setting(
+        "REDIS_WAIT_REPLICAS",
+        "auto",
+        _wait_replicas,
+        "Before the API accepts a spawn or a kill (202), that many replicas (at most as many as are connected) "
+        "must have it (Redis WAIT), so a failover cannot lose it; else 503. auto: 1 with REDIS_SENTINELS, 0 (no "
+        "wait) without.",
+    )
+    redis_wait_timeout: float = setting(
+        "REDIS_WAIT_TIMEOUT",
+        "1",
+        _float(0.01, 60),
+        "Seconds the API waits for the replicas (REDIS_WAIT_REPLICAS) before it answers 503.",
     )
     domain: str = setting(
         "DOMAIN",
@@ -462,6 +561,40 @@ class Settings:
         "`registry.example:5000/*`, `repo:*`, `repo@*`) a spawn may use; anything else is 403. `*`: every image "
         "(a WARNING at start-up when AUTH is on).",
     )
+    anonymous_images: tuple[str, ...] = setting(
+        "ANONYMOUS_IMAGES",
+        "",
+        _optional_patterns,
+        "Image patterns (as in ALLOWED_IMAGES, which must allow them too) that clients without a token may "
+        "launch through the Binder (GET /build/...) and tmpnb (POST /api/spawn/) routes, within the ANONYMOUS_* "
+        "limits; typically the pooled images. Empty: no anonymous launches (every route but /healthz needs a token).",
+    )
+    anonymous_max_notebooks: int = setting(
+        "ANONYMOUS_MAX_NOTEBOOKS",
+        "20",
+        _int(0, 1_000_000),
+        "Most anonymous notebooks live at once, in total (0: no limit of their own; MAX_NOTEBOOKS still applies); "
+        "one more is 429.",
+    )
+    anonymous_per_address: int = setting(
+        "ANONYMOUS_PER_ADDRESS",
+        "2",
+        _int(1, 10_000),
+        "Most live anonymous notebooks per client address (an IPv6 client: per /64; behind proxies, the address "
+        "TRUSTED_PROXY_HOPS believes); one more is 429.",
+    )
+    anonymous_spawn_rate: int = setting(
+        "ANONYMOUS_SPAWN_RATE",
+        "6",
+        _int(1, 100_000),
+        "Most anonymous launches per client address per minute; one more is 429 with Retry-After.",
+    )
+    anonymous_max_age: float = setting(
+        "ANONYMOUS_MAX_AGE",
+        "3600",
+        _float(60, 365 * 86400),
+        "Seconds an anonymous notebook lives before it is killed (capped by MAX_AGE).",
+    )
     max_notebooks: int = setting(
         "MAX_NOTEBOOKS",
         "0",
@@ -573,7 +706,7 @@ class Settings:
         return settings
 
     def _check(self) -> list[str]:
-        problems = []
+        problems = self._check_redis()
         if self.docker_tls_verify or self.docker_cert_path:
             path = self.docker_cert_path or os.path.join(os.path.expanduser("~"), ".docker")
             for name in ("ca.pem", "cert.pem", "key.pem"):
@@ -596,6 +729,10 @@ class Settings:
         for image, _ in self.pool:
             if not allowlist.allows(image):
                 problems.append(f"POOL: image {image!r} is not allowed by ALLOWED_IMAGES")
+        for pattern in self.anonymous_images:
+            # A plain reference (no glob) that the allowlist refuses could never be launched: say so now.
+            if IMAGE_RE.fullmatch(pattern) and not allowlist.allows(pattern):
+                problems.append(f"ANONYMOUS_IMAGES: image {pattern!r} is not allowed by ALLOWED_IMAGES")
         if self.max_notebooks and sum(n for _, n in self.pool) >= self.max_notebooks:
             problems.append("POOL: the warm pool alone would fill MAX_NOTEBOOKS")
         try:
@@ -604,6 +741,39 @@ class Settings:
         except ConfigError as exc:
             problems.append(str(exc))
         return problems
+
+    def _check_redis(self) -> list[str]:
+        problems = []
+        if self.redis_sentinels:
+            if not self.redis_master:
+                problems.append("REDIS_SENTINELS needs REDIS_MASTER: the name the sentinels monitor (e.g. mymaster)")
+            if not self.redis_url.startswith("redis://"):
+                # TLS to the data nodes would need TLS to the sentinels too (kombu and redis-py differ there).
+                problems.append("REDIS_URL: with REDIS_SENTINELS it must be a redis:// URL (no TLS, no unix socket)")
+            elif not re.fullmatch(r"/?[0-9]{0,5}", urlsplit(self.redis_url).path):
+                problems.append("REDIS_URL: expected redis://[:PASSWORD@]NAME/DB with a database number, e.g. /0")
+        else:
+            for name, value in (
+                ("REDIS_MASTER", self.redis_master),
+                ("REDIS_SENTINEL_PASSWORD", self.redis_sentinel_password),
+            ):
+                if value:
+                    problems.append(f"{name} is set but REDIS_SENTINELS is not: name the sentinels, or unset it")
+        return problems
+
+    @property
+    def redis_target(self) -> RedisTarget:
+        """Where the one Redis is (records and queue alike)."""
+        return RedisTarget(
+            self.redis_url, self.redis_sentinels, self.redis_master, self.redis_password, self.redis_sentinel_password
+        )
+
+    @property
+    def wait_replicas(self) -> int:
+        """Replicas the API's accepted writes wait for (REDIS_WAIT_REPLICAS, ``auto`` resolved)."""
+        if self.redis_wait_replicas is None:
+            return 1 if self.redis_sentinels else 0
+        return self.redis_wait_replicas
 
     @property
     def tls(self) -> bool:

@@ -42,10 +42,12 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from shared.errors import InvalidTransition, NotFound, StoreUnavailable
+from shared.errors import InvalidTransition, NotFound, StoreUnavailable, Superseded
+from shared.failover import sentinel_client
 from shared.limits import COUNTED, QUOTA_LUA, Quota, quota_error
 from shared.metrics import OUTCOME_OF, Metrics
 from shared.record import UNSTORED, Notebook, derived_url, now_rfc3339
+from shared.settings import RedisTarget
 from shared.status import TERMINAL, Status, sources_of
 from shared.validation import HOSTNAME_ALPHABET, HOSTNAME_LENGTH
 
@@ -53,6 +55,9 @@ log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+#: Statuses a spawn task may (still) work on: :meth:`Store.claim_spawn`'s argument.
+_SPAWNABLE = "," + ",".join(s.value for s in (Status.PENDING, Status.STARTING)) + ","
 
 #: The public record's fields in the seed's order (``Notebook.to_json``'s keys).
 PUBLIC_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Notebook))
@@ -127,10 +132,12 @@ return 1
 # KEYS: record, idx:all, idx:ended
 # ARGV: key prefix, new status ('' keeps it), allowed statuses as ',A,B,', updated_at, channel,
 #       terminal statuses as ',A,B,', now (epoch), statuses that take no quota slot as ',A,B,',
-#       field1, value1, ...
+#       the spawn attempt the caller is ('' for none: see Store.claim_spawn), '1' to fence (end
+#       every attempt in flight: the record's attempt number goes up), field1, value1, ...
 # Returns {1, flat hash} on success, {2, flat hash} when the record already has the new status
 # (nothing written: a retried or repeated move is a no-op), {0} when missing, {-1, current
-# status} when not allowed.
+# status} when not allowed, {-3, current attempt} when the caller's attempt is no longer the
+# record's (nothing written: a later attempt, or a fencing move, took over).
 # (The status index keys are derived here from the current status, which is only known
 # inside the script; fine on a single Redis, which is what this project uses.)
 _TRANSITION = (
@@ -138,12 +145,17 @@ _TRANSITION = (
     + """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return {0} end
+if ARGV[9] ~= '' then
+  local attempt = redis.call('HGET', KEYS[1], '_attempt') or ''
+  if attempt ~= ARGV[9] then return {-3, attempt} end
+end
 if cur == ARGV[2] then return {2, redis.call('HGETALL', KEYS[1])} end
 if not string.find(ARGV[3], ',' .. cur .. ',', 1, true) then return {-1, cur} end
 local new = ARGV[2]
 if new == '' then new = cur end
 redis.call('HSET', KEYS[1], 'status', new, 'updated_at', ARGV[4])
-if #ARGV >= 9 then redis.call('HSET', KEYS[1], unpack(ARGV, 9)) end
+if ARGV[10] == '1' then redis.call('HINCRBY', KEYS[1], '_attempt', 1) end
+if #ARGV >= 11 then redis.call('HSET', KEYS[1], unpack(ARGV, 11)) end
 if new ~= cur then
   local hostname = redis.call('HGET', KEYS[1], 'hostname')
   local score = redis.call('ZSCORE', KEYS[2], hostname)
@@ -163,6 +175,28 @@ return {1, flat}
 """
 )
 
+
+# KEYS: record; ARGV: the statuses a spawn may start from, as ',A,B,'
+# A spawn task's first step: it becomes the record's current attempt (the number goes up, so an
+# earlier attempt still in flight is superseded: Store.transition refuses its moves) and marks it
+# as between claiming and recording its container (``_spawning``, the attempt's number: a kill
+# task then leaves the removal to it, see worker/spawner.py). Returns {1, flat hash} with the new
+# ``_attempt``, {0} when missing, {-1, current status} when the record is past spawning.
+_CLAIM_SPAWN = """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return {0} end
+if not string.find(ARGV[1], ',' .. cur .. ',', 1, true) then return {-1, cur} end
+local attempt = redis.call('HINCRBY', KEYS[1], '_attempt', 1)
+redis.call('HSET', KEYS[1], '_spawning', attempt)
+return {1, redis.call('HGETALL', KEYS[1])}
+"""
+
+# KEYS: record; ARGV: attempt, internal field names...
+# Deletes the fields only while ``attempt`` is still the record's (an attempt ending: its marks go).
+_END_ATTEMPT = """
+if redis.call('HGET', KEYS[1], '_attempt') ~= ARGV[1] then return 0 end
+return redis.call('HDEL', KEYS[1], unpack(ARGV, 2))
+"""
 
 # KEYS: live:all; ARGV: key prefix, counted statuses as ',A,B,', hostnames of live records...
 # Makes the quota sets agree with the records: drops members that no longer take a slot and
@@ -241,9 +275,11 @@ def _as_store_error(exc: redis.RedisError) -> StoreUnavailable | None:
     """The StoreUnavailable that ``exc`` means (the API answers 503), or None for any other error."""
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError | redis.BusyLoadingError):
         return StoreUnavailable(f"Redis is unavailable: {exc}")
-    # e.g. MISCONF (disk full under persistence) or READONLY (a replica): a store fault,
-    # not a bug in the caller.
-    if isinstance(exc, redis.ResponseError) and str(exc).startswith(("MISCONF", "READONLY", "LOADING", "MASTERDOWN")):
+    # e.g. MISCONF (disk full under persistence), READONLY (a replica) or NOREPLICAS (a master
+    # short of its min-replicas-to-write): a store fault, not a bug in the caller.
+    if isinstance(exc, redis.ResponseError) and str(exc).startswith(
+        ("MISCONF", "READONLY", "LOADING", "MASTERDOWN", "NOREPLICAS")
+    ):
         return StoreUnavailable(f"Redis refused the write: {exc}")
     return None
 
@@ -285,27 +321,35 @@ POOL_SIZE = 100
 POOL_WAIT = 5.0
 
 
-def connect(url: str, patience: float = 0.0) -> redis.Redis:
-    """A Redis client with bounded timeouts and retries.
+def connect(target: str | RedisTarget, patience: float = 0.0) -> redis.Redis:
+    """A Redis client with bounded timeouts and retries, of a server URL or of ``Settings.redis_target``
+    (the master the sentinels name, with REDIS_SENTINELS: shared/failover.py).
 
     ``patience`` is roughly how many seconds a command keeps retrying while Redis is away
     (restarting, failing over): workers wait it out, the API (patience 0) answers 503 at once.
     Every write here is safe to retry: a move to the status a record already has is a no-op.
+    Behind sentinels every retry asks them where the master is, so a command that fails on the
+    old master goes to the new one once a sentinel has promoted it.
     """
+    target = RedisTarget(target) if isinstance(target, str) else target
     retries = max(1, int(patience / 0.5)) if patience > 0 else 1
     # A blocking pool: when every connection is busy (hundreds of the API's greenlets at once), a
     # command waits its turn for up to POOL_WAIT seconds instead of failing "Too many connections".
-    pool = redis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=POOL_SIZE,
-        timeout=POOL_WAIT,
-        decode_responses=True,
-        socket_connect_timeout=2,
-        socket_timeout=10,
-        health_check_interval=15,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError],
-    )
+    options: dict[str, Any] = {
+        "max_connections": POOL_SIZE,
+        "timeout": POOL_WAIT,
+        "decode_responses": True,
+        "socket_connect_timeout": 2,
+        "socket_timeout": 10,
+        "health_check_interval": 15,
+        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries),
+        "retry_on_error": [redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError],
+    }
+    if target.sentinels:
+        return sentinel_client(target, **options)
+    if target.password:
+        options["password"] = target.password
+    pool = redis.BlockingConnectionPool.from_url(target.url, **options)
     client = redis.Redis(connection_pool=pool)
     client.auto_close_connection_pool = True
     return client
@@ -393,6 +437,8 @@ class Store:
         self.prefix = prefix
         self._create = client.register_script(_CREATE)
         self._transition = client.register_script(_TRANSITION)
+        self._claim_spawn = client.register_script(_CLAIM_SPAWN)
+        self._end_attempt = client.register_script(_END_ATTEMPT)
         self._purge = client.register_script(_PURGE)
         self._sync_live = client.register_script(_SYNC_LIVE)
         self._public_values = client.register_script(_PUBLIC_VALUES)
@@ -487,6 +533,12 @@ class Store:
         if record is None:
             raise NotFound(f"no notebook with hostname {hostname!r}")
         return record
+
+    @_store_errors
+    def status_and_attempt(self, hostname: str) -> tuple[Status | None, str]:
+        """The record's status (None: gone) and its current spawn attempt ("" when none), in one read."""
+        status, attempt = self.redis.hmget(self.key_for(hostname), ["status", "_attempt"])
+        return (Status(status) if status else None), str(attempt or "")
 
     @_store_errors
     def internal(self, hostname: str, name: str) -> str | None:
@@ -672,11 +724,6 @@ class Store:
     def count(self) -> int:
         return int(self.redis.zcard(self._idx()))
 
-    @_store_errors
-    def try_lock(self, name: str, seconds: float) -> bool:
-        """Take a lock that expires by itself; False if someone holds it (no unlock needed)."""
-        return bool(self.redis.set(f"{self.prefix}lock:{name}", "1", nx=True, px=max(1, int(seconds * 1000))))
-
     # -- writes -------------------------------------------------------------
     @_store_errors
     def sync_live(self, hostnames: Iterable[str]) -> tuple[int, int]:
@@ -759,6 +806,24 @@ class Store:
         raise RuntimeError("could not find a free hostname")
 
     @_store_errors
+    def claim_spawn(self, hostname: str) -> tuple[Notebook, dict[str, str]] | Status | None:
+        """Become the record's current spawn attempt (``_CLAIM_SPAWN``): the record and its internal
+        fields (``attempt`` among them: pass it to every later move), in one round trip; the status
+        when the record is past spawning; None when it does not exist."""
+        result = self._claim_spawn(keys=[self.key_for(hostname)], args=[_SPAWNABLE])
+        if result[0] == 0:
+            return None
+        if result[0] == -1:
+            return Status(result[1])
+        data = dict(zip(result[1][::2], result[1][1::2], strict=True))
+        return Notebook.from_hash(data), {k[1:]: v for k, v in data.items() if k.startswith("_")}
+
+    @_store_errors
+    def end_attempt(self, hostname: str, attempt: int, *names: str) -> bool:
+        """Delete internal fields ``names`` while ``attempt`` is still the record's; False if not."""
+        return bool(self._end_attempt(keys=[self.key_for(hostname)], args=[attempt, *(f"_{n}" for n in names)]))
+
+    @_store_errors
     def transition(
         self,
         hostname: str,
@@ -766,6 +831,8 @@ class Store:
         *,
         allowed: Iterable[Status] | None = None,
         internal: dict[str, str] | None = None,
+        attempt: int | None = None,
+        fence: bool = False,
         **fields: str,
     ) -> Notebook:
         """Atomically move ``hostname`` to ``new`` and set ``fields``, only from an allowed status.
@@ -777,6 +844,11 @@ class Store:
         write retried after a lost reply, or a repeated task, is harmless.
         Raises NotFound if the record is missing and InvalidTransition if its current status
         is not allowed; in both cases nothing is written.
+
+        ``attempt``: the move is a spawn attempt's (:meth:`claim_spawn`), made only while that
+        attempt is still the record's; else Superseded (an InvalidTransition), nothing written.
+        ``fence``: the move also ends every attempt in flight (the reconciler's moves: a spawn
+        paused somewhere can then never undo them, nor remove the notebook's container).
         """
         if new is None:
             permitted = frozenset(allowed or ())
@@ -791,6 +863,8 @@ class Store:
             "," + ",".join(s.value for s in TERMINAL) + ",",
             repr(time.time()),
             "," + ",".join(s.value for s in Status if s not in COUNTED) + ",",
+            "" if attempt is None else str(attempt),
+            "1" if fence else "",
         ]
         for k, v in fields.items():
             argv.extend((k, v))
@@ -801,6 +875,8 @@ class Store:
             raise NotFound(f"no notebook with hostname {hostname!r}")
         if result[0] == -1:
             raise InvalidTransition(hostname, result[1], new.value if new is not None else "(update)")
+        if result[0] == -3:
+            raise Superseded(hostname, attempt, result[1])
         flat = result[1]
         record = Notebook.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
         if new in OUTCOME_OF:

@@ -37,8 +37,9 @@ from tests.support import (
 from worker.hardening import isolated_network_options
 
 # The second (mutual-TLS) engine in a network namespace, shared by the TLS and fault tests;
-# the real Jupyter Notebook image (built once per machine), for the tests where a real server matters.
-pytest_plugins = ["tests.tls_engine", "tests.jupyter_image"]
+# the real Jupyter Notebook image (built once per machine), for the tests where a real server matters;
+# a real registry (Debian's docker-registry); swarm-manager's own images for the deployment tests.
+pytest_plugins = ["tests.tls_engine", "tests.jupyter_image", "tests.registry", "tests.deploy_images"]
 
 # Engine settings from the developer's shell must not leak into workers the tests start.
 ENGINE_VARS = ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")

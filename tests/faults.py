@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,8 +49,11 @@ def _get(stack: Any, hostname: str) -> Notebook | None:
     return None
 
 
-def check_outcome(stack: Any, records: list[Notebook | None], grace: float = 5.0) -> Outcome:
-    """Count outcomes and compare records with the containers on the engine."""
+def check_outcome(
+    stack: Any, records: list[Notebook | None], grace: float = 5.0, others: Collection[str] = ()
+) -> Outcome:
+    """Count outcomes and compare records with the containers on the engine (those of ``others``,
+    live notebooks outside this count, are neither counted nor orphans)."""
     out = Outcome(trials=len(records))
     by_host: dict[str, list[Any]] = {}
     # A spawn that lost a race removes its container right after the record settles.
@@ -81,6 +85,6 @@ def check_outcome(stack: Any, records: list[Notebook | None], grace: float = 5.0
             out.orphans += len(mine)
         else:
             out.stuck += 1
-    known = {r.hostname for r in records if r is not None}
+    known = {r.hostname for r in records if r is not None} | set(others)
     out.orphans += sum(len(cs) for h, cs in by_host.items() if h not in known)
     return out

@@ -205,6 +205,15 @@ class WorkerProcess:
             self._log = None
 
 
+class WatchProcess(WorkerProcess):
+    """``swarm-manager watch`` (worker/watcher.py) as the supervisor, compose and the stack run it."""
+
+    ready_text = "following the engine's events"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "cli", "watch"]
+
+
 class BeatProcess(WorkerProcess):
     """A real ``celery beat`` process (sends the periodic reconcile task)."""
 
@@ -329,6 +338,9 @@ IMAGES: dict[str, list[str]] = {
     # Answers only after 5 s (a notebook server that is slow to start).
     "slow5": ["/bin/sh", "-c", "sleep 5; exec /bin/httpd -f -p 8888 -h /www"],
     "slow3": ["/bin/sh", "-c", "sleep 3; exec /bin/httpd -f -p 8888 -h /www"],
+    # Answers 50-200 ms after it starts, at random, as small real servers do (bench/spawn.py times
+    # how soon readiness is noticed with it).
+    "quick": ["/bin/sh", "-c", "/bin/busybox usleep $((50000 + RANDOM % 150000)); exec /bin/httpd -f -p 8888 -h /www"],
     # Runs but never answers on its port.
     "silent": ["/bin/sleep", "100000"],
     # Exits at once with code 3.

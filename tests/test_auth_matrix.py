@@ -2,9 +2,13 @@
 worker and the real engine, with AUTH on.
 
 The authorization matrix is one table: every route by {no token, a bad token, a revoked token,
-user A, user B, the admin}: the status it must answer. User tokens are made through the API
-(``POST /tokens``) as an operator would. Around it: what a user token sees in lists and event
-streams, a real spawn by a user token, token storage, and the 401 answers themselves.
+a notebook's capability, another notebook's capability, user A, user B, the admin}: the status it
+must answer. "No token" is the anonymous identity (ANONYMOUS_IMAGES is set here): it may launch
+through the Binder and tmpnb routes and nothing more. A capability (``?token=`` with a notebook's
+own token) opens that notebook's routes and nothing else; another notebook's is the 404 of an
+unknown one. User tokens are made through the API (``POST /tokens``) as an operator would. Around
+it: what a user token sees in lists and event streams, a real spawn by a user token, token
+storage, and the 401 answers themselves.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from tests.support import RedisServer, unique_instance
 ADMIN_TOKEN = "adm-" + secrets.token_urlsafe(24)
 SECRET_KEY = secrets.token_urlsafe(32)
 A, B, C = "alice", "bob", "carol"
-WHO = ("nobody", "bad", "revoked", "A", "B", "admin")
+WHO = ("nobody", "bad", "revoked", "cap", "othercap", "A", "B", "admin")
 
 
 @dataclass
@@ -41,6 +45,7 @@ class Secured:
     image: str
     secret: dict[str, str] = field(default_factory=dict)  # who -> bearer token ("" for nobody)
     spawned: list[str] = field(default_factory=list)
+    tokens: dict[str, str] = field(default_factory=dict)  # hostname -> its notebook token (its capability)
 
     def headers(self, who: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.secret[who]}"} if self.secret.get(who) else {}
@@ -50,8 +55,13 @@ class Secured:
         return self.http.open(path, method=method, headers=headers, **kwargs)
 
     def notebook(self, user: str, status: Status | None = None) -> str:
-        """A record of ``user`` written straight to the store (no container), optionally moved on."""
-        record = self.stack.store.create(image=self.image, user=user, domain=self.stack.settings.domain)
+        """A record of ``user`` with its own token, written straight to the store (no container),
+        optionally moved on."""
+        token = secrets.token_urlsafe(24)
+        record = self.stack.store.create(
+            image=self.image, user=user, domain=self.stack.settings.domain, internal={"token": token}
+        )
+        self.tokens[record.hostname] = token
         if status is Status.FAILED:
             self.stack.store.transition(record.hostname, Status.FAILED, error="made by the test")
         return record.hostname
@@ -64,7 +74,15 @@ class Secured:
 
 @pytest.fixture(scope="module")
 def secured(stack_factory: Any, images: dict[str, str]) -> Iterator[Secured]:
-    stack = stack_factory("auth", AUTH="on", ADMIN_TOKEN=ADMIN_TOKEN, SECRET_KEY=SECRET_KEY)
+    stack = stack_factory(
+        "auth",
+        AUTH="on",
+        ADMIN_TOKEN=ADMIN_TOKEN,
+        SECRET_KEY=SECRET_KEY,
+        ANONYMOUS_IMAGES=images["httpd"],  # the anonymous identity: launches of this image only
+        ANONYMOUS_PER_ADDRESS="100",  # every anonymous cell comes from 127.0.0.1
+        ANONYMOUS_SPAWN_RATE="1000",
+    )
     # Event streams end quickly here: the matrix opens them like any route.
     stack.app.config.update(EVENTS_LIFETIME=1.0, CONTAINER_EVENTS_LIFETIME=1.0, EVENTS_HEARTBEAT=0.3)
     sec = Secured(stack, stack.app.test_client(use_cookies=False), images["httpd"])
@@ -84,41 +102,48 @@ def secured(stack_factory: Any, images: dict[str, str]) -> Iterator[Secured]:
 class Row:
     method: str
     path: str  # {mine}: a settled notebook of A; {live}: a new killable notebook of A; {token}: a new token
-    expect: tuple[int, int, int, int, int, int]  # in WHO order
+    expect: tuple[int, int, int, int, int, int, int, int]  # in WHO order
     body: dict[str, Any] | None = None  # JSON, or a form for /manage routes
     json_answer: bool = False  # Accept: application/json (the /manage script's requests)
 
 
-N = 401  # no, bad or revoked token
+N = 401  # no, bad or revoked token; a capability on anything but its notebook's routes
 MATRIX: list[Row] = [
-    #    method    path                                   nobody bad revoked  A    B   admin
-    Row("POST",   "/spawn",                               (N, N, N,          202, 403, 202), body={"user": A}),
-    Row("POST",   "/spawn",                               (N, N, N,          202, 202, 400), body={}),  # no user
-    Row("POST",   "/api/spawn",                           (N, N, N,          202, 403, 202), body={"user": A}),
-    Row("GET",    "/container/{mine}",                    (N, N, N,          200, 404, 200)),
-    Row("GET",    "/api/container/{mine}",                (N, N, N,          200, 404, 200)),
-    Row("GET",    "/container/zzzzzzzzzzzz",              (N, N, N,          404, 404, 404)),
-    Row("GET",    "/container/{live}/kill",               (N, N, N,          202, 404, 202)),
-    Row("POST",   "/container/{live}/kill",               (N, N, N,          202, 404, 202)),
-    Row("DELETE", "/container/{live}",                    (N, N, N,          202, 404, 202)),
-    Row("GET",    "/api/container/{live}/kill",           (N, N, N,          202, 404, 202)),
-    Row("GET",    "/containers",                          (N, N, N,          200, 200, 200)),
-    Row("GET",    "/containers?user=alice",               (N, N, N,          200, 403, 200)),
-    Row("GET",    "/api/containers?user=bob",             (N, N, N,          403, 200, 200)),
-    Row("GET",    "/container/{mine}/events",             (N, N, N,          200, 404, 200)),
-    Row("GET",    "/events",                              (N, N, N,          200, 200, 200)),
-    Row("GET",    "/metrics",                             (N, N, N,          403, 403, 200)),
-    Row("POST",   "/tokens",                              (N, N, N,          403, 403, 201), body={"user": C}),
-    Row("GET",    "/tokens",                              (N, N, N,          403, 403, 200)),
-    Row("DELETE", "/tokens/{token}",                      (N, N, N,          403, 403, 200)),
-    Row("GET",    "/healthz",                             (200, 200, 200,    200, 200, 200)),
-    Row("GET",    "/openapi.json",                        (200, 200, 200,    200, 200, 200)),
-    Row("GET",    "/static/manage.css",                   (200, 200, 200,    200, 200, 200)),
-    Row("GET",    "/manage",                              (N, N, N,          200, 200, 200)),
-    Row("POST",   "/manage/spawn",                        (N, N, N,          202, 403, 202), body={"user": A},
+    #   method    path                          nobody, bad, revoked;  cap, othercap;  A, B, admin
+    Row("POST",   "/spawn",                      (N, N, N,  N, N,  202, 403, 202), body={"user": A}),
+    Row("POST",   "/spawn",                      (N, N, N,  N, N,  202, 202, 400), body={}),  # no user
+    # Naming a user, the seed's spawn under /api/ (as before); naming none, tmpnb's spawn, which
+    # without a token is an anonymous launch (of ANONYMOUS_IMAGES).
+    Row("POST",   "/api/spawn",                  (N, N, N,  N, N,  202, 403, 202), body={"user": A}),
+    Row("POST",   "/api/spawn",                  (202, N, N,  202, 202,  202, 202, 202),
+        body={"wait": False}),
+    Row("POST",   "/api/spawn",                  (403, N, N,  403, 403,  202, 403, 202),
+        body={"image_name": "swarm-manager-test/httpd:2", "user": A, "wait": False}),
+    Row("GET",    "/build/gh/org/nothing/HEAD",  (200, N, N,  200, 200,  200, 200, 200)),
+    Row("GET",    "/container/{mine}",           (N, N, N,  200, 404,  200, 404, 200)),
+    Row("GET",    "/api/container/{mine}",       (N, N, N,  200, 404,  200, 404, 200)),
+    Row("GET",    "/container/zzzzzzzzzzzz",     (N, N, N,  404, 404,  404, 404, 404)),
+    Row("GET",    "/container/{live}/kill",      (N, N, N,  403, 404,  202, 404, 202)),
+    Row("POST",   "/container/{live}/kill",      (N, N, N,  202, 404,  202, 404, 202)),
+    Row("DELETE", "/container/{live}",           (N, N, N,  202, 404,  202, 404, 202)),
+    Row("GET",    "/api/container/{live}/kill",  (N, N, N,  403, 404,  202, 404, 202)),
+    Row("GET",    "/containers",                 (N, N, N,  N, N,  200, 200, 200)),
+    Row("GET",    "/containers?user=alice",      (N, N, N,  N, N,  200, 403, 200)),
+    Row("GET",    "/api/containers?user=bob",    (N, N, N,  N, N,  403, 200, 200)),
+    Row("GET",    "/container/{mine}/events",    (N, N, N,  200, 404,  200, 404, 200)),
+    Row("GET",    "/events",                     (N, N, N,  N, N,  200, 200, 200)),
+    Row("GET",    "/metrics",                    (N, N, N,  N, N,  403, 403, 200)),
+    Row("POST",   "/tokens",                     (N, N, N,  N, N,  403, 403, 201), body={"user": C}),
+    Row("GET",    "/tokens",                     (N, N, N,  N, N,  403, 403, 200)),
+    Row("DELETE", "/tokens/{token}",             (N, N, N,  N, N,  403, 403, 200)),
+    Row("GET",    "/healthz",                    (200, 200, 200,  200, 200,  200, 200, 200)),
+    Row("GET",    "/openapi.json",               (200, 200, 200,  200, 200,  200, 200, 200)),
+    Row("GET",    "/static/manage.css",          (200, 200, 200,  200, 200,  200, 200, 200)),
+    Row("GET",    "/manage",                     (N, N, N,  N, N,  200, 200, 200)),
+    Row("POST",   "/manage/spawn",               (N, N, N,  N, N,  202, 403, 202), body={"user": A},
         json_answer=True),
-    Row("POST",   "/manage/kill/{live}",                  (N, N, N,          202, 404, 202), json_answer=True),
-    Row("GET",    "/no/such/route",                       (N, N, N,          404, 404, 404)),
+    Row("POST",   "/manage/kill/{live}",         (N, N, N,  N, N,  202, 404, 202), json_answer=True),
+    Row("GET",    "/no/such/route",              (N, N, N,  N, N,  404, 404, 404)),
 ]  # fmt: skip
 
 
@@ -133,11 +158,18 @@ CELLS = [pytest.param(row, who, row.expect[i], id=cell_id(row, who)) for row in 
 @pytest.mark.parametrize(("row", "who", "expected"), CELLS)
 def test_authorization_matrix(secured: Secured, row: Row, who: str, expected: int) -> None:
     live = secured.notebook(A) if "{live}" in row.path else ""
+    mine = secured.notebook(A, Status.FAILED) if "{mine}" in row.path else ""
     path = row.path.format(
-        mine=secured.notebook(A, Status.FAILED) if "{mine}" in row.path else "",
+        mine=mine,
         live=live,
         token=secured.new_token(C)["id"] if "{token}" in row.path else "",
     )
+    if who in ("cap", "othercap"):
+        # A notebook's capability: the row's own notebook's token (or, on routes of no notebook, some
+        # notebook's), or that of another notebook of the same user.
+        own = mine or live or secured.notebook(A)
+        token = secured.tokens[own if who == "cap" else secured.notebook(A)]
+        path += ("&" if "?" in path else "?") + f"token={token}"
     kwargs: dict[str, Any] = {}
     if row.body is not None:
         body = {"image": secured.image, **row.body}

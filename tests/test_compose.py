@@ -1,142 +1,113 @@
-"""docker-compose.yml, Dockerfile.api and Dockerfile.worker, checked without building or starting anything.
+"""docker-compose.yml, stack.yml and the Dockerfiles, checked without building or starting anything.
 
-The compose file is validated and resolved by Debian's docker-compose 1.29.2 (``config``),
-and the checks read the resolved YAML, so they see what ``docker-compose up --scale
-worker=N`` would run. A missing docker-compose is a failure, never a skip.
+The compose file is resolved by Debian's docker-compose 1.29.2 (``config``), so the checks see what
+``docker-compose up --scale worker=N`` would run; stack.yml is read as YAML (anchors and merge keys
+resolved, as ``docker stack deploy`` does). tests/test_compose_deploy.py and tests/test_stack_deploy.py
+run both for real; these checks name the rule a change breaks in a second. A missing docker-compose
+is a failure, never a skip.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shlex
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from shared.settings import Settings, documented_settings
-
-try:
-    import yaml
-except ImportError:  # pragma: no cover - reported by the fixture below
-    yaml = None
+from tests.deployed import SECRET_NAMES, docker_compose
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-DOCKER_COMPOSE = "/usr/bin/docker-compose"
+STACK_FILE = ROOT / "stack.yml"
 APP_SERVICES = ("api", "worker", "beat", "flower")
-ENGINE_SERVICES = ("worker",)  # the ones that talk to the engine and get its certificates
+SERVICES = {"redis", "proxy", *APP_SERVICES}
 CERT_TARGET = "/certs"
-NOTEBOOK_NETWORK = "swarm-manager-notebooks"
-COMPOSE_ADMIN_TOKEN = "compose-test-admin-token-0123456789"
-COMPOSE_SECRET_KEY = "compose-test-secret-key-0123456789"
-COMPOSE_FLOWER_AUTH = "ops:compose-test-flower-password"
-#: Flower's own environment settings the flower service may set.
-FLOWER_OWN = {"FLOWER_BASIC_AUTH"}
+PROFILES_TARGET = "/etc/swarm-manager/profiles"
+REQUIRED = {"ENGINE_HOST": "tcp://engine.example.org:2376", "PUBLISH_IP": "10.0.0.5"}
+
+#: Settings of shared/settings.py that the deployment files do not pass through, and why. A new
+#: setting must be added to both files' x-settings or here.
+NOT_PASSED = {
+    "ADMIN_TOKEN": "a Docker secret (ADMIN_TOKEN_FILE)",
+    "SECRET_KEY": "a Docker secret (SECRET_KEY_FILE)",
+    "PROXY_AUTH_TOKEN": "a Docker secret (PROXY_AUTH_TOKEN_FILE)",
+    "AUTH": "always on: the API is published",
+    "REDIS_SENTINELS": "the deployment runs its own Redis",
+    "REDIS_MASTER": "the deployment runs its own Redis",
+    "REDIS_PASSWORD": "the deployment runs its own Redis",
+    "REDIS_SENTINEL_PASSWORD": "the deployment runs its own Redis",
+    "REDIS_WAIT_REPLICAS": "the deployment runs its own Redis, without replicas",
+    "REDIS_WAIT_TIMEOUT": "the deployment runs its own Redis, without replicas",
+    "DOCKER_HOST": "wired: ENGINE_HOST, in the worker only",
+    "DOCKER_TLS_VERIFY": "wired: always on, in the worker only",
+    "DOCKER_CERT_PATH": "wired: the mounted certificates, in the worker only",
+    "PROXY_API_URL": "wired: the deployment's own proxy",
+    "PROXY_PUBLIC_URL": "wired: the deployment's own proxy",
+}
+#: Wired per file besides x-settings (compose requires PUBLISH_IP in the worker; the stack passes it).
+NOT_PASSED_COMPOSE = {"PUBLISH_IP": "wired: required in the worker"}
 
 
-def docker_compose() -> str:
-    found = DOCKER_COMPOSE if os.access(DOCKER_COMPOSE, os.X_OK) else shutil.which("docker-compose")
-    if not found:
-        pytest.fail(
-            f"docker-compose not found at {DOCKER_COMPOSE} or on PATH; install Debian's package: "
-            "apt-get install docker-compose",
-            pytrace=False,
-        )
-    return found
+def compose_env(tmp: Path, **env: str) -> dict[str, str]:
+    """A clean environment (nothing from the developer's shell) with the required variables."""
+    home = tmp / "home"
+    home.mkdir(exist_ok=True)
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "LANG": "C.UTF-8", **env}
 
 
 def run_compose(tmp: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """docker-compose -f docker-compose.yml ARGS with a clean environment plus ``env``.
-
-    Nothing from the developer's shell (DOCKER_HOST, DOMAIN, ...) or from an .env file
-    beside the compose file changes the result: an empty --env-file replaces the latter.
-    """
-    certs = tmp / "certs"
-    certs.mkdir(exist_ok=True)
-    for name in ("ca.pem", "cert.pem", "key.pem"):
-        (certs / name).touch()
-    empty_env_file = tmp / "empty.env"
-    empty_env_file.touch()
-    home = tmp / "home"
-    home.mkdir(exist_ok=True)
-    full_env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(home),
-        "LANG": "C.UTF-8",
-        "DOCKER_CERT_DIR": str(certs),
-        # Required by the api service (authentication is on in compose).
-        "ADMIN_TOKEN": COMPOSE_ADMIN_TOKEN,
-        "SECRET_KEY": COMPOSE_SECRET_KEY,
-        "FLOWER_BASIC_AUTH": COMPOSE_FLOWER_AUTH,
-        **env,
-    }
-    cmd = [docker_compose(), "--env-file", str(empty_env_file), "-f", str(COMPOSE_FILE), *args]
-    result = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, (
-        f"`{shlex.join(cmd)}` exited with {result.returncode}:\n{result.stderr}{result.stdout}"
-    )
-    return result
+    """``docker-compose -f docker-compose.yml ARGS``; an empty --env-file keeps a local .env out."""
+    empty = tmp / "empty.env"
+    empty.touch()
+    cmd = [docker_compose(), "--env-file", str(empty), "-f", str(COMPOSE_FILE), *args]
+    return subprocess.run(cmd, cwd=ROOT, env=compose_env(tmp, **env), capture_output=True, text=True, timeout=120)
 
 
 def resolved(tmp: Path, **env: str) -> dict[str, Any]:
-    if yaml is None:
-        pytest.fail("PyYAML is not installed; it is needed to read `docker-compose config`", pytrace=False)
-    config = yaml.safe_load(run_compose(tmp, "config", **env).stdout)
+    proc = run_compose(tmp, "config", **{**REQUIRED, "ENGINE_CERT_DIR": str(tmp / "certs"), **env})
+    assert proc.returncode == 0, f"docker-compose config failed:\n{proc.stderr}"
+    config = yaml.safe_load(proc.stdout)
     assert isinstance(config, dict) and isinstance(config.get("services"), dict), config
     return config
 
 
 @pytest.fixture(scope="module")
-def compose_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("compose")
+def config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return resolved(tmp_path_factory.mktemp("compose"))
 
 
 @pytest.fixture(scope="module")
-def config(compose_tmp: Path) -> dict[str, Any]:
-    return resolved(compose_tmp)
-
-
-@pytest.fixture(scope="module")
-def cert_dir(compose_tmp: Path) -> Path:
-    """The host folder the fixture's DOCKER_CERT_DIR names (mounted at /certs)."""
-    return compose_tmp / "certs"
+def stack() -> dict[str, Any]:
+    loaded = yaml.safe_load(STACK_FILE.read_text())
+    assert isinstance(loaded, dict)
+    return loaded
 
 
 def service(config: dict[str, Any], name: str) -> dict[str, Any]:
     services = config["services"]
-    assert name in services, f"no service {name!r} in docker-compose.yml (has {sorted(services)})"
+    assert name in services, f"no service {name!r} (has {sorted(services)})"
     return dict(services[name])
 
 
 def environment(svc: dict[str, Any]) -> dict[str, Any]:
-    env = svc.get("environment") or {}
-    if isinstance(env, list):  # KEY=VALUE form
-        env = dict(item.split("=", 1) if "=" in item else (item, None) for item in env)
-    return dict(env)
+    return dict(svc.get("environment") or {})
 
 
-def mounts(svc: dict[str, Any]) -> list[dict[str, Any]]:
-    """Volumes in one shape: {source, target, read_only}, from the short or the long syntax."""
-    out = []
+def mounts(svc: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    """target -> (source, read-only), from the short syntax `docker-compose config` prints."""
+    out = {}
     for volume in svc.get("volumes") or []:
-        if isinstance(volume, str):
-            parts = volume.split(":")
-            if len(parts) == 1:
-                out.append({"source": None, "target": parts[0], "read_only": False})
-            else:
-                mode = parts[2] if len(parts) > 2 else "rw"
-                out.append({"source": parts[0], "target": parts[1], "read_only": "ro" in mode.split(",")})
+        if isinstance(volume, dict):
+            out[volume["target"]] = (str(volume.get("source")), bool(volume.get("read_only")))
         else:
-            out.append(
-                {
-                    "source": volume.get("source"),
-                    "target": volume.get("target"),
-                    "read_only": bool(volume.get("read_only")),
-                }
-            )
+            source, target, *mode = str(volume).split(":")
+            out[target] = (source, "ro" in (mode[0].split(",") if mode else []))
     return out
 
 
@@ -145,164 +116,187 @@ def command(svc: dict[str, Any]) -> list[str]:
     return shlex.split(cmd) if isinstance(cmd, str) else [str(part) for part in cmd]
 
 
-# -- the compose file -----------------------------------------------------------------
-def test_compose_file_is_valid(tmp_path: Path) -> None:
-    run_compose(tmp_path, "config", "-q")
+def settings_names() -> set[str]:
+    return {name for name, _default, _doc in documented_settings()}
 
 
-def test_services(config: dict[str, Any]) -> None:
-    assert set(config["services"]) == {"redis", *APP_SERVICES}
+# -- docker-compose.yml -------------------------------------------------------------------------
+def test_compose_refuses_to_start_without_its_engine(tmp_path: Path) -> None:
+    for missing in REQUIRED:
+        env = {k: v for k, v in REQUIRED.items() if k != missing}
+        proc = run_compose(tmp_path, "config", "-q", **env)
+        assert proc.returncode != 0 and f"set {missing}" in proc.stderr, (missing, proc.stderr[-500:])
 
 
-def test_every_app_service_has_redis_url(config: dict[str, Any]) -> None:
-    for name in APP_SERVICES:
-        env = environment(service(config, name))
-        assert env.get("REDIS_URL") == "redis://redis:6379/0", f"{name}: REDIS_URL is {env.get('REDIS_URL')!r}"
-
-
-def test_app_services_restart_and_wait_for_redis(config: dict[str, Any]) -> None:
-    for name in ("redis", *APP_SERVICES):
+def test_services_restart_and_wait_for_redis(config: dict[str, Any]) -> None:
+    assert set(config["services"]) == SERVICES
+    for name in SERVICES:
         assert service(config, name).get("restart") == "unless-stopped", name
     for name in APP_SERVICES:
-        depends = service(config, name).get("depends_on") or {}
-        assert isinstance(depends, dict) and depends.get("redis", {}).get("condition") == "service_healthy", (
-            f"{name} must depend on redis being healthy, has {depends!r}"
-        )
+        svc = service(config, name)
+        assert (svc.get("depends_on") or {}).get("redis", {}).get("condition") == "service_healthy", name
+        assert environment(svc).get("REDIS_URL") == "redis://redis:6379/0", name
 
 
 def test_worker_can_be_scaled(config: dict[str, Any]) -> None:
     worker = service(config, "worker")
     assert "container_name" not in worker, "a fixed container_name breaks `--scale worker=N`"
-    assert not worker.get("ports"), f"published ports break `--scale worker=N`: {worker.get('ports')}"
+    assert not worker.get("ports"), "published ports break `--scale worker=N`"
     assert "hostname" not in worker, "a fixed hostname gives every replica the same Celery node name"
 
 
 def test_redis_persists_append_only(config: dict[str, Any]) -> None:
     redis = service(config, "redis")
-    assert redis.get("image") == "redis:7"
     args = command(redis)
-    assert "--appendonly" in args, args
     assert args[args.index("--appendonly") + 1] == "yes", args
-    data = [m for m in mounts(redis) if m["target"] == "/data"]
-    assert data and data[0]["source"] in config.get("volumes", {}), f"/data must be a named volume: {data}"
-    assert "redis-cli" in " ".join(str(t) for t in redis.get("healthcheck", {}).get("test", [])), redis
+    assert mounts(redis)["/data"][0] in config["volumes"], "/data must be a named volume"
+    assert "redis-cli" in " ".join(redis["healthcheck"]["test"])
 
 
-def test_engine_certificates_are_read_only_and_only_where_needed(config: dict[str, Any], cert_dir: Path) -> None:
-    for name in ENGINE_SERVICES:
-        svc = service(config, name)
-        certs = [m for m in mounts(svc) if m["target"] == CERT_TARGET]
-        assert len(certs) == 1, f"{name}: the engine certificates must be mounted at {CERT_TARGET}: {mounts(svc)}"
-        assert certs[0]["read_only"], f"{name}: {CERT_TARGET} must be mounted read-only: {certs[0]}"
-        assert certs[0]["source"] == str(cert_dir), f"{name}: {CERT_TARGET} must come from DOCKER_CERT_DIR"
-        env = environment(svc)
-        assert env.get("DOCKER_CERT_PATH") == CERT_TARGET, name
-        assert env.get("DOCKER_TLS_VERIFY") == "1", name
-        assert str(env.get("DOCKER_HOST", "")).startswith("tcp://"), name
-    for name in ("api", "flower"):
-        svc = service(config, name)
-        assert not [m for m in mounts(svc) if m["target"] == CERT_TARGET], f"{name} needs no engine certificates"
-        assert not [m for m in mounts(svc) if m["source"] == str(cert_dir)], name
-
-
-def test_tls_settings_only_with_mounted_certificates(config: dict[str, Any]) -> None:
-    # Settings refuse to start (ConfigError) with DOCKER_TLS_VERIFY/DOCKER_CERT_PATH set and
-    # no ca.pem, cert.pem, key.pem there: such a service would restart forever.
-    for name in APP_SERVICES:
+def test_engine_certificates_are_read_only_and_only_in_the_worker(config: dict[str, Any]) -> None:
+    for name in SERVICES:
         svc = service(config, name)
         env = environment(svc)
-        if env.get("DOCKER_TLS_VERIFY") or env.get("DOCKER_CERT_PATH"):
-            path = env.get("DOCKER_CERT_PATH") or ""
-            assert path in {m["target"] for m in mounts(svc)}, f"{name}: DOCKER_CERT_PATH={path!r} is not mounted"
+        if name == "worker":
+            assert mounts(svc)[CERT_TARGET][1], "the engine certificates must be mounted read-only"
+            assert env["DOCKER_CERT_PATH"] == CERT_TARGET and env["DOCKER_TLS_VERIFY"] == "1"
+            assert env["DOCKER_HOST"] == REQUIRED["ENGINE_HOST"] and env["PUBLISH_IP"] == REQUIRED["PUBLISH_IP"]
+        else:
+            assert CERT_TARGET not in mounts(svc), f"{name} must not see the engine certificates"
+            assert not {"DOCKER_HOST", "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY"} & set(env), name
 
 
-def test_worker_reaches_notebooks_on_their_network(config: dict[str, Any]) -> None:
-    networks = config.get("networks") or {}
-    declared = [key for key, net in networks.items() if (net or {}).get("name") == NOTEBOOK_NETWORK]
-    assert declared, f"no network named {NOTEBOOK_NETWORK}: {networks}"
-    worker = service(config, "worker")
-    joined = worker.get("networks") or {}
-    assert declared[0] in joined, f"the worker must join {declared[0]!r}: {joined}"
-    assert "default" in joined, f"the worker must stay on the default network to reach redis: {joined}"
-    env = environment(worker)
-    assert env.get("NOTEBOOK_NETWORK") == NOTEBOOK_NETWORK
-    assert env.get("PUBLISH_IP") == "", "notebooks on the shared network are reached by address, not a port"
+def test_secrets_are_files_only_where_needed(config: dict[str, Any]) -> None:
+    wanted = {
+        "api": {"admin_token", "secret_key"},
+        "worker": {"proxy_auth_token"},
+        "flower": {"flower_basic_auth"},
+        "proxy": {"proxy_auth_token"},
+    }
+    for name in SERVICES:
+        svc = service(config, name)
+        got = {s["source"] if isinstance(s, dict) else s for s in svc.get("secrets") or []}
+        assert got == wanted.get(name, set()), (name, got)
+        env = environment(svc)
+        assert not {"ADMIN_TOKEN", "SECRET_KEY", "PROXY_AUTH_TOKEN", "FLOWER_BASIC_AUTH"} & set(env), name
+        for key in ("ADMIN_TOKEN_FILE", "SECRET_KEY_FILE", "PROXY_AUTH_TOKEN_FILE", "FLOWER_BASIC_AUTH_FILE"):
+            if key in env:
+                assert str(env[key]).startswith("/run/secrets/"), (name, key, env[key])
+    assert set(config["secrets"]) == set(SECRET_NAMES)
 
 
-def test_ports(config: dict[str, Any]) -> None:
-    def targets(name: str) -> set[int]:
-        out = set()
+def test_ports_and_commands(config: dict[str, Any]) -> None:
+    def published(name: str) -> dict[int, str]:
+        """target -> host address, from `HOST_IP:PUBLISHED:TARGET/tcp`."""
+        out = {}
         for port in service(config, name).get("ports") or []:
-            if isinstance(port, dict):
-                out.add(int(port["target"]))
-            else:
-                out.add(int(str(port).split("/")[0].rsplit(":", 1)[-1]))
+            host_ip, _published, target = str(port).split("/")[0].split(":")
+            out[int(target)] = host_ip
         return out
 
-    assert targets("api") == {3000}
-    assert targets("flower") == {5555}
+    assert published("api") == {3000: "0.0.0.0"}
+    assert published("flower") == {5555: "127.0.0.1"}, "Flower stays on loopback unless FLOWER_BIND says otherwise"
+    assert published("proxy") == {8000: "0.0.0.0"}
     for name in ("redis", "worker", "beat"):
-        assert not targets(name), f"{name} must publish no port"
+        assert not published(name), f"{name} must publish no port"
+    image = service(config, "worker")["image"]
+    assert service(config, "beat")["image"] == service(config, "flower")["image"] == image
+    # Each process's command line is the swarm-manager command's (cli/servers.py), as `make run` runs it.
+    assert command(service(config, "worker")) == ["python", "-m", "cli", "worker"]
+    assert command(service(config, "beat"))[:4] == ["python", "-m", "cli", "beat"]
+    assert command(service(config, "flower"))[:4] == ["python", "-m", "cli", "flower"]
+    assert "command" not in service(config, "api"), "the api image's CMD is `swarm-manager serve`"
 
 
-def test_commands(config: dict[str, Any]) -> None:
-    assert service(config, "worker").get("build", {}).get("dockerfile") == "Dockerfile.worker"
-    assert service(config, "api").get("build", {}).get("dockerfile") == "Dockerfile.api"
-    image = service(config, "worker").get("image")
-    for name in ("beat", "flower"):
-        assert service(config, name).get("image") == image, f"{name} must use the worker image"
-    # Each process's command line is defined once, by the swarm-manager command (cli/servers.py).
-    assert command(service(config, "worker"))[:4] == ["python", "-m", "cli", "worker"]
-    beat = command(service(config, "beat"))
-    assert beat[:4] == ["python", "-m", "cli", "beat"]
-    schedule = beat[beat.index("--schedule") + 1] if "--schedule" in beat else ""
-    assert schedule.startswith("/tmp/") or any(
-        schedule.startswith(m["target"] + "/") and not m["read_only"] for m in mounts(service(config, "beat"))
-    ), f"beat's schedule file {schedule!r} must be in /tmp or a writable volume"
-    flower = command(service(config, "flower"))
-    assert flower[:4] == ["python", "-m", "cli", "flower"] and flower[flower.index("--port") + 1] == "5555", flower
-
-
-def test_app_environment_is_known_settings(config: dict[str, Any]) -> None:
-    known = {name for name, _default, _doc in documented_settings()}
-    for name in APP_SERVICES:
-        own = FLOWER_OWN if name == "flower" else set()  # Flower reads these itself
-        unknown = set(environment(service(config, name))) - known - own
-        assert not unknown, f"{name} sets {sorted(unknown)}, which shared/settings.py does not read (a typo?)"
-
-
-def test_app_environment_is_valid_settings(config: dict[str, Any], cert_dir: Path) -> None:
+def test_profiles_reach_every_service_that_reads_the_settings(tmp_path: Path) -> None:
+    profiles = tmp_path / "profiles"
+    config = resolved(tmp_path, PROFILES_DIR=str(profiles), PROFILES_FILE=f"{PROFILES_TARGET}/p.yml")
     for name in APP_SERVICES:
         svc = service(config, name)
-        env = environment(svc)
-        for key, value in env.items():
-            assert isinstance(value, str), f"{name}: {key} is {value!r}; compose would pass the host's value through"
-        if env.get("DOCKER_CERT_PATH") == CERT_TARGET:
-            env["DOCKER_CERT_PATH"] = str(cert_dir)  # the same files, as the host sees them
-        Settings.from_env(env)  # raises ConfigError naming every bad value
+        assert mounts(svc)[PROFILES_TARGET] == (str(profiles), True), (name, mounts(svc))
+        assert environment(svc)["PROFILES_FILE"] == f"{PROFILES_TARGET}/p.yml", name
 
 
-def test_variables_reach_the_services(tmp_path: Path) -> None:
-    config = resolved(
-        tmp_path,
-        DOMAIN="nb.example.org",
-        DOCKER_HOST="tcp://engine.example.org:2376",
-        NOTEBOOK_NETWORK="",
-        PUBLISH_IP="10.0.0.5",
-    )
+# -- settings: passed through, defaults in one place ---------------------------------------------
+@pytest.mark.parametrize("path", [COMPOSE_FILE, STACK_FILE], ids=["compose", "stack"])
+def test_every_setting_passes_through_without_a_default(path: Path) -> None:
+    raw = yaml.safe_load(path.read_text())
+    passed = raw["x-settings"]
+    wired = {"REDIS_URL"}
+    not_passed = {**NOT_PASSED, **(NOT_PASSED_COMPOSE if path == COMPOSE_FILE else {})}
+    missing = settings_names() - set(passed) - set(not_passed)
+    assert not missing, f"{path.name} passes {sorted(missing)} through to no process: add them to x-settings"
+    unknown = set(passed) - settings_names()
+    assert not unknown, f"{path.name} passes {sorted(unknown)}, which shared/settings.py does not read"
+    valued = {k: v for k, v in passed.items() if v is not None and k not in wired}
+    assert not valued, f"{path.name} gives {valued} a value: unset must stay unset (shared/settings.py's default)"
+    text = path.read_text()
+    for name in settings_names():
+        assert not re.search(rf"\$\{{{name}:?-", text), f"{path.name} repeats a default for {name}"
+
+
+def test_settings_reach_the_services_and_unset_ones_stay_unset(tmp_path: Path) -> None:
+    config = resolved(tmp_path, DOMAIN="nb.example.org", MAX_AGE="3600")
     for name in APP_SERVICES:
-        assert environment(service(config, name))["DOMAIN"] == "nb.example.org", name
-    for name in ENGINE_SERVICES:
         env = environment(service(config, name))
-        assert env["DOCKER_HOST"] == "tcp://engine.example.org:2376", name
-        assert env["NOTEBOOK_NETWORK"] == "" and env["PUBLISH_IP"] == "10.0.0.5", name
+        assert env["DOMAIN"] == "nb.example.org" and env["MAX_AGE"] == "3600", name
+        assert env["POOL"] is None, f"{name}: an unset setting must not reach the container (it would be empty)"
+    # What the worker gets, with the certificates' folder as the host sees it, is a valid configuration.
+    certs = tmp_path / "certs"
+    certs.mkdir(exist_ok=True)
+    for pem in ("ca.pem", "cert.pem", "key.pem"):
+        (certs / pem).touch()
+    (tmp_path / "proxy_auth_token").write_text("a-token-for-the-proxy-api\n")
+    env = {k: str(v) for k, v in environment(service(config, "worker")).items() if v is not None}
+    env |= {"DOCKER_CERT_PATH": str(certs), "PROXY_AUTH_TOKEN_FILE": str(tmp_path / "proxy_auth_token")}
+    Settings.from_env(env)
 
 
-# -- the Dockerfiles --------------------------------------------------------------------
-def instructions(dockerfile: Path) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) in order, continuation lines joined, comments dropped."""
-    assert dockerfile.is_file(), f"{dockerfile.name} is missing"
-    out: list[tuple[str, str]] = []
+# -- stack.yml --------------------------------------------------------------------------------
+def test_stack_places_its_services(stack: dict[str, Any]) -> None:
+    services = stack["services"]
+    assert set(services) == SERVICES
+    deploy = {name: svc.get("deploy") or {} for name, svc in services.items()}
+    assert deploy["api"]["replicas"] == "${API_REPLICAS:-2}"
+    assert deploy["api"]["placement"]["max_replicas_per_node"] == 1, "host-mode ports: one replica per node"
+    assert deploy["worker"]["placement"]["preferences"] == [{"spread": "node.id"}]
+    assert deploy["beat"]["replicas"] == 1, "every beat sends every periodic task: exactly one"
+    assert deploy["redis"]["placement"]["constraints"] == ["node.labels.swarm-manager.redis == true"]
+    assert "redis-data:/data" in services["redis"]["volumes"]
+    # This kernel, like others without IPVS, has neither the ingress mesh nor service VIPs.
+    for name, svc in services.items():
+        assert deploy[name]["endpoint_mode"] == "dnsrr", name
+        for port in svc.get("ports") or []:
+            assert port["mode"] == "host", (name, port)
+    assert {int(p["target"]) for p in services["proxy"]["ports"]} == {8000}
+    assert stack["networks"]["backend"] == {"driver": "overlay", "attachable": True}
+
+
+def test_stack_secrets_are_docker_secrets(stack: dict[str, Any]) -> None:
+    services = stack["services"]
+
+    def targets(name: str) -> set[str]:
+        return {s.get("target", s["source"]) for s in services[name].get("secrets") or []}
+
+    assert targets("api") == {"admin_token", "secret_key"}
+    assert targets("worker") == {"proxy_auth_token", "ca.pem", "cert.pem", "key.pem"}
+    assert targets("flower") == {"flower_basic_auth"}
+    assert targets("proxy") == {"proxy_auth_token"}
+    assert not targets("beat") and not targets("redis")
+    worker = services["worker"]["environment"]
+    assert worker["DOCKER_CERT_PATH"] == "/run/secrets" and worker["DOCKER_TLS_VERIFY"] == "1"
+    for svc in services.values():
+        for secret in svc.get("secrets") or []:
+            assert secret["uid"] == "10001" and secret["mode"] == 0o400, secret
+        assert not {"ADMIN_TOKEN", "SECRET_KEY", "PROXY_AUTH_TOKEN", "FLOWER_BASIC_AUTH"} & set(
+            svc.get("environment") or {}
+        )
+
+
+# -- the Dockerfiles ----------------------------------------------------------------------------
+def stages(dockerfile: Path) -> list[list[tuple[str, str]]]:
+    """The build stages, each a list of (INSTRUCTION, arguments); continuation lines joined."""
+    out: list[list[tuple[str, str]]] = [[]]
     pending = ""
     for raw in dockerfile.read_text().splitlines():
         line = raw.strip()
@@ -313,143 +307,39 @@ def instructions(dockerfile: Path) -> list[tuple[str, str]]:
             continue
         line, pending = pending + line, ""
         keyword, _, args = line.partition(" ")
-        out.append((keyword.upper(), args.strip()))
-    assert not pending, f"{dockerfile.name} ends inside a continued line"
+        if keyword.upper() == "FROM":
+            out.append([])
+        out[-1].append((keyword.upper(), args.strip()))
     return out
-
-
-def copy_sources(steps: list[tuple[str, str]]) -> list[str]:
-    sources = []
-    for keyword, args in steps:
-        if keyword not in ("COPY", "ADD"):
-            continue
-        words = [w for w in shlex.split(args) if not w.startswith("--")]
-        sources.extend(os.path.normpath(w) for w in words[:-1])
-    return sources
 
 
 @pytest.mark.parametrize(
     ("dockerfile", "package", "other"), [("Dockerfile.api", "api", "worker"), ("Dockerfile.worker", "worker", "api")]
 )
-def test_dockerfile(dockerfile: str, package: str, other: str) -> None:
-    steps = instructions(ROOT / dockerfile)
-    assert steps[0] == ("FROM", "python:3.11-slim"), steps[0]
-    users = [args for keyword, args in steps if keyword == "USER"]
-    assert users, f"{dockerfile} declares no USER: its processes would run as root"
-    user = users[-1].split(":")[0]
-    assert user not in {"root", "0"}, f"{dockerfile} runs as {users[-1]!r}"
-    sources = copy_sources(steps)
-    assert package in sources and "shared" in sources, f"{dockerfile} copies {sources}"
-    assert other not in sources, f"{dockerfile} must not contain {other}/"
-    assert "." not in sources, f"{dockerfile} copies the whole tree (including {other}/)"
-    installs = [args for keyword, args in steps if keyword == "RUN" and "pip install" in args]
-    assert installs and all("--no-cache-dir" in a and "--require-hashes -r requirements.txt" in a for a in installs), (
-        installs
-    )
-    assert "cli" in sources, f"{dockerfile} needs cli/: its CMD is the swarm-manager command"
-    assert any(keyword == "EXPOSE" for keyword, _ in steps), f"{dockerfile} has no EXPOSE"
-    assert any(keyword == "CMD" for keyword, _ in steps), f"{dockerfile} has no CMD"
+def test_python_images(dockerfile: str, package: str, other: str, config: dict[str, Any]) -> None:
+    preamble, *built = stages(ROOT / dockerfile)
+    assert ("ARG", "BASE_IMAGE=python:3.11-slim") in preamble
+    compose_default = service(config, package)["build"]["args"]["BASE_IMAGE"]
+    assert compose_default == "python:3.11-slim", "compose's default base must be the Dockerfiles' own"
+    runs = [args for stage in built for keyword, args in stage if keyword == "RUN" and "pip install" in args]
+    assert runs and all("--require-hashes -r requirements.txt" in r for r in runs), runs
+    assert not [r for r in runs if "requirements-dev" in r], "the images install the runtime lock only"
+    final = built[-1]
+    copied = " ".join(args for keyword, args in final if keyword == "COPY")
+    assert "build-ca" not in copied, "the build's CA bundle must stay in the builder stage"
+    assert f"{package}/" in copied and "shared/" in copied and "cli/" in copied, copied
+    assert f"{other}/" not in copied, f"{dockerfile} must not contain {other}/"
+    users = [args for keyword, args in final if keyword == "USER"]
+    assert users and users[-1].split(":")[0] not in {"root", "0"}, users
+    assert any(keyword == "HEALTHCHECK" for keyword, _ in final)
 
 
-def test_api_dockerfile_serves_and_checks_health() -> None:
-    steps = dict(instructions(ROOT / "Dockerfile.api"))
-    assert steps["CMD"] == '["python", "-m", "cli", "serve", "--bind", "0.0.0.0:3000"]', steps["CMD"]
-    assert "/healthz" in steps.get("HEALTHCHECK", ""), "the api image needs a HEALTHCHECK on /healthz"
-    assert steps["EXPOSE"] == "3000"
-
-
-def test_dockerignore_keeps_secrets_and_clutter_out() -> None:
+def test_proxy_image_and_dockerignore() -> None:
+    preamble, *built = stages(ROOT / "Dockerfile.proxy")
+    assert ("ARG", "DEBIAN_IMAGE=debian:bookworm-slim") in preamble
+    final = built[-1]
+    assert "build-ca" not in " ".join(args for keyword, args in final if keyword in ("COPY", "RUN"))
+    assert any(keyword == "HEALTHCHECK" for keyword, _ in final)
     ignore = (ROOT / ".dockerignore").read_text().split()
-    for entry in (".venv", ".git", ".state", "tests", "certs"):
+    for entry in (".venv", ".git", ".state", "tests", "certs", "secrets"):
         assert entry in ignore, f".dockerignore does not exclude {entry}"
-    assert any("__pycache__" in entry for entry in ignore)
-
-
-# -- authentication ---------------------------------------------------------------------
-def test_api_runs_with_authentication_and_its_secrets_only_there(config: dict[str, Any]) -> None:
-    env = environment(service(config, "api"))
-    assert env["AUTH"] == "on"
-    assert env["ADMIN_TOKEN"] == COMPOSE_ADMIN_TOKEN and env["SECRET_KEY"] == COMPOSE_SECRET_KEY
-    assert Settings.from_env(env).auth is True
-    for name in ("worker", "beat", "flower"):
-        leaked = {"ADMIN_TOKEN", "SECRET_KEY"} & set(environment(service(config, name)))
-        assert not leaked, f"{name} gets {sorted(leaked)}, which only the API needs"
-
-
-@pytest.mark.parametrize("missing", ["ADMIN_TOKEN", "SECRET_KEY"])
-def test_compose_refuses_to_start_without_the_secrets(tmp_path: Path, missing: str) -> None:
-    certs = tmp_path / "certs"
-    certs.mkdir()
-    empty_env_file = tmp_path / "empty.env"
-    empty_env_file.touch()
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(tmp_path),
-        "DOCKER_CERT_DIR": str(certs),
-        "ADMIN_TOKEN": COMPOSE_ADMIN_TOKEN,
-        "SECRET_KEY": COMPOSE_SECRET_KEY,
-    }
-    del env[missing]
-    result = subprocess.run(
-        [docker_compose(), "--env-file", str(empty_env_file), "-f", str(COMPOSE_FILE), "config"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode != 0
-    assert f"set {missing}" in result.stderr, result.stderr
-
-
-def test_flower_asks_for_a_password(config: dict[str, Any], tmp_path: Path) -> None:
-    env = environment(service(config, "flower"))
-    assert env.get("FLOWER_BASIC_AUTH") == COMPOSE_FLOWER_AUTH
-    assert "FLOWER_UNAUTHENTICATED_API" not in env  # would open its API (and CORS) to anyone
-    # Without a password compose refuses to start, as it does without ADMIN_TOKEN.
-    certs = tmp_path / "certs"
-    certs.mkdir()
-    empty = tmp_path / "empty.env"
-    empty.touch()
-    cmd = [docker_compose(), "--env-file", str(empty), "-f", str(COMPOSE_FILE), "config", "-q"]
-    env_without = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(tmp_path),
-        "DOCKER_CERT_DIR": str(certs),
-        "ADMIN_TOKEN": COMPOSE_ADMIN_TOKEN,
-        "SECRET_KEY": COMPOSE_SECRET_KEY,
-    }
-    refused = subprocess.run(cmd, cwd=ROOT, env=env_without, capture_output=True, text=True, timeout=120)
-    assert refused.returncode != 0 and "FLOWER_BASIC_AUTH" in refused.stderr, refused.stderr
-
-
-#: Settings compose passes through with shared/settings.py's own default.
-PASSED_THROUGH = (
-    "START_TIMEOUT", "MAX_AGE", "IDLE_TIMEOUT", "RECORD_RETENTION", "RECONCILE_INTERVAL", "NOTEBOOK_PORT", "POOL",
-    "PROFILES_FILE", "ENGINE_BACKEND", "WORKER_CONCURRENCY", "ENGINE_TIMEOUT", "KILL_GRACE", "ORPHAN_GRACE",
-    "PROBE_HOST", "PROBE_INTERVAL", "PROXY_API_URL", "PROXY_AUTH_TOKEN", "PROXY_PUBLIC_URL", "READY_THROUGH_PROXY",
-)  # fmt: skip
-
-
-def test_passed_through_settings_default_to_the_settings_own(config: dict[str, Any]) -> None:
-    defaults = {name: default for name, default, _doc in documented_settings()}
-    worker = environment(service(config, "worker"))
-    for name in PASSED_THROUGH:
-        assert worker.get(name) == defaults[name], f"{name}: compose {worker.get(name)!r}, settings {defaults[name]!r}"
-    api = environment(service(config, "api"))
-    for name in ("START_TIMEOUT", "MAX_AGE", "POOL", "PROFILES_FILE"):  # the API uses these too
-        assert name in api, name
-
-
-def test_profiles_reach_every_service_that_reads_the_settings(tmp_path: Path) -> None:
-    profiles = tmp_path / "profiles"
-    profiles.mkdir()
-    config = resolved(
-        tmp_path, PROFILES_DIR=str(profiles), PROFILES_FILE="/etc/swarm-manager/profiles/profiles.yml", POOL="x=1"
-    )
-    for name in APP_SERVICES:
-        svc = service(config, name)
-        mounted = [m for m in mounts(svc) if m["target"] == "/etc/swarm-manager/profiles"]
-        assert mounted and mounted[0]["read_only"] and mounted[0]["source"] == str(profiles), (name, mounts(svc))
-        env = environment(svc)
-        assert env["PROFILES_FILE"] == "/etc/swarm-manager/profiles/profiles.yml" and env["POOL"] == "x=1", name

@@ -36,7 +36,7 @@ TEST_TOOLS = ("pytest", "ruff", "mypy", "playwright", "schemathesis", "fakeredis
 #: Installed with the venv itself or as the project: not from the lock.
 NOT_LOCKED = {"pip", "setuptools", "wheel", "swarm-manager"}
 RUNTIME_CACHE = Path.home() / ".cache" / "swarm-manager"
-SUPERVISED = ("redis", "proxy", "api", "worker", "beat", "flower")
+SUPERVISED = ("redis", "proxy", "api", "worker", "beat", "watch", "flower")
 
 
 def runtime_venv() -> Path:
@@ -285,7 +285,7 @@ def test_the_manage_page_link_opens_the_notebook_signed_in(run: Run, jupyter_ima
 
 def test_a_killed_process_is_restarted_and_queued_spawns_settle(run: Run, images: dict[str, str]) -> None:
     spawned: list[str] = []
-    for name in ("worker", "beat", "flower"):
+    for name in ("worker", "beat", "watch", "flower"):
         before = run.status()[name][1]
         os.kill(before, signal.SIGKILL)
         spawned += [run.spawn(images["httpd"], user=f"after-{name}") for _ in range(2)]  # queued meanwhile
@@ -311,7 +311,7 @@ def test_a_killed_process_is_restarted_and_queued_spawns_settle(run: Run, images
     assert {r["status"] for r in records.values()} <= {Status.ACTIVE, Status.FAILED}, records
     assert all(r["status"] == Status.ACTIVE for r in records.values()), {h: r["error"] for h, r in records.items()}
     log = run.log.read_text(errors="replace")
-    for name in ("worker", "beat", "flower", "api"):
+    for name in ("worker", "beat", "watch", "flower", "api"):
         assert re.search(rf"exited: {name} \(terminated by SIGKILL; not expected\)", log), name
     for hostname in spawned:
         run.call("DELETE", f"/container/{hostname}")

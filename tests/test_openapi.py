@@ -78,7 +78,8 @@ AS_ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 def app(redis_server: RedisServer) -> Iterator[Flask]:
     """The real app on the real Redis and the real Celery sender, with no worker anywhere, with
     authentication on as it is outside the tests."""
-    env = base_env(redis_server.url, unique_instance("openapi"), AUTH="on", ADMIN_TOKEN=ADMIN_TOKEN)
+    # START_TIMEOUT 1: tmpnb's spawn waits that long for a notebook no worker will start (504).
+    env = base_env(redis_server.url, unique_instance("openapi"), AUTH="on", ADMIN_TOKEN=ADMIN_TOKEN, START_TIMEOUT=1)
     settings_ = Settings.from_env(env)
     # Event streams end at once here: the run calls them like any route.
     made = create_app(settings_, EVENTS_LIFETIME=0.2, CONTAINER_EVENTS_LIFETIME=0.2, EVENTS_HEARTBEAT=0.1)

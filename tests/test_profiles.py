@@ -162,7 +162,7 @@ def test_a_bad_profile_is_refused_naming_the_file_the_profile_and_the_field(
         ),
         ("profiles: [\n", "not valid YAML at line 2"),
         ("- name: a\n", "expected a mapping with a 'profiles' list at the top, got a list"),
-        ("profile:\n  - name: a\n", "unknown top-level key(s) 'profile' (expected 'profiles')"),
+        ("profile:\n  - name: a\n", "unknown top-level key(s) 'profile' (expected 'profiles' or 'binder')"),
         ("profiles:\n  a: {}\n", "'profiles' must be a list of profiles, got a mapping"),
     ],
 )

@@ -117,13 +117,6 @@ def test_stuck_deleting_record_is_finished(stack: Any, images: dict[str, str]) -
     assert not [c for c in stack.containers() if c.id == record.container_id]
 
 
-def test_only_one_pass_at_a_time(stack: Any) -> None:
-    first = reconciler(stack, reconcile_interval=30)
-    assert first.run().skipped is False
-    assert first.run().skipped is True
-    stack.store.redis.delete(f"{stack.settings.key_prefix}lock:reconcile")
-
-
 def test_beat_runs_reconcile_periodically(stack_factory: Any, images: dict[str, str], tmp_path: Path) -> None:
     fast = stack_factory("beat", RECONCILE_INTERVAL=1)
     record = active(fast, images["httpd"], "watched")

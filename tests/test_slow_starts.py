@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from shared.status import Status
+from tests.support import wait_for
 
 FINAL = {Status.ACTIVE, Status.FAILED}
 
@@ -42,4 +43,4 @@ def test_server_that_never_answers_fails_after_start_timeout(stack_factory: Any,
     record = short.wait(h, FINAL, timeout=30)
     assert record.status == Status.FAILED
     assert "did not answer HTTP on port 8888 within 3s" in record.error
-    assert short.containers() == []  # removed, not left running
+    wait_for(lambda: short.containers() == [], 10, "its container to be removed, not left running")

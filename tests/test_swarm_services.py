@@ -13,7 +13,7 @@ import contextlib
 import ipaddress
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -23,6 +23,7 @@ import pytest
 import requests
 
 from shared.errors import EngineError, EngineUnavailable
+from shared.locks import Lease
 from shared.pool import POOL_USER, Pool
 from shared.record import Notebook
 from shared.settings import Settings
@@ -35,6 +36,7 @@ from worker.engine import LABEL_INSTANCE, NotebookSpec, make_client
 from worker.reconciler import Reconciler
 from worker.services import ServiceEngine
 from worker.spawner import Spawner
+from worker.watcher import Watcher
 
 FINAL = {Status.ACTIVE, Status.FAILED}
 GPU = "node.labels.gpu==true"
@@ -77,8 +79,8 @@ class ProfileSpawner(Spawner):
         super().__init__(*args, **kwargs)
         self.extra = extra
 
-    def spec_for(self, record: Notebook) -> NotebookSpec:
-        return replace(super().spec_for(record), **self.extra)
+    def spec_for(self, record: Notebook, internal: Mapping[str, str] | None = None) -> NotebookSpec:
+        return replace(super().spec_for(record, internal), **self.extra)
 
 
 def spawner_with(stack: Any, engine: Any, **extra: Any) -> ProfileSpawner:
@@ -154,6 +156,35 @@ def test_spawn_runs_a_labelled_service_and_kill_removes_it(
     sstack.kill(h)
     assert sstack.wait(h, {Status.REMOVED}, timeout=30).status == Status.REMOVED
     assert services_of(swarm.client, sstack.settings.instance, h) == []
+
+
+def test_the_watcher_fails_a_service_whose_task_died(
+    sstack: Any,
+    swarm: SwarmCluster,  # noqa: F811
+    images: dict[str, str],
+) -> None:
+    """The Swarm has no event for a task's state: the watcher reads the tasks (worker/watcher.py)."""
+    h = sstack.spawn(images["httpd"], user="watched")
+    assert sstack.wait(h, FINAL, timeout=60).status == Status.ACTIVE
+    engine = ServiceEngine(swarm.client, sstack.settings)
+    spawner = Spawner(sstack.store, engine, sstack.settings)
+    lease = Lease(sstack.store.redis, sstack.settings.key_prefix, "watch-test")
+    watcher = Watcher(engine, Reconciler(sstack.store, engine, spawner, sstack.settings), lease)
+    stop = threading.Event()
+    thread = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: engine._last_seen is not None and h in engine._last_seen, 30, "the watcher's first reading")
+        [task] = swarm.client.containers.list(filters={"label": f"swarm-manager.hostname={h}"})
+        task.kill()
+        record = sstack.wait(h, {Status.FAILED}, timeout=30)
+        assert record.error.startswith("the notebook's container exited with code 137"), record.error
+        assert services_of(swarm.client, sstack.settings.instance, h) == []
+    finally:
+        stop.set()
+        thread.join(15)
+    assert not thread.is_alive()
+    assert sstack.store.redis.get(lease.key) is None
 
 
 def test_the_warm_pool_hands_out_ready_services(

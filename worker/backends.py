@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import docker
 import docker.errors
@@ -94,8 +94,11 @@ class AutoEngine:
     def state(self, spec: NotebookSpec) -> EngineState | None:
         return self.engine.state(spec)
 
-    def remove(self, spec: NotebookSpec) -> None:
-        self.engine.remove(spec)
+    def remove(self, spec: NotebookSpec, grace: float | None = None) -> None:
+        self.engine.remove(spec, grace)
 
     def logs_tail(self, spec: NotebookSpec, lines: int = 20) -> str:
         return self.engine.logs_tail(spec, lines)
+
+    def changes(self, since: float, until: float) -> Iterator[tuple[str, float]]:
+        return self.engine.changes(since, until)

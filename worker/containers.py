@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import docker
@@ -39,6 +41,9 @@ from worker.hardening import (
 
 log = logging.getLogger(__name__)
 
+#: The engine's events after which a running notebook may be running no longer.
+WATCHED_EVENTS = ("die", "oom", "destroy")
+
 
 class ContainerEngine:
     """Notebooks as containers.
@@ -67,7 +72,11 @@ class ContainerEngine:
         container = self._create(spec)
         if container.status != "running":
             with engine_call(f"starting {spec.name}"):
-                container.start()
+                try:
+                    container.start()
+                except docker.errors.APIError as exc:
+                    self._retry_if_our_network_moved(spec, exc, container)
+                    raise
         with engine_call(f"inspecting {spec.name}"):
             container.reload()
         if container.status != "running":  # it already exited: say why, with its last words
@@ -99,14 +108,37 @@ class ContainerEngine:
                 )
         return out
 
-    def remove(self, spec: NotebookSpec) -> None:
-        container = self._find(spec)
-        if container is None:
-            return
+    def changes(self, since: float, until: float) -> Iterator[tuple[str, float]]:
+        """From the engine's event stream: a notebook container's ``die``, ``oom`` or ``destroy``.
+
+        The engine replays what happened since ``since`` (from its own short history) before it
+        streams, so a watcher that reconnects from the time it last saw loses nothing in between.
+        """
+        filters = {
+            "type": ["container"],
+            "event": list(WATCHED_EVENTS),
+            "label": [f"{LABEL_INSTANCE}={self.settings.instance}"],
+        }
+        with engine_call("following the engine's events"):
+            stream = self.client.api.events(since=f"{since:.9f}", until=f"{until:.9f}", filters=filters, decode=True)
+            try:
+                for event in stream:
+                    attributes = (event.get("Actor") or {}).get("Attributes") or {}
+                    hostname = attributes.get(LABEL_HOSTNAME, "")
+                    when = int(event.get("timeNano") or 0) / 1e9 or float(event.get("time") or 0)
+                    if hostname:
+                        yield hostname, when
+            finally:
+                stream.close()
+
+    def remove(self, spec: NotebookSpec, grace: float | None = None) -> None:
+        # By name, with no lookup first: a kill is one engine call without a grace (SIGKILL and
+        # remove), two with one; "no such container" at either step means the goal is reached.
+        grace = self.settings.kill_grace if grace is None else grace
         try:
-            if container.status == "running":
-                container.stop(timeout=self.settings.kill_grace)
-            container.remove(force=True)
+            if grace > 0:
+                self.client.api.stop(spec.name, timeout=int(grace))  # a container not running: no-op
+            self.client.api.remove_container(spec.name, force=True)
         except docker.errors.NotFound:
             return  # removed by someone else meanwhile: the goal is reached
         except docker.errors.APIError as exc:
@@ -157,7 +189,7 @@ class ContainerEngine:
         kwargs.update(container_options(spec, self.settings))
         # spec.constraints are Swarm placement rules: one engine has nowhere else to place it.
         try:
-            return self.client.containers.create(spec.image, **kwargs)
+            created = self.client.api.create_container(**self._create_args({**kwargs, "image": spec.image}))
         except docker.errors.ImageNotFound as exc:
             # (An earlier attempt may have made the container before the image was removed.)
             found = self._find(spec)
@@ -166,22 +198,68 @@ class ContainerEngine:
             raise EngineError(f"image {spec.image!r} is not present on the engine") from exc
         except docker.errors.APIError as exc:
             if exc.status_code == 409:
-                # Created by an earlier attempt of this spawn (redelivery): use that one.
-                found = self._find(spec)
+                # Created by another attempt of this spawn (a redelivery, or a copy that overlaps
+                # this one): use that one. Gone again (being removed): try again shortly, as the
+                # record's current attempt decides what happens to it; never a failure.
+                found = self._find_created_by_another(spec)
                 if found is not None:
                     return found
+                raise EngineUnavailable(f"the name {spec.name} is taken by a container being removed") from exc
             explanation = str(exc.explanation or exc)
-            if exc.status_code == 404 and network and network != self.settings.notebook_network:
-                # Our own network was removed since we found it (by hand, or a cleanup): the
-                # next spawn finds or makes it again.
-                with self._network_lock:
-                    self._network = None
+            self._retry_if_our_network_moved(spec, exc)
             if self.settings.notebook_disk_limit and refuses_disk_limit(explanation):
                 # The engine answers 500, which would read as "retry later": it never will.
                 raise EngineError(disk_limit_refused(self.settings, f"the engine refused it ({explanation})")) from exc
             raise classify(exc, f"creating {spec.name}") from exc
         except ENGINE_ERRORS as exc:
             raise classify(exc, f"creating {spec.name}") from exc
+        # Not inspected here (the SDK's containers.create would): a container just made is only
+        # "created", and start() inspects it once it runs, when its published port is known.
+        return self.client.containers.prepare_model({"Id": created["Id"], "State": {"Status": "created"}})
+
+    def _create_args(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The low-level create's arguments for the SDK's ``containers.create`` keywords (its own
+        translation, so both spell every option alike)."""
+        from docker.models.containers import _create_container_args
+
+        args: dict[str, Any] = _create_container_args({**kwargs, "version": self.client.api._version})
+        return args
+
+    def _retry_if_our_network_moved(
+        self, spec: NotebookSpec, exc: docker.errors.APIError, created: Container | None = None
+    ) -> None:
+        """EngineUnavailable (a retry, never a failure) when the engine refused the worker's own
+        notebooks' network: removed since it was found (by hand, or as the twin another worker made
+        at the same moment, see :meth:`_isolated_network`), or ambiguous (two of that name, for the
+        moment it takes the workers to remove the twin). The next try finds it again.
+
+        ``created``: the container this attempt made and could not start. Made on a network that
+        is gone, it can never start: it is removed, so the next try makes it again on the one kept.
+        """
+        text = str(exc.explanation or exc)
+        # Not by this process's remembered ID: another of its threads may have forgotten it
+        # already (it met the same refusal a moment earlier). The worker's own network is the
+        # only one its notebooks join.
+        ours = not self.settings.notebook_network and self.settings.notebook_isolation
+        if ours and "network" in text and ("not found" in text or "ambiguous" in text or exc.status_code == 404):
+            with self._network_lock:
+                self._network = None
+            if created is not None and "not found" in text:
+                try:
+                    created.remove(force=True)
+                except ENGINE_ERRORS as gone:  # removed already: the next create makes it
+                    log.info("could not remove %s made on a removed network: %s", spec.name, gone)
+            raise EngineUnavailable(f"{spec.name}: the notebooks' network changed under us ({text})") from exc
+
+    def _find_created_by_another(self, spec: NotebookSpec) -> Container | None:
+        """The container another attempt holds the name for. The engine reserves a name before it
+        has the container to show, so one being created right now is looked for a few more times."""
+        for _ in range(10):
+            found = self._find(spec)
+            if found is not None:
+                return found
+            time.sleep(0.1)
+        return None
 
     def _notebook_network(self) -> str | None:
         """The network a notebook joins; None for the engine's default bridge. Found once per process.
@@ -234,10 +312,13 @@ class ContainerEngine:
     def _isolated_network(self) -> str:
         """The ID of ``<INSTANCE>-notebooks``, a bridge without traffic between its containers.
 
-        Made when missing. Two workers making it at once can make two networks of that name:
-        each worker then takes the one with the lowest ID, and either keeps notebooks apart.
-        A network of that name that lets containers talk fails the spawn: it is ours by name,
-        and using it would silently undo the isolation.
+        Made when missing. Two workers making it at once can make two networks of that name
+        (the engine's duplicate check is not atomic), and the engine then refuses to start any
+        container on either ("ambiguous"): each worker keeps the one made first and removes the
+        others. Made first, because a worker that saw only its own network at once may already
+        run notebooks on it, and any later twin is one nobody can have started anything on yet. A network of that name
+        that lets containers talk fails the spawn: it is ours by name, and using it would
+        silently undo the isolation.
         """
         name = isolated_network_name(self.settings)
         with engine_call(f"making network {name}"):
@@ -258,7 +339,19 @@ class ContainerEngine:
                 found = self._networks_named(name)
         if not found:
             raise EngineUnavailable(f"network {name} vanished right after it was made")
-        network = min(found, key=lambda n: str(n.get("Id")))
+        network = min(found, key=_made_first)
+        for twin in found:
+            if twin is not network:
+                try:
+                    self.client.api.remove_network(twin["Id"])
+                    log.info(
+                        "removed network %s %s, made at the same moment as %s",
+                        name,
+                        twin["Id"][:12],
+                        network["Id"][:12],
+                    )
+                except (docker.errors.NotFound, docker.errors.APIError) as exc:  # gone already, or in use
+                    log.info("could not remove duplicate network %s %s: %s", name, twin["Id"][:12], exc)
         if not isolates(network):
             raise EngineError(
                 f"network {name} lets containers on it reach each other ({ICC_OPTION} is not false), so "
@@ -306,3 +399,12 @@ def _state_of(container: Container) -> EngineState:
     if st.get("Error"):
         reason += f" ({st['Error']})"
     return EngineState(running=False, reason=reason)
+
+
+def _made_first(network: dict[str, Any]) -> tuple[str, str, str]:
+    """Sorts networks by when the engine made them (its RFC 3339 time, whose fraction of a second
+    drops trailing zeros, so it is padded before comparing), then by ID."""
+    created = str(network.get("Created") or "")
+    whole, _, rest = created.partition(".")
+    digits = "".join(itertools.takewhile(str.isdigit, rest))
+    return whole, digits.ljust(9, "0"), str(network.get("Id"))

@@ -121,11 +121,17 @@ class Engine(Protocol):
     def state(self, spec: NotebookSpec) -> EngineState | None:
         """The object's state, or None if it does not exist."""
 
-    def remove(self, spec: NotebookSpec) -> None:
-        """Stop (with the configured grace) and remove the object; a missing object is success."""
+    def remove(self, spec: NotebookSpec, grace: float | None = None) -> None:
+        """Stop (with ``grace`` seconds, default KILL_GRACE; 0: kill at once) and remove the object;
+        a missing object is success."""
 
     def logs_tail(self, spec: NotebookSpec, lines: int = 20) -> str:
         """The last lines of the notebook's output, for error messages; empty if unavailable."""
+
+    def changes(self, since: float, until: float) -> Iterator[tuple[str, float]]:
+        """Notebooks whose object may have stopped or vanished between ``since`` and ``until``
+        (epoch seconds), as (hostname, when), from the engine's own events where it has them;
+        returns at ``until``. A hint only: what happened is asked with :meth:`state`."""
 
 
 def _cert_path(settings: Settings) -> str:

@@ -7,6 +7,7 @@ import time
 
 from shared.errors import QueueUnavailable, QuotaExceeded
 from shared.limits import Quota
+from shared.locks import RerunLock
 from shared.notebook_token import FIELD as TOKEN_FIELD
 from shared.notebook_token import new_token, wanted
 from shared.pool import POOL_USER, Pool
@@ -32,12 +33,18 @@ class Refiller:
     def refill(self, image: str) -> list[str]:
         """Start as many new members of ``image``'s pool as are missing; return their hostnames.
 
-        Runs under a short lock per image, so a burst of claims (each queueing a refill) and the
-        reconciler's pass never start more members than the pool's size between them.
+        Runs under a lock per image (shared/locks.py), so a burst of claims (each queueing a
+        refill) and the reconciler's pass never start more members than the pool's size between
+        them; a refill asked for while one runs makes that one run again, so the pool always ends
+        full (the hostnames started by runs of another process are not returned here).
         """
-        size = self.pool.sizes.get(image, 0)
-        if not size or not self.store.try_lock(f"refill:{image}", 10):
+        if not self.pool.sizes.get(image, 0):
             return []
+        runs = RerunLock(self.store.redis, self.store.prefix, f"refill:{image}").run(lambda: self._refill(image))
+        return [hostname for started in runs for hostname in started]
+
+    def _refill(self, image: str) -> list[str]:
+        size = self.pool.sizes.get(image, 0)
         live, gone = set(), set()
         for hostname in self.pool.members(image):
             record = self.store.get(hostname)

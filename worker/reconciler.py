@@ -12,9 +12,11 @@ records once per live status, then:
   activity for IDLE_TIMEOUT, are killed (DELETING with the reason in ``error``, then a kill task);
 - FAILED/REMOVED records older than RECORD_RETENTION are deleted with their index entries.
 
-Objects not labelled with this instance are never looked at. Passes take a lock that
-expires by itself, so several beat/worker processes never run two at once; every step is
-also a guarded transition or an idempotent removal, so even an overlapping pass is safe.
+Objects not labelled with this instance are never looked at. Passes take a lock
+(shared/locks.py), so several workers never run two at once, and a pass asked for while one runs
+is run right after it, never dropped; every step is also a guarded transition (fenced: a spawn
+attempt paused somewhere cannot undo it) or an idempotent removal, so even an overlapping pass
+is safe.
 """
 
 from __future__ import annotations
@@ -25,7 +27,16 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
-from shared.errors import EngineError, EngineUnavailable, InvalidTransition, NotFound, ProxyError, QueueUnavailable
+from shared.errors import (
+    EngineError,
+    EngineUnavailable,
+    InvalidTransition,
+    NotFound,
+    ProxyError,
+    QueueUnavailable,
+    StoreUnavailable,
+)
+from shared.locks import RerunLock
 from shared.notebook_token import FIELD as TOKEN_FIELD
 from shared.pool import POOL_USER
 from shared.queue import Queue
@@ -88,10 +99,16 @@ class Reconciler:
         self.activity = activity
 
     def run(self, lock: bool = True) -> Report:
+        """One pass; with ``lock``, at most one at a time across every worker (shared/locks.py): a
+        pass asked for while another runs makes that one run again right after, instead of being
+        dropped (``skipped``: this call left its pass to the holder)."""
+        if not lock:
+            return self._pass()
+        reports = RerunLock(self.store.redis, self.store.prefix, "reconcile").run(self._pass)
+        return reports[-1] if reports else Report(skipped=True)
+
+    def _pass(self) -> Report:
         report = Report()
-        if lock and not self.store.try_lock("reconcile", max(self.settings.reconcile_interval, 5)):
-            report.skipped = True
-            return report
         objects = self.engine.inventory()
         routes = self._routes()  # before the records: see _sync_routes
         live: dict[str, Notebook] = {}
@@ -108,12 +125,7 @@ class Reconciler:
                     if obj is None or not obj.running:
                         # The inventory was read before the records: a notebook that started in
                         # between is missing from it, or not running yet. Ask for its state now.
-                        state = self.engine.state(spec)
-                        if state is None:
-                            self._fail(report, spec, "the notebook's container disappeared", Status.ACTIVE)
-                        elif not state.running:
-                            why = state.reason or "stopped"
-                            self._fail(report, spec, f"the notebook's container {why}", Status.ACTIVE)
+                        self._check_running(report, spec)
                 elif record.status in (Status.PENDING, Status.STARTING):
                     if self._adopt(report, record, obj):
                         report.adopted.append(hostname)
@@ -130,7 +142,8 @@ class Reconciler:
                 elif (
                     record.status == Status.DELETING
                     and now - parse_rfc3339(record.updated_at) > self._kill_wait()
-                    and self.spawner.kill(hostname) == Status.REMOVED
+                    # Forced: a spawn attempt that was to finish this kill has had its time.
+                    and self.spawner.kill(hostname, force=True) == Status.REMOVED
                 ):
                     report.finished_kills.append(hostname)
             except (EngineError, EngineUnavailable) as exc:
@@ -182,6 +195,22 @@ class Reconciler:
         ):
             log.info("reconcile: %s", report.as_dict())
         return report
+
+    def check(self, hostname: str) -> Report:
+        """What a pass does for one ACTIVE notebook, at once: FAILED with the reason when its object
+        stopped or vanished (worker/watcher.py calls this on the engine's events)."""
+        report = Report()
+        record = self.store.get(hostname)
+        if record is not None and record.status == Status.ACTIVE:
+            self._check_running(report, self.spawner.spec_for(record))
+        return report
+
+    def _check_running(self, report: Report, spec: NotebookSpec) -> None:
+        state = self.engine.state(spec)
+        if state is None:
+            self._fail(report, spec, "the notebook's container disappeared", Status.ACTIVE)
+        elif not state.running:
+            self._fail(report, spec, f"the notebook's container {state.reason or 'stopped'}", Status.ACTIVE)
 
     def _cull(self, report: Report, records: list[Notebook], now: float) -> None:
         """Kill notebooks past their lifetime, and ACTIVE ones idle longer than IDLE_TIMEOUT."""
@@ -237,9 +266,15 @@ class Reconciler:
             self._fail(report, spec, problem, Status.STARTING)
             return False
         try:
-            self.store.transition(record.hostname, Status.ACTIVE, allowed={Status.STARTING})
+            # Fenced: the spawn that lost track of it (paused, or about to hit its deadline) can
+            # then no longer fail it or remove its container.
+            self.store.transition(record.hostname, Status.ACTIVE, allowed={Status.STARTING}, fence=True)
         except (InvalidTransition, NotFound):
             return False
+        try:
+            self.store.drop_internal(record.hostname, "queue_deadline", "ready_deadline", "spawning", "attempt")
+        except StoreUnavailable as exc:
+            log.warning("%s: could not drop the spawn's deadlines: %s", record.hostname, exc)
         log.warning("%s: adopted as ACTIVE (its server answers; its spawn task was lost)", record.hostname)
         self.spawner.offer_to_pool(self.spawner.spec_for(record))
         return True
@@ -317,7 +352,8 @@ class Reconciler:
         report.resent.append(hostname)
 
     def _fail(self, report: Report, spec: NotebookSpec, reason: str, current: Status) -> None:
-        if self.spawner.fail(spec, reason, allowed=frozenset({current})) == Status.FAILED:
+        # Fenced: a spawn attempt paused past its deadline must not undo this (nor remove anything).
+        if self.spawner.fail(spec, reason, allowed=frozenset({current}), fence=True) == Status.FAILED:
             report.failed.append(spec.hostname)
 
     def _deadline(self, record: Notebook) -> float:

@@ -12,23 +12,32 @@ whatever it created itself, so no container outlives its record whichever task r
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
-from shared.errors import EngineError, EngineUnavailable, InvalidTransition, NotFound, ProxyError, StoreUnavailable
+from shared.errors import (
+    EngineError,
+    EngineUnavailable,
+    InvalidTransition,
+    NotFound,
+    ProxyError,
+    StoreUnavailable,
+    Superseded,
+)
 from shared.limits import Allowlist, canonical
 from shared.notebook_token import FIELD as TOKEN_FIELD
 from shared.notebook_token import Delivery
 from shared.pool import POOL_USER, Pool
-from shared.profiles import Limits, Profile, Profiles, load_profiles
+from shared.profiles import ORIGIN_ENV, Limits, Profile, Profiles, allowed_origins, load_profiles, origin_arguments
 from shared.record import Notebook
 from shared.settings import Settings
 from shared.status import Status
 from shared.store import Store
 from worker.engine import Engine, NotebookSpec
 from worker.proxy import Proxy
-from worker.readiness import answers_http, token_problem
+from worker.readiness import Pace, ProbePacer, answers_http, token_problem
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +59,7 @@ class Spawner:
         profiles: Profiles | None = None,
         proxy: Proxy | None = None,
         pool: Pool | None = None,
+        pacer: ProbePacer | None = None,
     ) -> None:
         self.store = store
         self.engine = engine
@@ -63,12 +73,15 @@ class Spawner:
         self.proxy = proxy
         self.pool = pool
         self.allowlist = Allowlist(settings.allowed_images)
+        # One per Spawner (one per worker process): bounds the fast readiness probes of its threads.
+        self.pacer = pacer if pacer is not None else ProbePacer()
 
-    def spec_for(self, record: Notebook) -> NotebookSpec:
+    def spec_for(self, record: Notebook, internal: Mapping[str, str] | None = None) -> NotebookSpec:
         """The notebook's spec from its record and profile. Its ``image`` is the canonical reference
         the allowlist checks (``shared/limits.py``), never the record's string as written, which the
         engine could read as an image ID; "" for a reference that is not valid (never started:
-        :meth:`spawn` refuses it)."""
+        :meth:`spawn` refuses it). ``internal``: the record's internal fields if already read
+        (limits a user asked for are read from them instead of from Redis)."""
         try:
             image = canonical(record.image)
         except ValueError:
@@ -82,7 +95,7 @@ class Spawner:
             instance=self.settings.instance,
         )
         profile = self.profiles.get(record.profile) if record.profile else None
-        return self._with_profile(spec, profile) if profile else spec
+        return self._with_profile(spec, profile, internal) if profile else spec
 
     def with_token(
         self, spec: NotebookSpec, record: Notebook, internal: Mapping[str, str] | None = None
@@ -106,42 +119,72 @@ class Spawner:
             spec, token=token, environment={**spec.environment, **delivery.environment(token)}, command=command
         )
 
+    def with_allowed_origins(self, spec: NotebookSpec, record: Notebook) -> NotebookSpec:
+        """``spec`` whose notebook server lets pages of the allowed origins use it (a thebe page on
+        another origin): CORS_ORIGINS, or its profile's ``allow_origins``; none with ``cors: false``
+        (``shared/profiles.py``). The arguments are added to the profile's command, or else given in
+        NOTEBOOK_ARGS, which jupyter/docker-stacks images add to their own."""
+        profile = self.profiles.get(record.profile) if record.profile else None
+        arguments = origin_arguments(profile, allowed_origins(profile, self.settings.cors_origins))
+        if not arguments:
+            return spec
+        if spec.command:
+            return replace(spec, command=[*spec.command, *arguments])
+        before = spec.environment.get(ORIGIN_ENV, "")
+        words = " ".join([before, *arguments]) if before else " ".join(arguments)
+        return replace(spec, environment={**spec.environment, ORIGIN_ENV: words})
+
     # -- spawn -------------------------------------------------------------------
     def spawn(self, hostname: str) -> Status | None:
         """Bring ``hostname`` to ACTIVE or FAILED; return the status it ends in (None: no record).
 
+        The spawn first becomes the record's current *attempt* (``Store.claim_spawn``); every
+        later move it makes is refused once another attempt (a redelivered or resent task) or
+        the reconciler has taken over (Superseded), and then it leaves the record and the
+        notebook's container alone: a stale spawn never fails or removes a notebook that a
+        later attempt made ACTIVE.
+
         Raises EngineUnavailable while the engine is unreachable and the spawn's deadline has
         not passed (the task retries with backoff); after the deadline the record is FAILED.
         """
-        # The internal fields (token, deadlines) come with the record: one read, not one per field.
-        found = self.store.get_with_internal(hostname)
-        if found is None:
+        # The internal fields (token, deadlines, limits) come with the claim: one round trip.
+        claimed = self.store.claim_spawn(hostname)
+        if claimed is None:
             log.warning("%s: spawn for a record that does not exist; ignored", hostname)
             return None
-        record, internal = found
-        if record.status not in (Status.PENDING, Status.STARTING):
-            # ACTIVE/FAILED: a redelivered or repeated task. DELETING/REMOVED: a kill won.
-            log.info("%s: spawn skipped, record is %s", hostname, record.status)
-            return record.status
-        spec = self.spec_for(record)
+        if isinstance(claimed, Status):
+            if claimed == Status.DELETING:
+                # A kill won before this attempt began. Its kill task may have left the removal to
+                # an attempt in flight that then gave up (and handed the spawn on, to this task):
+                # finish it here, so the kill never waits on anyone.
+                return self.kill(hostname, force=True)
+            # ACTIVE/FAILED: a redelivered or repeated task. REMOVED: a kill won and is done.
+            log.info("%s: spawn skipped, record is %s", hostname, claimed)
+            return claimed
+        record, internal = claimed
+        attempt = int(internal["attempt"])
+        spec = self.spec_for(record, internal)
         if record.profile and record.profile not in self.profiles:
-            return self.fail(spec, f"profile {record.profile!r} is not in this worker's PROFILES_FILE")
+            return self.fail(spec, f"profile {record.profile!r} is not in this worker's PROFILES_FILE", attempt=attempt)
         if not self.allowlist.allows(record.image) or not spec.image:
             # The API refuses these already; this catches records from before an ALLOWED_IMAGES change
             # (and any not written by the API: an invalid reference is never allowed).
-            return self.fail(spec, f"image {record.image!r} is not allowed by this worker's ALLOWED_IMAGES")
-        spec = self.with_token(spec, record, internal)
+            reason = f"image {record.image!r} is not allowed by this worker's ALLOWED_IMAGES"
+            return self.fail(spec, reason, attempt=attempt)
+        spec = self.with_allowed_origins(self.with_token(spec, record, internal), record)
         self.store.progress(hostname, "creating", "creating and starting the container", user=spec.user)
         try:
             placement = self.engine.start(spec)
         except EngineUnavailable as exc:
             self.store.metrics.engine_error(exc)
             if self.clock() < self._deadline(hostname, "queue_deadline", internal):
+                # Retried: the retry is a new attempt. A kill meanwhile is this one's to finish.
+                self.store.end_attempt(hostname, attempt, "spawning")
                 raise
-            return self.fail(spec, f"{exc} (gave up after {self.settings.start_timeout:g}s)")
+            return self.fail(spec, f"{exc} (gave up after {self.settings.start_timeout:g}s)", attempt=attempt)
         except EngineError as exc:
             self.store.metrics.engine_error(exc)
-            return self.fail(spec, str(exc))
+            return self.fail(spec, str(exc), attempt=attempt)
 
         started_at = self.clock()
         try:
@@ -150,10 +193,11 @@ class Spawner:
                 record = self.store.transition(
                     hostname,
                     Status.STARTING,
+                    attempt=attempt,
+                    internal={"spawning": "", "ready_deadline": str(ready_deadline)},
                     container_id=placement.object_id,
                     address=placement.address,
                     node=placement.node,
-                    internal={"ready_deadline": str(ready_deadline)},
                 )
             else:  # a redelivered spawn that had got this far: keep its original deadline
                 ready_deadline = self._deadline(hostname, "ready_deadline", internal)
@@ -161,25 +205,48 @@ class Spawner:
                     hostname,
                     None,
                     allowed={Status.STARTING},
+                    attempt=attempt,
+                    internal={"spawning": ""},
                     container_id=placement.object_id,
                     address=placement.address,
                     node=placement.node,
                 )
-        except (InvalidTransition, NotFound):
-            log.info("%s: killed while starting; removing its container", hostname)
-            self.engine.remove(spec)
+        except Superseded as exc:
+            log.info("%s: %s; its container is the current attempt's", hostname, exc)
             return self._status(hostname)
+        except (InvalidTransition, NotFound):
+            return self._lost_to_kill(spec, attempt)
         self.store.progress(
             hostname, "waiting", f"waiting for the notebook to answer on port {spec.port}", user=spec.user
         )
-        return self._wait_ready(spec, placement.address, ready_deadline)
+        return self._wait_ready(spec, placement.address, ready_deadline, attempt)
 
-    def _wait_ready(self, spec: NotebookSpec, address: str, deadline: float | None = None) -> Status | None:
-        """Probe until ready; ``deadline`` (epoch) is the record's ready deadline, read from it if None."""
+    def _lost_to_kill(self, spec: NotebookSpec, attempt: int) -> Status | None:
+        """A kill won while this attempt was creating the container: remove it at once (it was never
+        anyone's notebook, so no grace) and finish the kill, so REMOVED never outlives a container."""
+        log.info("%s: killed while starting; removing its container", spec.hostname)
+        self.engine.remove(spec, grace=0)
+        self._remove_route(spec)
+        try:
+            self.store.transition(spec.hostname, Status.REMOVED, attempt=attempt)
+        except InvalidTransition:
+            pass  # FAILED meanwhile, finished by the kill task, or superseded
+        return self._status(spec.hostname)
+
+    def _wait_ready(self, spec: NotebookSpec, address: str, deadline: float, attempt: int) -> Status | None:
+        """Probe until ready, then ACTIVE; ``deadline`` (epoch) is the record's ready deadline."""
+        pace = self.pacer.pace(self.settings.probe_interval)
+        try:
+            return self._probe_until_ready(spec, address, deadline, attempt, pace)
+        finally:
+            pace.close()
+
+    def _probe_until_ready(
+        self, spec: NotebookSpec, address: str, deadline: float, attempt: int, pace: Pace
+    ) -> Status | None:
         hostname = spec.hostname
-        if deadline is None:
-            deadline = self._deadline(hostname, "ready_deadline")
-        next_check = self.clock() + CHECK_EVERY
+        began = self.clock()
+        next_check = began + CHECK_EVERY
         ready = self._readiness(spec, address)
         while not ready():
             now = self.clock()
@@ -188,14 +255,18 @@ class Spawner:
                     spec,
                     f"the notebook did not answer HTTP on port {spec.port}{self._via_proxy(spec)} within "
                     f"{self.settings.start_timeout:g}s" + self._logs(spec),
+                    attempt=attempt,
                 )
             if now >= next_check:
                 next_check = now + CHECK_EVERY
-                current = self._status(hostname)
-                if current != Status.STARTING:
-                    log.info("%s: stopped waiting, record is %s", hostname, current)
-                    self._remove_route(spec)  # in case it was added after the kill removed it
-                    return current  # a kill won; the kill task removes the container
+                current, current_attempt = self.store.status_and_attempt(hostname)
+                if current != Status.STARTING or current_attempt != str(attempt):
+                    # A kill won (its task removes the container), or another attempt (or the
+                    # reconciler) took over: either way nothing here is this attempt's any more.
+                    log.info("%s: stopped waiting, record is %s (attempt %s)", hostname, current, current_attempt)
+                    if current_attempt == str(attempt):
+                        self._remove_route(spec)  # in case it was added after the kill removed it
+                    return current
                 try:
                     state = self.engine.state(spec)
                 except EngineUnavailable as exc:
@@ -204,16 +275,21 @@ class Spawner:
                     log.warning("%s: engine check failed while waiting: %s", hostname, exc)
                 else:
                     if state is None:
-                        return self.fail(spec, "the container disappeared while starting")
+                        return self.fail(spec, "the container disappeared while starting", attempt=attempt)
                     if not state.running:
-                        return self.fail(spec, f"the container {state.reason} before answering" + self._logs(spec))
-            self.sleep(self.settings.probe_interval)
+                        reason = f"the container {state.reason} before answering" + self._logs(spec)
+                        return self.fail(spec, reason, attempt=attempt)
+            self.sleep(pace.gap(now - began))
+        pace.close()  # ready: the fast slot is another wait's while this one finishes
         problem = self.token_problem(spec, address)
         if problem:
-            return self.fail(spec, problem)
+            return self.fail(spec, problem, attempt=attempt)
         self._add_route(spec, address)  # before ACTIVE, so an ACTIVE notebook is routed
         try:
-            self.store.transition(hostname, Status.ACTIVE, allowed={Status.STARTING})
+            self.store.transition(hostname, Status.ACTIVE, allowed={Status.STARTING}, attempt=attempt)
+        except Superseded as exc:
+            log.info("%s: ready, but %s", hostname, exc)  # the route is the current attempt's too
+            return self._status(hostname)
         except InvalidTransition as exc:
             log.info("%s: ready, but the record is now %s", hostname, exc.current)
             self._remove_route(spec)
@@ -222,7 +298,8 @@ class Spawner:
         try:
             # Read only while PENDING/STARTING (here and by the reconciler): not worth keeping for
             # the hours or days an ACTIVE record lives. After the move, so not on the client's path.
-            self.store.drop_internal(hostname, "queue_deadline", "ready_deadline")
+            # Without ``_attempt`` every attempt that might still wake up is refused.
+            self.store.drop_internal(hostname, "queue_deadline", "ready_deadline", "spawning", "attempt")
         except StoreUnavailable as exc:
             log.warning("%s: could not drop the spawn's deadlines: %s", hostname, exc)
         self.offer_to_pool(spec)
@@ -245,23 +322,36 @@ class Spawner:
                 self.pool.offer(image, spec.hostname)
 
     # -- kill --------------------------------------------------------------------
-    def kill(self, hostname: str) -> Status | None:
+    def kill(self, hostname: str, *, force: bool = False) -> Status | None:
         """Remove the notebook's engine object and mark the record REMOVED.
 
         Only acts on a DELETING record (the API moved it there); a missing object counts as
-        removed. Raises EngineUnavailable while the engine cannot be reached (the task retries).
+        removed. While a spawn attempt is between claiming the record and recording its
+        container (``_spawning``), it may still create one: then the removal is left to that
+        attempt, which finishes the kill itself (``_lost_to_kill``), unless ``force`` (the
+        reconciler, once that attempt has had its time). Raises EngineUnavailable while the
+        engine cannot be reached (the task retries).
         """
-        record = self.store.get(hostname)
-        if record is None:
+        found = self.store.get_with_internal(hostname)
+        if found is None:
             return None
+        record, internal = found
         if record.status != Status.DELETING:
             return record.status
+        spec = self.spec_for(record, internal)
+        # The route goes while the engine removes the container, not after it: both must be gone
+        # before REMOVED, and neither depends on the other.
+        unroute = self._remove_route_meanwhile(spec)
         try:
-            self.engine.remove(self.spec_for(record))
+            self.engine.remove(spec)
         except (EngineError, EngineUnavailable) as exc:
             self.store.metrics.engine_error(exc)
             raise  # the task retries an unavailable engine
-        self._remove_route(self.spec_for(record))
+        finally:
+            unroute()
+        if internal.get("spawning") and not force:
+            log.info("%s: a spawn attempt is creating its container; it finishes the kill", hostname)
+            return Status.DELETING
         try:
             self.store.transition(hostname, Status.REMOVED)
         except InvalidTransition:
@@ -275,23 +365,35 @@ class Spawner:
         spec: NotebookSpec,
         reason: str,
         allowed: frozenset[Status] = frozenset({Status.PENDING, Status.STARTING}),
+        *,
+        attempt: int | None = None,
+        fence: bool = False,
     ) -> Status | None:
-        """Remove the engine object first, then mark FAILED (so FAILED never leaves one behind)."""
+        """Mark FAILED, then remove the engine object (and route).
+
+        The move comes first and decides: only the spawn attempt that is still the record's
+        (``attempt``), or the reconciler (``fence``: it also ends every attempt in flight), may
+        fail a notebook, and only a failure that was recorded removes anything, so a stale
+        attempt can never remove a notebook another one made ACTIVE. A removal that fails is
+        left to the reconciler's orphan sweep (a FAILED record is not live).
+        """
         if spec.token:  # the notebook's last output may show its own token: never in a record or log
             reason = reason.replace(spec.token, "<token>")
+        try:
+            self.store.transition(
+                spec.hostname, Status.FAILED, allowed=allowed, attempt=attempt, fence=fence, error=reason
+            )
+        except InvalidTransition as exc:  # a kill won meanwhile, or another attempt took over
+            log.info("%s: not failed (%s): %s", spec.hostname, exc, reason)
+            return self._status(spec.hostname)
         log.warning("%s: failed: %s", spec.hostname, reason)
         try:
-            self.engine.remove(spec)
+            self.engine.remove(spec, grace=0)  # a notebook that failed is nobody's to save
         except (EngineError, EngineUnavailable) as exc:
             self.store.metrics.engine_error(exc)
-            # Left for the reconciler's orphan sweep: the record is FAILED, so it is not live.
-            log.warning("%s: could not remove after failure: %s", spec.hostname, exc)
+            log.warning("%s: could not remove after failure (the reconciler will): %s", spec.hostname, exc)
         self._remove_route(spec)
-        try:
-            self.store.transition(spec.hostname, Status.FAILED, allowed=allowed, error=reason)
-        except InvalidTransition:
-            pass  # a kill won meanwhile
-        return self._status(spec.hostname)
+        return Status.FAILED
 
     def _status(self, hostname: str) -> Status | None:
         record = self.store.get(hostname)
@@ -313,13 +415,15 @@ class Spawner:
         return f"; last output: {tail[-400:]}" if tail else ""
 
     # -- profiles and routes ---------------------------------------------------------
-    def _with_profile(self, spec: NotebookSpec, profile: Profile) -> NotebookSpec:
+    def _with_profile(
+        self, spec: NotebookSpec, profile: Profile, internal: Mapping[str, str] | None = None
+    ) -> NotebookSpec:
         """``spec`` with what ``profile`` sets; limits a user asked for (within its maxima) win."""
         asked = Limits()
         if profile.user_limits:  # only then can the record hold asked-for limits
-            asked = Limits.from_internal(
-                self.store.internal(spec.hostname, "mem_limit"), self.store.internal(spec.hostname, "cpu_limit")
-            )
+            if internal is None:
+                internal = {n: self.store.internal(spec.hostname, n) or "" for n in ("mem_limit", "cpu_limit")}
+            asked = Limits.from_internal(internal.get("mem_limit"), internal.get("cpu_limit"))
         return replace(
             spec,
             port=profile.port or spec.port,
@@ -368,6 +472,15 @@ class Spawner:
             return False
         log.info("%s: routed %s -> %s", spec.hostname, spec.public_host, address)
         return True
+
+    def _remove_route_meanwhile(self, spec: NotebookSpec) -> Callable[[], None]:
+        """Start removing the notebook's route in a thread; the returned function waits for it."""
+        if self.proxy is None:
+            return lambda: None
+        thread = threading.Thread(target=self._remove_route, args=(spec,), name=f"unroute-{spec.hostname}")
+        thread.start()
+        # The proxy client's own timeout bounds the removal; the join's only guards against a hang.
+        return lambda: thread.join(self.settings.engine_timeout)
 
     def _remove_route(self, spec: NotebookSpec) -> None:
         """Remove the notebook's route; a failure is logged and left for the reconciler's sweep."""

@@ -10,6 +10,7 @@ import functools
 import logging
 
 from shared.errors import EngineUnavailable, StoreUnavailable
+from shared.locks import Lease
 from shared.pool import Pool
 from shared.queue import KILL_TASK, RECONCILE_TASK, REFILL_TASK, SPAWN_TASK, Queue
 from shared.store import Store, connect
@@ -43,7 +44,7 @@ BOUNDED_RETRY = {**RETRY, "max_retries": 20}
 @functools.cache
 def store() -> Store:
     # Workers ride out a Redis restart instead of failing the step they are in.
-    return Store(connect(settings.redis_url, patience=30), prefix=settings.key_prefix)
+    return Store(connect(settings.redis_target, patience=30), prefix=settings.key_prefix)
 
 
 @functools.cache
@@ -64,9 +65,22 @@ def pool() -> Pool | None:
     return Pool(store(), settings.pool_sizes) if settings.pool else None
 
 
+@functools.cache
 def refiller() -> Refiller | None:
+    """One per process, with the spawner's profiles: one view of PROFILES_FILE per process."""
     p = pool()
-    return Refiller(store(), p, Queue(app), settings) if p else None
+    return Refiller(store(), p, Queue(app), settings, profiles=spawner().profiles) if p else None
+
+
+@functools.cache
+def reconciler() -> Reconciler:
+    sp = spawner()
+    return Reconciler(store(), sp.engine, sp, settings, queue=Queue(app), refiller=refiller())
+
+
+def watch_lease() -> Lease:
+    """The lease of ``swarm-manager watch``: one process follows the engine's events at a time."""
+    return Lease(store().redis, settings.key_prefix, "watch")
 
 
 @app.task(name=SPAWN_TASK, **SPAWN_RETRY)
@@ -83,8 +97,7 @@ def kill(hostname: str) -> str | None:
 
 @app.task(name=RECONCILE_TASK, acks_late=False, ignore_result=True)
 def reconcile() -> dict[str, object]:
-    sp = spawner()
-    return Reconciler(store(), sp.engine, sp, settings, queue=Queue(app), refiller=refiller()).run().as_dict()
+    return reconciler().run().as_dict()
 
 
 @app.task(name=REFILL_TASK, **BOUNDED_RETRY)
