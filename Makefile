@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 VENV ?= .venv
 export VENV
 
-.PHONY: run test bench profile bench-tools worker lint typecheck lock clean
+.PHONY: run test bench profile bench-tools worker lint typecheck lock clean docs
 
 run:
 	scripts/bring-up.sh run
@@ -35,6 +35,10 @@ bench-tools:
 worker:
 	scripts/bring-up.sh run
 	$(VENV)/bin/swarm-manager worker --hostname worker-$$$$@%h
+
+# docs/configuration.md from the settings' declarations (tests/test_docs.py checks it is current).
+docs:
+	$(VENV)/bin/python -m cli.docs
 
 lint:
 	$(VENV)/bin/ruff check .

@@ -187,7 +187,7 @@ def redis_failover(client: docker.DockerClient, images: dict[str, str], n: int, 
         "accepted": len(run.accepted),
         "killed": len(run.killed),
         "answered_503": run.refused,
-        # Records left by spawns answered 503 (README: Redis failover): they must end FAILED, never start.
+        # Records left by spawns answered 503 (docs/operations.md: Redis failover): they must end FAILED, never start.
         "records_of_503s": len(run.unasked),
         "started_after_503": sum(r.status != Status.FAILED for r in run.unasked),
         "promotion_s": round(run.failover_seconds, 2),

@@ -343,7 +343,7 @@ def cmd_kill(api: Api, out: Output, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# -- user tokens (the admin's token only; see the README's Security section) ----------------------
+# -- user tokens (the admin's token only; see docs/security.md) ----------------------
 def cmd_token_create(api: Api, out: Output, args: argparse.Namespace) -> int:
     made = dict(api.request("POST", "/tokens", json={"user": args.user}))
     if not out.as_json:  # stdout is the token alone: TOKEN=$(swarm-manager token create --user alice)

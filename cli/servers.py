@@ -62,7 +62,7 @@ REQUEST_TIMEOUT = 5
 
 
 def serve_options(bind: str, workers: int, connections: int) -> list[str]:
-    """gunicorn's options for the API: the one serving model (README: Serving).
+    """gunicorn's options for the API: the one serving model (docs/operations.md: Serving).
 
     gunicorn's gevent worker: every connection is a greenlet, so thousands of open event streams
     and idle sockets cost memory, not threads, and never hold up other requests (with threads, 64

@@ -1,7 +1,7 @@
 """Work that runs in one place at a time, and is never dropped: a held lock means "run again"
 (RerunLock), or "stand by to take over" (Lease, for work that never ends).
 
-Every lock in swarm-manager (there are no others; the README's lock table lists the same):
+Every lock in swarm-manager (there are no others; docs/operations.md's lock table lists the same):
 
 ================  ==========================  ===========  ==============================================
 lock (key)        owner                       TTL          a caller that finds it held

@@ -275,7 +275,7 @@ def _optional_cpus(raw: str) -> float | None:
 
 
 def setting(env: str, default: str, parse: Callable[[str], Any], doc: str, *, secret: bool = False) -> Any:
-    """Declare a field read from environment variable ``env`` (README's table is made from these).
+    """Declare a field read from environment variable ``env`` (docs/configuration.md is made from these).
 
     A ``secret`` may also come from a file named by ``<env>_FILE`` (Docker secrets, ``make run``'s
     .state files), so that it need not sit in the environment of processes that do not use it.
@@ -366,7 +366,11 @@ class Settings:
         "NOTEBOOK_PORT", "8888", _int(1, 65535), "Port the notebook server listens on inside its container."
     )
     start_timeout: float = setting(
-        "START_TIMEOUT", "60", _float(1, 3600), "Seconds a notebook has to answer HTTP after its container starts."
+        "START_TIMEOUT",
+        "60",
+        _float(1, 3600),
+        "Seconds a notebook has to answer HTTP after its container starts; also how long a spawn retries an "
+        "unreachable engine.",
     )
     kill_grace: int = setting(
         "KILL_GRACE", "3", _int(0, 300), "Seconds between SIGTERM and SIGKILL when a notebook is killed."

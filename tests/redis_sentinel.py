@@ -276,7 +276,7 @@ class FailoverStack:
 
         self.cluster = cluster
         self.docker = client
-        # Reconcile passes every second; a container left by a refused spawn (README: Redis failover)
+        # Reconcile passes every second; a container left by a refused spawn (docs/operations.md: Redis failover)
         # goes with the orphans after 2 s.
         defaults = {"RECONCILE_INTERVAL": 1, "ORPHAN_GRACE": 2, **env}
         self.env = base_env("redis://127.0.0.1:6379/0", unique_instance(tag), **defaults)

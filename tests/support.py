@@ -416,7 +416,13 @@ def cleanup_engine(client: docker.DockerClient, instance: str) -> list[str]:
 
 
 def our_containers(client: docker.DockerClient, instance: str, all: bool = True) -> list[Any]:
-    return client.containers.list(all=all, filters={"label": f"{LABEL_INSTANCE}={instance}"})
+    found = []
+    for sparse in client.containers.list(all=all, sparse=True, filters={"label": f"{LABEL_INSTANCE}={instance}"}):
+        try:
+            found.append(client.containers.get(sparse.id))
+        except docker.errors.NotFound:  # removed between the listing and its inspection
+            pass
+    return found
 
 
 def make_reconciler(stack: Any, clock: Callable[[], float] = time.time, **overrides: Any) -> Any:

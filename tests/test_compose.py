@@ -27,6 +27,8 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 STACK_FILE = ROOT / "stack.yml"
 APP_SERVICES = ("api", "worker", "beat", "flower")
 SERVICES = {"redis", "proxy", *APP_SERVICES}
+#: docker-compose.yml's `sentinel` profile (docs/operations.md: Redis failover).
+SENTINEL_SERVICES = {"redis-replica", "sentinel1", "sentinel2", "sentinel3"}
 CERT_TARGET = "/certs"
 PROFILES_TARGET = "/etc/swarm-manager/profiles"
 REQUIRED = {"ENGINE_HOST": "tcp://engine.example.org:2376", "PUBLISH_IP": "10.0.0.5"}
@@ -38,12 +40,8 @@ NOT_PASSED = {
     "SECRET_KEY": "a Docker secret (SECRET_KEY_FILE)",
     "PROXY_AUTH_TOKEN": "a Docker secret (PROXY_AUTH_TOKEN_FILE)",
     "AUTH": "always on: the API is published",
-    "REDIS_SENTINELS": "the deployment runs its own Redis",
-    "REDIS_MASTER": "the deployment runs its own Redis",
-    "REDIS_PASSWORD": "the deployment runs its own Redis",
-    "REDIS_SENTINEL_PASSWORD": "the deployment runs its own Redis",
-    "REDIS_WAIT_REPLICAS": "the deployment runs its own Redis, without replicas",
-    "REDIS_WAIT_TIMEOUT": "the deployment runs its own Redis, without replicas",
+    "REDIS_PASSWORD": "the deployment runs its own Redis, on its own network, without a password",
+    "REDIS_SENTINEL_PASSWORD": "the deployment's sentinels (compose's sentinel profile) have no password",
     "DOCKER_HOST": "wired: ENGINE_HOST, in the worker only",
     "DOCKER_TLS_VERIFY": "wired: always on, in the worker only",
     "DOCKER_CERT_PATH": "wired: the mounted certificates, in the worker only",
@@ -129,8 +127,12 @@ def test_compose_refuses_to_start_without_its_engine(tmp_path: Path) -> None:
 
 
 def test_services_restart_and_wait_for_redis(config: dict[str, Any]) -> None:
-    assert set(config["services"]) == SERVICES
-    for name in SERVICES:
+    always = {name for name, svc in config["services"].items() if not svc.get("profiles")}
+    assert always == SERVICES
+    if "redis-replica" in config["services"]:  # docker-compose.yml only
+        optional = {name for name, svc in config["services"].items() if svc.get("profiles") == ["sentinel"]}
+        assert optional == SENTINEL_SERVICES
+    for name in config["services"]:
         assert service(config, name).get("restart") == "unless-stopped", name
     for name in APP_SERVICES:
         svc = service(config, name)

@@ -329,8 +329,77 @@ def test_flower_asks_for_its_password(compose: ComposeDeployment) -> None:
         assert http.get(compose.flower_url + "/", auth=(user, password), timeout=10).status_code == 200
 
 
+SENTINEL_SERVICES = ("redis-replica", "sentinel1", "sentinel2", "sentinel3")
+
+
+def test_the_sentinel_profile_rides_out_the_death_of_the_master(
+    compose: ComposeDeployment, on_failure_logs: None
+) -> None:
+    """`--profile sentinel` with REDIS_SENTINELS set: the same deployment, now following the master
+    the sentinels name; SIGKILL of the master's process and the API and workers go on with the
+    promoted replica."""
+    compose.env.update(
+        REDIS_SENTINELS="sentinel1,sentinel2,sentinel3", REDIS_MASTER="mymaster", SENTINEL_DOWN_AFTER_MS="2000"
+    )
+    compose.compose("--profile", "sentinel", "up", "-d", "--no-build", "--scale", "worker=2")
+
+    def all_healthy() -> bool:
+        containers = compose.containers()
+        for container in containers:
+            container.reload()
+            health = (container.attrs["State"].get("Health") or {}).get("Status")
+            if container.status != "running" or health != "healthy":
+                return False
+        return {c.labels[SERVICE_LABEL] for c in containers} >= {*SERVICES, *SENTINEL_SERVICES}
+
+    try:
+        wait_for(all_healthy, HEALTHY_TIMEOUT, "the deployment with sentinels healthy", 1)
+    except AssertionError:
+        states = {
+            c.name: (c.status, (c.attrs["State"].get("Health") or {}).get("Status")) for c in compose.containers()
+        }
+        sentinels = compose.compose("--profile", "sentinel", "logs", "--no-color", "--tail", "15", *SENTINEL_SERVICES)
+        print(f"--- containers ---\n{states}\n--- sentinel logs ---\n{sentinels.stdout[-6000:]}")
+        raise
+    [api] = compose.containers("api")
+    assert "REDIS_SENTINELS=sentinel1,sentinel2,sentinel3" in api.attrs["Config"]["Env"]
+    [sentinel] = compose.containers("sentinel1")
+
+    def master() -> str:
+        answer = sentinel.exec_run(["redis-cli", "-p", "26379", "sentinel", "get-master-addr-by-name", "mymaster"])
+        return answer.output.decode().split("\n")[0].strip()
+
+    wait_for(lambda: master() == "redis" and "slaves=1" in _sentinel_info(sentinel), 60, "the sentinels to agree")
+    nb = compose.deployed
+    before = nb.spawn(NOTEBOOK_IMAGE, user="before")
+    nb.wait(before, {"ACTIVE"}, 60)
+
+    [redis] = compose.containers("redis")
+    redis.reload()
+    os.kill(redis.attrs["State"]["Pid"], signal.SIGKILL)  # a crash (restart policy brings it back, as a replica)
+    wait_for(lambda: master() == "redis-replica", 60, "a sentinel to promote the replica", 0.5)
+
+    def spawned() -> str | None:
+        response = nb.api("POST", "/spawn", data={"image": NOTEBOOK_IMAGE, "user": "after"})
+        assert response.status_code in (202, 503), (response.status_code, response.text)  # 503: retry, as a client
+        return str(response.json()["hostname"]) if response.status_code == 202 else None
+
+    after = wait_for(spawned, 60, "a spawn accepted by the new master", 0.5)
+    assert nb.wait(after, {"ACTIVE"}, 90)["status"] == "ACTIVE"
+    assert nb.record(before)["status"] == "ACTIVE"  # the record made before the failover is there
+    for hostname in (before, after):
+        nb.kill(hostname)
+    for hostname in (before, after):
+        nb.wait(hostname, {"REMOVED"}, 60)
+    wait_for(lambda: not compose.notebooks(), 30, "the notebooks' containers to be gone")
+
+
+def _sentinel_info(sentinel: Any) -> str:
+    return str(sentinel.exec_run(["redis-cli", "-p", "26379", "info", "sentinel"]).output.decode())
+
+
 def test_down_leaves_nothing(compose: ComposeDeployment) -> None:
-    compose.compose("down", "-v", "-t", "10", timeout=300)
+    compose.compose("--profile", "sentinel", "down", "-v", "-t", "10", timeout=300)
     label = {"label": f"{PROJECT_LABEL}={compose.project}"}
     assert not compose.client.containers.list(all=True, filters=label)
     assert not compose.client.networks.list(filters=label)

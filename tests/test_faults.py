@@ -18,6 +18,10 @@ import pytest
 from shared.status import Status
 from tests.faults import check_outcome, settle
 from tests.support import BeatProcess, RedisServer, WorkerProcess, wait_for
+from worker.containers import ContainerEngine
+from worker.readiness import http_status
+from worker.reconciler import Reconciler
+from worker.spawner import Spawner
 
 
 @pytest.fixture
@@ -131,6 +135,45 @@ def test_engine_outage_spawns_wait_then_complete(stack_factory: Any, tls_engine:
         st.wait(h, {Status.REMOVED}, timeout=60)
     for c in tls_engine.containers(st.settings.instance):
         c.remove(force=True)
+
+
+def test_engine_restart_with_notebooks_running_keeps_them_with_live_restore(
+    stack_factory: Any, tls_engine: Any
+) -> None:
+    """With the engine's live-restore on (docs/deployment.md), notebooks outlive a restart of the
+    engine: nothing fails them, and they still answer. Started again without it, the engine kills
+    them, and each is FAILED with its exit code, not left ACTIVE."""
+    st = stack_factory(
+        "liverestore",
+        DOCKER_HOST=tls_engine.tls_host,
+        DOCKER_TLS_VERIFY="1",
+        DOCKER_CERT_PATH=str(tls_engine.good_certs),
+        PUBLISH_IP="0.0.0.0",
+        START_TIMEOUT=45,
+    )
+    tls_engine.stop_engine()
+    tls_engine.start_engine("--live-restore")
+    try:
+        running = [st.spawn(tls_engine.image, user=f"live{i}") for i in range(3)]
+        records = settle(st, running, timeout=90)
+        assert [r.status for r in records if r] == [Status.ACTIVE] * 3, [r.error for r in records if r]
+        tls_engine.stop_engine()
+        tls_engine.start_engine("--live-restore")
+        engine = ContainerEngine(tls_engine.client, st.settings)
+        reconciler = Reconciler(st.store, engine, Spawner(st.store, engine, st.settings), st.settings)
+        assert reconciler.run(lock=False).failed == []
+        for r in records:
+            assert r is not None and st.record(r.hostname).status == Status.ACTIVE
+            assert http_status(r.address) == 200, r.address  # served all along, through the restart
+    finally:
+        tls_engine.stop_engine()
+        tls_engine.start_engine()  # as the other tests expect it: live-restore off
+    engine = ContainerEngine(tls_engine.client, st.settings)
+    reconciler = Reconciler(st.store, engine, Spawner(st.store, engine, st.settings), st.settings)
+    assert sorted(reconciler.run(lock=False).failed) == sorted(running)
+    for h in running:
+        assert st.record(h).error.startswith("the notebook's container exited with code"), st.record(h).error
+    assert tls_engine.containers(st.settings.instance) == []
 
 
 def test_engine_down_past_the_deadline_fails_clearly(stack_factory: Any, tls_engine: Any) -> None:

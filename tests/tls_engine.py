@@ -31,7 +31,7 @@ import contextlib
 import secrets
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,9 +69,10 @@ class TlsEngine:
         """Stop the namespace dockerd (an engine outage); its containers stop with it."""
         netns.terminate([int((self.base / "pid").read_text().strip())], 30)
 
-    def start_engine(self) -> None:
-        """Start it again on the same data root, address and certificates."""
-        proc = _start_dockerd(self.name, self.base, self.engine_ip, self.certs)
+    def start_engine(self, *args: str) -> None:
+        """Start it again on the same data root, address and certificates (and ``args``, e.g.
+        ``--live-restore``; without them, as it was first started)."""
+        proc = _start_dockerd(self.name, self.base, self.engine_ip, self.certs, args)
         self.client = _wait_engine(proc, self.base, self.engine_ip)
 
     @property
@@ -216,11 +217,13 @@ def make_certificates(d: Path, engine_ip: str) -> dict[str, Path]:
 
 
 # -- the engine ------------------------------------------------------------------------------
-def _start_dockerd(name: str, base: Path, engine_ip: str, certs: dict[str, Path]) -> subprocess.Popen[bytes]:
+def _start_dockerd(
+    name: str, base: Path, engine_ip: str, certs: dict[str, Path], extra: Sequence[str] = ()
+) -> subprocess.Popen[bytes]:
     """The engine with a ``--tlsverify`` TCP listener on ``engine_ip`` besides its unix socket."""
     tls = ["-H", f"tcp://{engine_ip}:{TLS_PORT}", "--tlsverify", "--tlscacert", str(certs["ca"])]
     tls += ["--tlscert", str(certs["server_cert"]), "--tlskey", str(certs["server_key"])]
-    return netns.start_dockerd(name, base, tls)
+    return netns.start_dockerd(name, base, [*tls, *extra])
 
 
 def _wait_engine(proc: subprocess.Popen[bytes], base: Path, engine_ip: str) -> docker.DockerClient:
