@@ -274,6 +274,37 @@ def test_stack_places_its_services(stack: dict[str, Any]) -> None:
     assert stack["networks"]["backend"] == {"driver": "overlay", "attachable": True}
 
 
+def test_the_stack_sentinel_overlay_merges_with_the_stack(tmp_path: Path) -> None:
+    """`docker stack deploy -c stack.yml -c stack-sentinel.yml`: what the engine's own merge makes."""
+    env = {
+        **compose_env(tmp_path),
+        **REQUIRED,
+        "API_IMAGE": "a",
+        "WORKER_IMAGE": "w",
+        "PROXY_IMAGE": "p",
+        "REDIS_MASTER": "mymaster",
+        "REDIS_SENTINELS": "sentinel1,sentinel2,sentinel3",
+    }
+    done = subprocess.run(
+        ["docker", "stack", "config", "-c", str(STACK_FILE), "-c", str(ROOT / "stack-sentinel.yml")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    merged = yaml.safe_load(done.stdout)
+    assert set(merged["services"]) == {*SERVICES, *SENTINEL_SERVICES}
+    for name in SENTINEL_SERVICES:
+        svc = merged["services"][name]
+        assert svc["networks"] == {"backend": None} and svc["deploy"]["endpoint_mode"] == "dnsrr", name
+    replica = merged["services"]["redis-replica"]
+    assert replica["deploy"]["placement"]["constraints"] == ["node.labels.swarm-manager.redis-replica == true"]
+    assert command(replica)[command(replica).index("--replicaof") + 1 :][:2] == ["redis", "6379"]
+    for name in APP_SERVICES:
+        assert merged["services"][name]["environment"]["REDIS_SENTINELS"] == "sentinel1,sentinel2,sentinel3"
+
+
 def test_stack_secrets_are_docker_secrets(stack: dict[str, Any]) -> None:
     services = stack["services"]
 
