@@ -34,8 +34,6 @@ import redis
 from shared.errors import QuotaExceeded, StoreUnavailable
 from shared.limits import COUNTED, RATE_WINDOW
 
-#: The owner of every anonymous notebook (fails shared.validation.USER_RE, as the pool's ``_pool``).
-ANONYMOUS_USER = "_anonymous"
 #: Seconds a reservation holds its slot while its launch is written (a launch takes milliseconds).
 RESERVATION_LIFETIME = 30
 

@@ -54,11 +54,12 @@ from flask.typing import ResponseReturnValue
 from markupsafe import Markup
 from werkzeug.wrappers import Response as BaseResponse
 
-from api.anonymous import ANONYMOUS_USER, client_key
+from api.anonymous import client_key
 from shared.auth import ADMIN, USER, Session, Sessions, Tokens, digest, is_admin_token
 from shared.errors import ConfigError, Forbidden, ImageNotAllowed, InvalidInput, NotFound, Unauthorized
 from shared.limits import Allowlist
 from shared.notebook_token import FIELD as TOKEN_FIELD
+from shared.pool import ANONYMOUS_USER
 from shared.record import Notebook
 from shared.settings import Settings
 from shared.store import Store
@@ -83,6 +84,7 @@ POLICY: dict[str, str] = {
     "api.tokens.create": ADMIN_ONLY,
     "api.tokens.listing": ADMIN_ONLY,
     "api.tokens.revoke": ADMIN_ONLY,
+    "api.nodes.nodes": ADMIN_ONLY,
     "api.manage.page": PAGE,  # without credentials: the sign-in form
     "api.binder.build": LAUNCH,
     "api.binder.tmpnb_spawn": LAUNCH,

@@ -40,7 +40,7 @@ from flask import Blueprint, current_app, jsonify, request, stream_with_context,
 from flask.typing import ResponseReturnValue
 
 from api import auth, events, routes
-from api.anonymous import ANONYMOUS_USER, AnonymousLimits
+from api.anonymous import AnonymousLimits
 from api.errors import LaunchFailed, LaunchTimedOut, error_response
 from api.hub import Closed, close_when_gone
 from api.routes import (
@@ -68,6 +68,7 @@ from shared.errors import (
 )
 from shared.limits import Quota
 from shared.notebook_token import FIELD as TOKEN_FIELD
+from shared.pool import ANONYMOUS_USER
 from shared.record import Notebook
 from shared.status import Status
 from shared.store import Event

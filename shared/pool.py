@@ -21,7 +21,10 @@ from shared.limits import QUOTA_LUA, Quota, quota_error
 from shared.record import Notebook
 from shared.store import RECORD_EVENT_LUA, Store, _store_errors
 
-POOL_USER = "_pool"  # fails shared.validation.USER_RE: no client can spawn or filter as it by accident
+# Pseudo-users: both fail shared.validation.USER_RE, so no client can spawn, filter or get a token
+# as them by accident.
+POOL_USER = "_pool"  # the warm pool's notebooks, until a spawn claims one
+ANONYMOUS_USER = "_anonymous"  # every anonymous launch's notebook (api/anonymous.py)
 
 # KEYS: ready list, members set, idx:all, idx:user:_pool, idx:status:ACTIVE,
 #       live:user:_pool, live:user:<user>, rate:<user>

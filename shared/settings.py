@@ -599,6 +599,13 @@ class Settings:
         _float(60, 365 * 86400),
         "Seconds an anonymous notebook lives before it is killed (capped by MAX_AGE).",
     )
+    anonymous_idle_timeout: float = setting(
+        "ANONYMOUS_IDLE_TIMEOUT",
+        "600",
+        _float(0, 365 * 86400),
+        "Seconds an anonymous notebook's server may report no activity (as IDLE_TIMEOUT, which also applies "
+        "when shorter) before it is killed: a reader who left a page frees its slot (0: only IDLE_TIMEOUT).",
+    )
     max_notebooks: int = setting(
         "MAX_NOTEBOOKS",
         "0",

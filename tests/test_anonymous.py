@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 
 from api import create_app
-from api.anonymous import ANONYMOUS_USER, client_key
+from api.anonymous import client_key
+from shared.pool import ANONYMOUS_USER
 from shared.settings import Settings
 from shared.status import Status
 from tests.conftest import Stack, base_env

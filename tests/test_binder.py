@@ -28,8 +28,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from api.anonymous import ANONYMOUS_USER
-from shared.pool import Pool
+from shared.pool import ANONYMOUS_USER, Pool
 from shared.status import Status
 from tests.conftest import Stack
 from tests.support import ApiServer, wait_for

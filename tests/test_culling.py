@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
 import pytest
 import requests
 
+from shared.pool import ANONYMOUS_USER
 from shared.record import parse_rfc3339
 from shared.status import Status
 from tests.support import make_reconciler, wait_for
@@ -96,3 +98,39 @@ def test_ended_records_expire_after_retention(stack: Any, images: dict[str, str]
     assert h not in [r.hostname for r in stack.store.list(status=Status.FAILED)]
     assert h not in [r.hostname for r in stack.store.list()]
     assert wait_for(lambda: stack.http.get(f"/container/{h}").status_code == 404, 5, "404 after purge")
+
+
+def test_an_idle_anonymous_notebook_is_culled_sooner_than_a_users(stack_factory: Any, images: dict[str, str]) -> None:
+    """ANONYMOUS_IDLE_TIMEOUT: a reader who left a public page frees the slot, with IDLE_TIMEOUT off."""
+    admin = "a-test-admin-token-0123456789"
+    stack = stack_factory(
+        "cullanon",
+        AUTH="on",
+        ADMIN_TOKEN=admin,
+        NOTEBOOK_TOKEN="off",
+        ANONYMOUS_IMAGES=images["status"],
+        ANONYMOUS_IDLE_TIMEOUT="600",
+    )
+    launched = stack.http.post(
+        "/api/spawn/", data=json.dumps({"image_name": images["status"], "wait": False}), content_type="text/plain"
+    )
+    assert launched.status_code == 202, launched.get_json()
+    anonymous = stack.wait(launched.get_json()["hostname"], {Status.ACTIVE, Status.FAILED}, timeout=60)
+    stack.created.append(anonymous.hostname)
+    assert anonymous.status == Status.ACTIVE and anonymous.user == ANONYMOUS_USER, anonymous.error
+    spawned = stack.http.post(
+        "/spawn", data={"image": images["status"], "user": "reader"}, headers={"Authorization": f"Bearer {admin}"}
+    )
+    assert spawned.status_code == 202, spawned.get_json()
+    owned = stack.wait(spawned.get_json()["hostname"], {Status.ACTIVE, Status.FAILED}, timeout=60)
+    stack.created.append(owned.hostname)
+    assert owned.status == Status.ACTIVE, owned.error
+
+    # Both servers report their last activity on 2026-01-01, long ago; IDLE_TIMEOUT is off.
+    report = make_reconciler(stack).run(lock=False)
+    assert report.culled == [anonymous.hostname]
+    assert "idle for more than 600s" in stack.wait(anonymous.hostname, {Status.REMOVED}, timeout=30).error
+    assert owned.hostname not in make_reconciler(stack, anonymous_idle_timeout=0).run(lock=False).culled
+    # With both set, the shorter applies to an anonymous notebook, IDLE_TIMEOUT to everyone else.
+    assert owned.hostname in make_reconciler(stack, idle_timeout=3600).run(lock=False).culled
+    stack.wait(owned.hostname, {Status.REMOVED}, timeout=30)

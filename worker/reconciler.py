@@ -38,7 +38,7 @@ from shared.errors import (
 )
 from shared.locks import RerunLock
 from shared.notebook_token import FIELD as TOKEN_FIELD
-from shared.pool import POOL_USER
+from shared.pool import ANONYMOUS_USER, POOL_USER
 from shared.queue import Queue
 from shared.record import Notebook, parse_rfc3339
 from shared.settings import Settings
@@ -212,18 +212,29 @@ class Reconciler:
         elif not state.running:
             self._fail(report, spec, f"the notebook's container {state.reason or 'stopped'}", Status.ACTIVE)
 
+    def _idle_limit(self, record: Notebook) -> float:
+        """Seconds ``record`` may be idle (0: no limit): IDLE_TIMEOUT, and for an anonymous
+        notebook also ANONYMOUS_IDLE_TIMEOUT, the shorter of those set."""
+        limits = [self.settings.idle_timeout]
+        if record.user == ANONYMOUS_USER:
+            limits.append(self.settings.anonymous_idle_timeout)
+        return min((x for x in limits if x), default=0.0)
+
     def _cull(self, report: Report, records: list[Notebook], now: float) -> None:
-        """Kill notebooks past their lifetime, and ACTIVE ones idle longer than IDLE_TIMEOUT."""
+        """Kill notebooks past their lifetime, and ACTIVE ones idle longer than they may be."""
         reasons: dict[str, str] = {}
         for record in records:
             if record.expires_at and parse_rfc3339(record.expires_at) <= now:
                 reasons[record.hostname] = "expired: reached the end of its lifetime"
-        idle = self.settings.idle_timeout
         # Warm-pool members are idle by design: only their age limit applies.
         candidates = [
             r
             for r in records
-            if idle and r.status == Status.ACTIVE and r.address and r.hostname not in reasons and r.user != POOL_USER
+            if self._idle_limit(r)
+            and r.status == Status.ACTIVE
+            and r.address
+            and r.hostname not in reasons
+            and r.user != POOL_USER
         ]
         if candidates:
             # Each server answers only with its own token (one read for all of them).
@@ -232,6 +243,7 @@ class Reconciler:
             with ThreadPoolExecutor(max_workers=min(16, len(candidates))) as pool:
                 seen = list(pool.map(lambda r: self.activity(r.address, tokens.get(r.hostname, "")), candidates))
             for record, last in zip(candidates, seen, strict=True):
+                idle = self._idle_limit(record)
                 if last is not None and now - last > idle:
                     reasons[record.hostname] = f"culled: idle for more than {idle:g}s"
         for hostname, reason in reasons.items():
