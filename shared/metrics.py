@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 import redis
 
 from shared.errors import EngineError, EngineUnavailable, StoreUnavailable
-from shared.queue import QUEUE_NAME
 from shared.record import Notebook, parse_rfc3339
 from shared.status import Status
+from shared.tasknames import QUEUE_NAME
 
 log = logging.getLogger(__name__)
 

@@ -19,15 +19,10 @@ from kombu.transport import redis as kombu_redis
 from shared.errors import QueueUnavailable
 from shared.failover import sentinel_options
 from shared.settings import RedisTarget, Settings
+from shared.tasknames import KILL_TASK, QUEUE_NAME, REFILL_TASK, SPAWN_TASK
 
 log = logging.getLogger(__name__)
 
-SPAWN_TASK = "swarm_manager.spawn"
-KILL_TASK = "swarm_manager.kill"
-RECONCILE_TASK = "swarm_manager.reconcile"
-REFILL_TASK = "swarm_manager.refill_pool"
-#: The one Celery queue; in Redis it is the list ``<INSTANCE>:swarm-manager`` (global_keyprefix).
-QUEUE_NAME = "swarm-manager"
 #: Error replies by which Redis refuses a write for a while (not a bug in the command).
 REFUSALS = ("NOREPLICAS", "READONLY", "MISCONF", "LOADING", "MASTERDOWN", "OOM")
 

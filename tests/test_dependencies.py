@@ -110,3 +110,21 @@ def test_the_project_declares_the_runtime_set_and_installs_from_locks() -> None:
     for dockerfile in ("Dockerfile.api", "Dockerfile.worker"):
         assert "--require-hashes -r requirements.txt" in (ROOT / dockerfile).read_text(), dockerfile
     assert not list(Path(ROOT).glob("Procfile*")), "make run is supervised by supervisord, not a Procfile"
+
+
+@pytest.mark.parametrize(
+    ("module", "kept_out"),
+    [
+        # The record store (and its metrics) is used by the API, the workers and the CLI alike.
+        ("shared.store", ("celery", "kombu", "docker", "flask")),
+        # The API never talks to the engine.
+        ("api", ("docker", "worker")),
+    ],
+)
+def test_layers_import_only_what_they_need(module: str, kept_out: tuple[str, ...]) -> None:
+    import subprocess
+
+    probe = f"import sys, {module}; print(' '.join(m for m in {kept_out!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [], f"importing {module} brings in {done.stdout.split()}"

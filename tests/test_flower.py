@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import requests
 
-from shared.queue import SPAWN_TASK
 from shared.status import Status
+from shared.tasknames import SPAWN_TASK
 from tests.support import VENV_BIN, WorkerProcess, free_port, wait_for
 
 FLOWER_USER, FLOWER_PASSWORD = "ops", "flower-test-password"

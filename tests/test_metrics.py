@@ -16,10 +16,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api import create_app
 from shared.metrics import LATENCY_BUCKETS
-from shared.queue import QUEUE_NAME
 from shared.settings import Settings
 from shared.status import Status
 from shared.store import Store
+from shared.tasknames import QUEUE_NAME
 from tests.conftest import base_env
 from tests.support import free_port, unique_instance
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 
-from shared.queue import RECONCILE_TASK, make_celery
+from shared.queue import make_celery
 from shared.settings import Settings
+from shared.tasknames import RECONCILE_TASK
 
 settings = Settings.from_env()
 logging.basicConfig(

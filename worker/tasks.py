@@ -12,8 +12,9 @@ import logging
 from shared.errors import EngineUnavailable, StoreUnavailable
 from shared.locks import Lease
 from shared.pool import Pool
-from shared.queue import KILL_TASK, RECONCILE_TASK, REFILL_TASK, SPAWN_TASK, Queue
+from shared.queue import Queue
 from shared.store import Store, connect
+from shared.tasknames import KILL_TASK, RECONCILE_TASK, REFILL_TASK, SPAWN_TASK
 from worker.backends import make_engine
 from worker.celery_app import app, settings
 from worker.engine import make_client
