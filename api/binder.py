@@ -330,12 +330,12 @@ def tmpnb_input() -> dict[str, Any]:
             if not isinstance(data, dict):
                 raise InvalidInput('the body must be a JSON object, e.g. {"image_name": ...}')
     alias = data.pop("image_name", None)
-    data["_seed"] = alias is None and data.get("user") not in (None, "")
+    data["_first_api"] = alias is None and data.get("user") not in (None, "")
     if alias is not None:
         if data.get("image") not in (None, alias):
             raise InvalidInput("image and image_name name different images; give one")
         data["image"] = alias
-    if data.get("image") in (None, "") and not data["_seed"]:
+    if data.get("image") in (None, "") and not data["_first_api"]:
         raise InvalidInput("image is required (image_name, as tmpnb calls it, or image)")
     return dict(data)
 
@@ -354,10 +354,10 @@ def tmpnb_spawn() -> ResponseReturnValue:
     """tmpnb's ``POST /api/spawn/`` (the view of the ``/api/spawn`` route: see ``api/__init__.py``).
 
     A request that names a ``user`` and no ``image_name`` is no tmpnb client's (tmpnb had no users):
-    it is the seed's spawn, which this route served before, answered as ``POST /spawn`` answers it.
+    it is the first API's spawn, which this route served before, answered as ``POST /spawn`` answers it.
     """
     data = tmpnb_input()
-    if data.pop("_seed", False):
+    if data.pop("_first_api", False):
         return routes.spawn()
     wait = wants_wait(data.get("wait"))
     try:
@@ -377,7 +377,7 @@ def tmpnb_spawn() -> ResponseReturnValue:
     if wait and record.status is not Status.ACTIVE:
         record = wait_until_ready(record, who)
     out = public_record(record, token, launched=True)
-    out["url"] = server_url(record)  # tmpnb's url: the full address (the seed's ``url`` is host only)
+    out["url"] = server_url(record)  # tmpnb's url: the full address (the first API's ``url`` is host only)
     response = jsonify(out)
     response.status_code = 200 if record.status is Status.ACTIVE else 202
     response.headers["Location"] = url_for("api.container", hostname=record.hostname)

@@ -32,7 +32,7 @@ def _fallback(value: Any) -> Any:
 
 class OrjsonProvider(JSONProvider):
     """``app.json``: what ``jsonify``, a view returning a dict or list, ``request.get_json`` and the
-    templates' ``tojson`` filter use. Keys keep their insertion order (the seed's field order)."""
+    templates' ``tojson`` filter use. Keys keep their insertion order (the first API's field order)."""
 
     mimetype = "application/json"
 

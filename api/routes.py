@@ -1,4 +1,4 @@
-"""JSON routes: spawn, status, kill, list, health. The seed's paths and field names."""
+"""JSON routes: spawn, status, kill, list, health. The first API's paths and field names."""
 
 from __future__ import annotations
 
@@ -175,7 +175,7 @@ def public_rows(rows: list[dict[str, str]], sees: Callable[[str], bool] | None =
 
 # -- input ------------------------------------------------------------------------
 def spawn_input() -> dict[str, Any]:
-    """The spawn request's fields, from a form (the seed's curl) or a JSON object."""
+    """The spawn request's fields, from a form (the first API's curl) or a JSON object."""
     mimetype = request.mimetype
     if mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
         form = request.form

@@ -1,6 +1,6 @@
 """Where people open a notebook: the ``PUBLIC_URL`` template and the addresses made from it.
 
-The seed's ``url`` field stays ``<hostname>.<DOMAIN>`` (what a wildcard-DNS proxy routes). What a
+The first API's ``url`` field stays ``<hostname>.<DOMAIN>`` (what a wildcard-DNS proxy routes). What a
 person clicks also needs a scheme, often a port, and the notebook's token: ``PUBLIC_URL`` is a
 template such as ``https://{hostname}.{domain}/`` (production, behind a TLS proxy) or
 ``http://{hostname}.{domain}:8000/`` (``make run``'s own proxy), and everything that hands out a

@@ -1,6 +1,6 @@
 """The notebook record: what the API returns and what Redis holds (one hash per notebook).
 
-The public JSON keeps the seed's field names and order; extra fields follow them.
+The public JSON keeps the first API's field names and order; extra fields follow them.
 
 The stored hash leaves out what it need not hold, since a record lives for days and there may
 be hundreds of thousands: ``url`` (always ``<hostname>.<domainname>``) and extra fields that
@@ -19,7 +19,7 @@ from shared.status import SETTLED, Status
 
 
 def now_rfc3339() -> str:
-    """Current UTC time as RFC 3339 with microseconds and a Z, as the seed printed it."""
+    """Current UTC time as RFC 3339 with microseconds and a Z, as the first API printed it."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -50,7 +50,7 @@ class Notebook:
     status: Status = Status.PENDING
     start_time: str = ""
     user: str = ""
-    # Extras beyond the seed's contract.
+    # Extras beyond the first API's contract.
     error: str = ""  # why it FAILED (or why it left ACTIVE)
     updated_at: str = ""
     address: str = ""  # direct http://host:port of the notebook server, for local use and the proxy
@@ -73,7 +73,7 @@ class Notebook:
         return {k: v for k, v in self.to_json().items() if k not in UNSTORED and (v or k not in OMITTED_WHEN_EMPTY)}
 
     def to_json(self) -> dict[str, str]:
-        """The public record, every field in the seed's order."""
+        """The public record, every field in the first API's order."""
         out = asdict(self)
         out["status"] = self.status.value
         return out

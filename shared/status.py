@@ -10,7 +10,7 @@ from enum import Enum
 
 
 class Status(str, Enum):
-    PENDING = "PENDING"  # accepted and queued; no engine object yet (the seed showed "")
+    PENDING = "PENDING"  # accepted and queued; no engine object yet (the first API showed "")
     STARTING = "STARTING"  # the worker is creating/starting the container and waiting for it to answer
     ACTIVE = "ACTIVE"  # the container runs and its notebook port answers HTTP
     FAILED = "FAILED"  # it could not be started or it died; `error` says why; engine objects removed
