@@ -64,6 +64,14 @@ end
 """
 )
 
+# KEYS: ready list. ARGV: hostname. Appends it unless it is already there (LPOS), so the list
+# never holds a member twice and its length is the number of members ready.
+_OFFER = """
+if not redis.call('LPOS', KEYS[1], ARGV[1]) then
+  redis.call('RPUSH', KEYS[1], ARGV[1])
+end
+"""
+
 
 class Pool:
     """Warm-pool bookkeeping on the store's Redis and key prefix."""
@@ -73,6 +81,7 @@ class Pool:
         self.redis = store.redis
         self.sizes = sizes
         self._claim = self.redis.register_script(_CLAIM)
+        self._offer = self.redis.register_script(_OFFER)
 
     def _key(self, image: str, kind: str) -> str:
         return f"{self.store.prefix}pool:{image}:{kind}"
@@ -126,8 +135,9 @@ class Pool:
 
     @_store_errors
     def offer(self, image: str, hostname: str) -> None:
-        """A member became ACTIVE: it may now be claimed."""
-        self.redis.rpush(self._key(image, "ready"), hostname)
+        """A member became ACTIVE: it may now be claimed. Offering it again changes nothing (its
+        spawn and a reconcile pass that adopts it can both see it become ACTIVE)."""
+        self._offer(keys=[self._key(image, "ready")], args=[hostname])
 
     @_store_errors
     def members(self, image: str) -> set[str]:

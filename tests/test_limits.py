@@ -231,6 +231,21 @@ def test_warm_pool_members_count_against_the_total_and_move_to_the_claimer(store
         store.create(image="other", user="bob", domain="d", quota=Quota(max_per_user=1))
 
 
+def test_a_member_offered_twice_is_ready_once(store: Store) -> None:
+    # Its spawn and a reconcile pass that adopts it can both see it become ACTIVE and offer it.
+    pool = Pool(store, {"img:1": 2})
+    member = store.create(image="img:1", user=POOL_USER, domain="d")
+    store.transition(member.hostname, Status.STARTING)
+    store.transition(member.hostname, Status.ACTIVE)
+    pool.offer("img:1", member.hostname)
+    pool.offer("img:1", member.hostname)
+    assert pool.ready_count("img:1") == 1
+    claimed = pool.claim("img:1", "ann", "2026-01-01T00:00:00.000000Z", time.time(), "")
+    assert claimed is not None and claimed.hostname == member.hostname
+    assert pool.ready_count("img:1") == 0
+    assert pool.claim("img:1", "bob", "2026-01-01T00:00:00.000000Z", time.time(), "") is None
+
+
 # -- quotas through the API --------------------------------------------------------------------------
 def spawn(stack: Stack, user: str, image: str) -> Any:
     return stack.http.post("/spawn", json={"image": image, "user": user})
