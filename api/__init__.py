@@ -103,5 +103,8 @@ def create_app(
     # Tokens and roles (api/auth.py): one before_request decides for every route, /manage's
     # sign-in and session, CORS. Raises ConfigError with AUTH on and no ADMIN_TOKEN.
     app.register_blueprint(tokens.bp)
+    from api import nodes
+
+    app.register_blueprint(nodes.bp)  # the nodes and their pre-pulled images (admin only)
     auth.init_app(app)
     return app

@@ -84,6 +84,7 @@ POLICY: dict[str, str] = {
     "api.tokens.create": ADMIN_ONLY,
     "api.tokens.listing": ADMIN_ONLY,
     "api.tokens.revoke": ADMIN_ONLY,
+    "api.nodes.nodes": ADMIN_ONLY,
     "api.manage.page": PAGE,  # without credentials: the sign-in form
     "api.binder.build": LAUNCH,
     "api.binder.tmpnb_spawn": LAUNCH,

@@ -13,7 +13,8 @@ Each event is one SSE message::
 
 ``stage`` is one of :data:`STAGES`. Record changes (``queued``, ``starting``, ``ready``, ``failed``,
 ``stopping``, ``removed``) carry the record and its ``status``; the workers' progress within a
-status (``creating``, ``waiting``) has ``"status": null`` and ``"record": null``. Both streams send
+status (``pulling``, ``pulled``, ``creating``, ``waiting``) has ``"status": null`` and ``"record": null``;
+``pulling`` also has ``progress``: the pull's bytes and layers, done and in total. Both streams send
 a comment line (``: keep-alive``) every ``EVENTS_HEARTBEAT`` seconds (15) so proxies keep them open.
 
 A stream holds no Redis connection of its own: it follows the process's one subscription
@@ -73,7 +74,7 @@ STAGE_OF: dict[Status, str] = {
     Status.REMOVED: "removed",
 }
 #: Every stage, in the order a notebook's life goes through them.
-STAGES = ("queued", "creating", "starting", "waiting", "ready", "failed", "stopping", "removed")
+STAGES = ("queued", "pulling", "pulled", "creating", "starting", "waiting", "ready", "failed", "stopping", "removed")
 
 
 def message_for(record: Notebook) -> str:
@@ -112,7 +113,15 @@ def record_message(record: Notebook, sees: Callable[[str], bool]) -> str:
 
 
 def progress_message(event: Event) -> str:
-    data = {"hostname": event.hostname, "status": None, "stage": event.stage, "message": event.message, "record": None}
+    data: dict[str, Any] = {
+        "hostname": event.hostname,
+        "status": None,
+        "stage": event.stage,
+        "message": event.message,
+        "record": None,
+    }
+    if event.detail:  # a pull's numbers: bytes done and total, layers done and total
+        data["progress"] = event.detail
     return sse(event.stage or "progress", data)
 
 

@@ -17,6 +17,11 @@ default worker settings, the real Docker engine, gunicorn on loopback):
 - ``api``: POST /spawn and GET /container/<h> at a fixed 200 requests/s from a second process
   (bench/loadgen.py) against gunicorn as `make run` serves it, with no worker (spawns stay queued).
 - ``store``: GET /containers with 10,000 and 100,000 records, and Redis memory per record.
+- ``scale``: a reconcile pass and GET /containers against the number of notebooks (bench/scale.py,
+  also runnable on its own; bench/results/scale-latest.json and .png).
+- ``swarm``: services mode on a three-node Swarm in network namespaces against raw services: single
+  spawns, bursts, 1,000 live notebooks, kills, 1/2/4 worker processes (bench/swarm.py, also
+  runnable on its own; bench/results/swarm-latest.json).
 - ``pool``: the warm pool's spawn-to-ACTIVE; runs only when shared/settings.py has a POOL setting.
 - ``streams``: POST /spawn and GET /healthz p99 with 5,000 open event streams and 1,000 silent
   sockets against the same without them, and how fast a closed stream's slot comes back
@@ -75,7 +80,7 @@ from tests.conftest import base_env
 from tests.support import VENV_BIN, RedisServer, WorkerProcess, build_images, unique_instance
 from worker.engine import EngineState, Placement
 
-ALL_SECTIONS = ("cold", "kill", "burst", "api", "store", "pool", "streams", "thebe")
+ALL_SECTIONS = ("cold", "kill", "burst", "api", "store", "pool", "streams", "thebe", "scale", "swarm")
 
 #: Raw Docker's readiness probe interval: a tight loop a script would write (the physical limit
 #: our readiness has to approach), not the worker's setting.
@@ -131,14 +136,14 @@ def log(text: str) -> None:
 
 
 # -- the stack: in-process API, own Redis, real worker processes ---------------------------------
-def start_stack(ctx: Context) -> None:
+def start_stack(ctx: Context, tag: str = "bench", **overrides: Any) -> None:
     # START_TIMEOUT as `make run` has it; KILL_GRACE=0, so a kill is SIGKILL and remove on both sides
     # (raw `docker rm -f`); everything else as the tests' base (plain containers).
-    ctx.env = base_env(ctx.redis.url, unique_instance("bench"), START_TIMEOUT=60, KILL_GRACE=0)
+    ctx.env = base_env(ctx.redis.url, unique_instance(tag), START_TIMEOUT=60, KILL_GRACE=0, **overrides)
     ctx.settings = Settings.from_env(ctx.env)
     ctx.app = create_app(ctx.settings)
     ctx.store = Store(connect(ctx.settings.redis_url), ctx.settings.key_prefix)
-    ctx.worker = WorkerProcess(ctx.env, ctx.workdir / "worker-1.log", name="bench1")
+    ctx.worker = WorkerProcess(ctx.env, ctx.workdir / f"worker-{tag}.log", name=tag)
     ctx.worker.start()
     ctx.timer = EventTimer(ctx.store)
 
@@ -183,18 +188,20 @@ def warm_up(ctx: Context, spawns: int = 4) -> None:
 
 
 # -- 1. cold spawn-to-ACTIVE ------------------------------------------------------------------
-def bench_cold(ctx: Context, image_name: str, n: int) -> dict[str, Any]:
-    """Ours, raw on the default bridge and raw on a bridge isolated as the worker's own, interleaved.
+def bench_cold(ctx: Context, image_name: str, n: int, open_ctx: Context | None = None) -> dict[str, Any]:
+    """Ours, raw on the default bridge and raw on a bridge isolated as the worker's own, interleaved;
+    with ``open_ctx`` (a stack with NOTEBOOK_ISOLATION=off) ours on the default bridge too.
 
     Raw on the default bridge is what a script would do; raw on the isolated bridge does the same
-    work as a spawn with NOTEBOOK_ISOLATION=on (the default), so ours / raw isolated is what the
-    worker itself adds."""
+    work as a spawn with NOTEBOOK_ISOLATION=on (the default), so ours / raw isolated, and ours
+    without isolation / raw, are what the worker itself adds."""
     image = ctx.images[image_name]
     interval = RAW_PROBE_INTERVAL
     isolated = isolated_network(ctx.docker, ctx.raw_instance)
     ours: list[float] = []
     raw: list[float] = []
     raw_isolated: list[float] = []
+    ours_open: list[float] = []
     server: list[float] = []
     to_starting: list[float] = []
     for i in range(ctx.args.warmup + n):
@@ -207,6 +214,10 @@ def bench_cold(ctx: Context, image_name: str, n: int) -> dict[str, Any]:
         )
         remove_containers(ctx.docker, ctx.raw_instance, threads=1)
         time.sleep(ctx.args.pause)
+        if open_ctx is not None:
+            open_took, _, _, open_hostname = ours_once(open_ctx, image, f"open{i}")
+            remove_one(ctx.docker, f"{open_ctx.instance}-{open_hostname}")
+            time.sleep(ctx.args.pause)
         iso_name = f"{ctx.raw_instance}-{secrets.token_hex(6)}"
         iso_took = raw_spawn(ctx.docker, image, iso_name, ctx.raw_instance, interval, network=isolated)
         remove_containers(ctx.docker, ctx.raw_instance, threads=1)
@@ -215,11 +226,14 @@ def bench_cold(ctx: Context, image_name: str, n: int) -> dict[str, Any]:
             ours.append(took)
             raw.append(raw_took)
             raw_isolated.append(iso_took)
+            if open_ctx is not None:
+                ours_open.append(open_took)
             server.append(recorded)
             to_starting.append(starting)
             log(
                 f"  {image_name} #{i - ctx.args.warmup + 1:>2}: ours {ms(took):>9}  raw {ms(raw_took):>9}  "
                 f"raw isolated {ms(iso_took):>9}"
+                + (f"  ours, isolation off {ms(open_took):>9}" if open_ctx is not None else "")
             )
     o, r, ri = stats(ours), stats(raw), stats(raw_isolated)
     paired = [a - b for a, b in zip(ours, raw, strict=True)]
@@ -238,7 +252,21 @@ def bench_cold(ctx: Context, image_name: str, n: int) -> dict[str, Any]:
         "extra_isolated_median": o["median"] - ri["median"],
         "paired_extra": stats(paired),
         "ours_until_starting": stats(to_starting),
-        "samples": {"ours": ours, "raw": raw, "raw_isolated": raw_isolated, "ours_until_starting": to_starting},
+        "samples": {
+            "ours": ours,
+            "raw": raw,
+            "raw_isolated": raw_isolated,
+            "ours_isolation_off": ours_open,
+            "ours_until_starting": to_starting,
+        },
+        **(
+            {
+                "ours_isolation_off": stats(ours_open),
+                "ratio_isolation_off_median": stats(ours_open)["median"] / r["median"],
+            }
+            if ours_open
+            else {}
+        ),
     }
 
 
@@ -454,6 +482,9 @@ class InstantEngine:
 
     def inventory(self) -> dict[str, Any]:
         return {}
+
+    def pull(self, spec: Any, report: Any) -> Any:
+        return spec  # nothing to pull: nothing is started
 
     def start(self, spec: Any) -> Placement:
         return Placement(object_id=secrets.token_hex(32), address="http://127.0.0.1:32768", node="bench-node")
@@ -697,6 +728,15 @@ def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"<= {TARGETS['cold_ratio']}x",
             c["ratio_median"] <= TARGETS["cold_ratio"],
         )
+        if "ours_isolation_off" in c:
+            row(
+                "the same with NOTEBOOK_ISOLATION=off: ours on the default bridge too (median)",
+                ms(c["ours_isolation_off"]["median"]),
+                ms(c["raw"]["median"]),
+                f"{c['ratio_isolation_off_median']:.2f}x",
+                f"<= {TARGETS['cold_ratio']}x",
+                c["ratio_isolation_off_median"] <= TARGETS["cold_ratio"],
+            )
         if "raw_isolated" in c:
             row(
                 f"the same, raw on an isolated bridge as NOTEBOOK_ISOLATION makes (median; raw isolated / raw "
@@ -927,13 +967,21 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if {"cold", "kill", "burst"} & set(sections):
                 start_stack(ctx)
+                # The same with NOTEBOOK_ISOLATION=off (the engine's default bridge), for the cold rows.
+                open_ctx = Context(args, redis, client, images, workdir) if "cold" in sections else None
                 try:
                     warm_up(ctx)
+                    if open_ctx is not None:
+                        start_stack(open_ctx, "benchopen", NOTEBOOK_ISOLATION="off")
+                        warm_up(open_ctx)
                     if "cold" in sections:
                         results["cold"] = {}
                         for name in args.cold_images.split(","):
                             log(f"cold spawn-to-ACTIVE, {name}, {args.n} of each, interleaved")
-                            results["cold"][name] = bench_cold(ctx, name, args.n)
+                            results["cold"][name] = bench_cold(ctx, name, args.n, open_ctx)
+                        if open_ctx is not None:
+                            stop_stack(open_ctx)
+                            open_ctx = None
                     if "kill" in sections:
                         log(f"kill-to-gone (KILL_GRACE=0), {args.n} of each, interleaved")
                         results["kill"] = bench_kill(ctx, args.n)
@@ -941,6 +989,8 @@ def main(argv: list[str] | None = None) -> int:
                         log(f"burst of {args.burst} slow3, {args.rounds} rounds")
                         results["burst"] = bench_burst(ctx, args.burst, args.rounds)
                 finally:
+                    if open_ctx is not None:
+                        stop_stack(open_ctx)
                     stop_stack(ctx)
             if {"api", "store"} & set(sections):
                 env = base_env(redis.url, unique_instance("benchapi"), START_TIMEOUT=60)
@@ -965,6 +1015,18 @@ def main(argv: list[str] | None = None) -> int:
             if "thebe" in sections:
                 log(f"thebe pages to first output, {args.thebe_rounds} rounds (Binder mode, cold, pooled; raw)")
                 results["thebe"] = bench_thebe(redis.url, workdir, args.thebe_rounds)
+            if "scale" in sections:
+                log("reconcile pass and listing vs the number of notebooks (bench/scale.py)")
+                from bench import scale
+
+                scale.main([])
+                results["scale"] = {"results": str(RESULTS / "scale-latest.json")}
+            if "swarm" in sections:
+                log("services mode on a three-node Swarm in namespaces (bench/swarm.py)")
+                from bench import swarm
+
+                swarm.main([])
+                results["swarm"] = {"results": str(RESULTS / "swarm-latest.json")}
             if "pool" in sections:
                 if pool_available():
                     log("warm pool")

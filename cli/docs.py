@@ -47,7 +47,7 @@ HEAD = """# Configuration
 
 Every setting is an environment variable, read and validated once at start-up (a bad value stops the
 process with a message naming it; `swarm-manager check` runs the same validation). A secret
-(`ADMIN_TOKEN`, `SECRET_KEY`, `PROXY_AUTH_TOKEN`, the Redis passwords) may instead come from a file
+(`ADMIN_TOKEN`, `SECRET_KEY`, `PROXY_AUTH_TOKEN`, `REGISTRY_AUTH`, the Redis passwords) may instead come from a file
 named by `<NAME>_FILE`. The engine connection uses the Docker CLI's own variables.
 
 | Variable | Default | Meaning |

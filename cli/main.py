@@ -334,6 +334,29 @@ def cmd_list(api: Api, out: Output, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_nodes(api: Api, out: Output, args: argparse.Namespace) -> int:
+    found = api.request("GET", "/nodes")
+    rows = []
+    for node in found.get("nodes", []):
+        where = [
+            node.get("hostname") or node.get("id", "")[:12],
+            node.get("role", ""),
+            f"{node.get('state', '')}/{node.get('availability', '')}",
+            node.get("address", "") or "-",
+        ]
+        images = node.get("images") or {}
+        if not images:
+            rows.append([*where, "-", "-"])
+        for image, state in images.items():
+            word = state.get("state", "")
+            if state.get("reason"):
+                word += f" ({state['reason'][:80]})"
+            rows.append([*where, image, word])
+    human = table(rows, ["NODE", "ROLE", "STATE", "ADDRESS", "IMAGE", "PRE-PULL"]) if rows else "no nodes seen yet"
+    out.data(found, human)
+    return EXIT_OK
+
+
 def cmd_kill(api: Api, out: Output, args: argparse.Namespace) -> int:
     record = dict(api.request("DELETE", f"/container/{args.hostname}"))
     if args.wait and record.get("status") not in TERMINAL:
@@ -435,6 +458,11 @@ def parser() -> argparse.ArgumentParser:
         "--timeout", type=positive, default=120.0, metavar="SECONDS", help="how long --wait waits (default 120)"
     )
     kill.set_defaults(run=cmd_kill)
+
+    nodes = commands.add_parser(
+        "nodes", parents=[common], help="the engine's nodes and which pre-pulled images each has (admin)"
+    )
+    nodes.set_defaults(run=cmd_nodes)
 
     servers.add_commands(commands)
 

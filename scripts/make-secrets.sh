@@ -5,6 +5,9 @@
 #   secret_key         the key of /manage's sessions (SECRET_KEY_FILE)
 #   proxy_auth_token   configurable-http-proxy's API token, for the proxy and the workers
 #   flower_basic_auth  Flower's user:password (user "ops")
+#   registry_auth      the workers' registry credentials (REGISTRY_AUTH_FILE): made with no
+#                      credentials ({"auths": {}}); replace it with a Docker config.json to pull from
+#                      private registries (`docker login` writes one)
 # The folder is 0700. Compose bind-mounts the files into containers that run as uid 10001: as root
 # they are made that uid's, mode 0400; otherwise mode 0444 (the 0700 folder keeps other local users
 # out). A Swarm stack copies them into the Swarm (docker stack deploy), where stack.yml sets owner and mode.
@@ -14,11 +17,12 @@ dir=${1:-secrets}
 mkdir -p "$dir"
 chmod 0700 "$dir"
 token() { python3 -c 'import secrets; print(secrets.token_urlsafe(32))'; }
-for name in admin_token secret_key proxy_auth_token flower_basic_auth; do
+for name in admin_token secret_key proxy_auth_token flower_basic_auth registry_auth; do
   file=$dir/$name
   [ -s "$file" ] && continue
   case "$name" in
     flower_basic_auth) value="ops:$(token)" ;;
+    registry_auth) value='{"auths": {}}' ;;
     *) value=$(token) ;;
   esac
   (umask 077 && printf '%s\n' "$value" > "$file")

@@ -42,7 +42,8 @@ import yaml
 from shared.errors import ConfigError, InvalidInput
 from shared.limits import ImageRef, normalize, parse_pattern
 from shared.limits import matches as image_matches
-from shared.validation import DECIMAL, parse_decimal, validate_image
+from shared.registries import parse_pull_policy
+from shared.validation import DECIMAL, IMAGE_RE, parse_decimal, validate_image
 
 KIB = 1024
 #: The engine refuses smaller memory limits ("Minimum memory limit allowed is 6MB").
@@ -77,6 +78,8 @@ FIELDS = (
     "allow_origins",
     "cors",
     "origin_arg",
+    "pull_policy",
+    "prepull",
 )
 #: The keys of one entry of the file's ``binder`` list.
 BINDER_FIELDS = ("spec", "image", "profile")
@@ -157,10 +160,20 @@ class Profile:
     allow_origins: tuple[str, ...] = ()
     cors: bool = True
     origin_arg: str = ""
+    # Images from registries (shared/registries.py): this profile's PULL_POLICY ("" for the setting's),
+    # and whether its images (the patterns that name one image, no globs) are pulled onto every
+    # engine or node ahead of demand.
+    pull_policy: str = ""
+    prepull: bool = False
     _patterns: tuple[ImageRef, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_patterns", tuple(parse_pattern(p) for p in self.images))
+
+    @property
+    def prepull_images(self) -> tuple[str, ...]:
+        """The images to pull ahead of demand: with ``prepull``, each pattern that names one image."""
+        return tuple(p for p in self.images if IMAGE_RE.fullmatch(p)) if self.prepull else ()
 
     def matches(self, image: str) -> bool:
         """Whether a pattern matches ``image``, both in the canonical form the allowlist compares
@@ -528,6 +541,8 @@ def _profile(item: object, problems: list[str]) -> Profile | None:
         "allow_origins": check("allow_origins", _origins) or (),
         "cors": check("cors", _flag) is not False,
         "origin_arg": check("origin_arg", _origin_arg) or "",
+        "pull_policy": check("pull_policy", _pull_policy) or "",
+        "prepull": bool(check("prepull", _flag)),
     }
     # The maxima only mean something when users may choose, and must allow the profile's own limits.
     for limit in ("mem_limit", "cpu_limit"):
@@ -548,9 +563,17 @@ def _profile(item: object, problems: list[str]) -> Profile | None:
         problems.append("token: false leaves nothing for token_env or token_arg to pass")
     if not values["cors"] and (values["allow_origins"] or values["origin_arg"]):
         problems.append("cors: false leaves nothing for allow_origins or origin_arg to pass")
+    if values["prepull"] and not any(IMAGE_RE.fullmatch(p) for p in values["images"]):
+        problems.append("prepull: true needs an image in images that names one image (no * or ?) to pull")
     if problems or name is None:
         return None
     return Profile(name=name, **values)
+
+
+def _pull_policy(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected if-not-present, always or never, got {value!r}")
+    return parse_pull_policy(value)
 
 
 def _name(value: object) -> str:

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from shared.errors import ConfigError
 from shared.limits import Allowlist, parse_allowed_images
 from shared.profiles import load_profiles, parse_cpus, parse_size
+from shared.registries import IF_NOT_PRESENT, RegistryAuths, parse_pull_policy, parse_registry_auth
 from shared.validation import IMAGE_RE, parse_decimal, parse_whole
 
 _DNS_NAME = re.compile(r"^(?=.{1,200}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
@@ -281,7 +282,8 @@ def setting(env: str, default: str, parse: Callable[[str], Any], doc: str, *, se
     .state files), so that it need not sit in the environment of processes that do not use it.
     """
     metadata = {"env": env, "default": default, "parse": parse, "doc": doc, "secret": secret}
-    return field(default=parse(default), metadata=metadata)
+    # A secret stays out of the settings' repr, which a traceback or a debug line may show.
+    return field(default=parse(default), metadata=metadata, repr=not secret)
 
 
 def _from_file(name: str, path: str) -> str:
@@ -685,6 +687,24 @@ class Settings:
         "Most a notebook may write to its container's own filesystem (its writable layer, e.g. 10g). Only "
         "plain containers on storage that can limit it (overlay2 on xfs mounted with pquota, btrfs, zfs, "
         "devicemapper); elsewhere, and on Swarm services, a spawn fails at once saying so. Empty: no limit.",
+    )
+    pull_policy: str = setting(
+        "PULL_POLICY",
+        IF_NOT_PRESENT,
+        parse_pull_policy,
+        "When a spawn pulls its image from its registry: if-not-present (only when the engine lacks it), always "
+        "(every spawn, so a tag that moved runs its new content) or never (an image the engine lacks fails the "
+        "spawn at once). A profile's pull_policy overrides it for its images.",
+    )
+    registry_auth: RegistryAuths = setting(  # noqa: RUF009 - frozen: as immutable as the other defaults
+        "REGISTRY_AUTH",
+        "",
+        parse_registry_auth,
+        "Registry credentials: the text of a Docker config.json (what `docker login` writes: "
+        '`{"auths": {"registry.example:5000": {"auth": "<base64 of user:password>"}}}`), used for pulls from those '
+        "registries and, in services mode, handed to the nodes with the service. Usually REGISTRY_AUTH_FILE, "
+        "the path of such a file (a Docker secret).",
+        secret=True,
     )
     log_level: str = setting(
         "LOG_LEVEL",

@@ -11,7 +11,8 @@ Layout (every key starts with the instance prefix, e.g. ``swarm-manager:``):
 - channel ``events``       every change, published as the record's JSON (a *record event*: the
                            public record, exactly as ``GET /container/<hostname>`` shows it), and
                            progress within a stage from the workers (a *progress event*:
-                           ``{"event": "progress", "hostname", "stage", "message", "at"}``).
+                           ``{"event": "progress", "hostname", "stage", "message", "at"}``, and
+                           ``progress`` with the numbers of a pull).
                            A record event never has an ``event`` field; :func:`parse_event` tells them apart.
 - ``live:all``, ``live:user:<user>``  sets of hostnames taking a quota slot (PENDING, STARTING,
                            ACTIVE): added by create, removed by the transition that leaves those statuses
@@ -33,7 +34,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, ParamSpec, TypeAlias, TypeVar, cast
 
@@ -196,6 +197,15 @@ return {1, redis.call('HGETALL', KEYS[1])}
 _END_ATTEMPT = """
 if redis.call('HGET', KEYS[1], '_attempt') ~= ARGV[1] then return 0 end
 return redis.call('HDEL', KEYS[1], unpack(ARGV, 2))
+"""
+
+# KEYS: record; ARGV: attempt, field, value, field, value...
+# Sets internal fields only while ``attempt`` is still the record's (a long step keeping its
+# deadline ahead of it); publishes nothing, the record's public fields are unchanged.
+_KEEP_ATTEMPT = """
+if redis.call('HGET', KEYS[1], '_attempt') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return 1
 """
 
 # KEYS: live:all; ARGV: key prefix, counted statuses as ',A,B,', hostnames of live records...
@@ -369,6 +379,7 @@ class Event:
     stage: str = ""  # for a progress event: what the worker is doing now, e.g. "creating"
     message: str = ""  # for a progress event: the same in words, for people
     user: str = ""  # whose notebook it is: the record's user, or the progress event's ("" unknown)
+    detail: dict[str, Any] | None = None  # for a progress event: its numbers (a pull's bytes and layers)
 
 
 def parse_event(raw: str) -> Event | None:
@@ -387,6 +398,7 @@ def parse_event(raw: str) -> Event | None:
             stage=str(data.get("stage", "")),
             message=str(data.get("message", "")),
             user=str(data.get("user", "")),
+            detail=data["progress"] if isinstance(data.get("progress"), dict) else None,
         )
     try:
         record = Notebook.from_hash({k: str(v) for k, v in data.items()})
@@ -439,6 +451,7 @@ class Store:
         self._transition = client.register_script(_TRANSITION)
         self._claim_spawn = client.register_script(_CLAIM_SPAWN)
         self._end_attempt = client.register_script(_END_ATTEMPT)
+        self._keep_attempt = client.register_script(_KEEP_ATTEMPT)
         self._purge = client.register_script(_PURGE)
         self._sync_live = client.register_script(_SYNC_LIVE)
         self._public_values = client.register_script(_PUBLIC_VALUES)
@@ -461,9 +474,12 @@ class Store:
         return [f"{self.prefix}live:all", f"{self.prefix}live:user:{user}", f"{self.prefix}rate:{user}"]
 
     # -- events -------------------------------------------------------------
-    def progress(self, hostname: str, stage: str, message: str, user: str = "") -> bool:
+    def progress(
+        self, hostname: str, stage: str, message: str, user: str = "", detail: Mapping[str, Any] | None = None
+    ) -> bool:
         """Publish a progress event for ``hostname`` (owned by ``user``) on the events channel;
         nothing is stored. The owner lets a listener route it without reading the record.
+        ``detail``: numbers a client can draw (a pull's bytes and layers), as the event's ``progress``.
 
         Best effort: progress is for people watching, so a Redis failure is logged and
         reported as False, never raised into the step that reports it.
@@ -476,6 +492,7 @@ class Store:
                 "stage": stage,
                 "message": message,
                 "at": now_rfc3339(),
+                **({"progress": dict(detail)} if detail else {}),
             }
         )
         try:
@@ -822,6 +839,14 @@ class Store:
     def end_attempt(self, hostname: str, attempt: int, *names: str) -> bool:
         """Delete internal fields ``names`` while ``attempt`` is still the record's; False if not."""
         return bool(self._end_attempt(keys=[self.key_for(hostname)], args=[attempt, *(f"_{n}" for n in names)]))
+
+    @_store_errors
+    def keep_attempt(self, hostname: str, attempt: int, **fields: str) -> bool:
+        """Set internal ``fields`` while ``attempt`` is still the record's; False if not (nothing set)."""
+        args: list[str | int] = [attempt]
+        for name, value in fields.items():
+            args += [f"_{name}", value]
+        return bool(self._keep_attempt(keys=[self.key_for(hostname)], args=args))
 
     @_store_errors
     def transition(

@@ -22,7 +22,7 @@ from tests.support import ROOT, wait_for
 
 #: The images' user (Dockerfile.api, Dockerfile.worker, Dockerfile.proxy).
 APP_UID = 10001
-SECRET_NAMES = ("admin_token", "secret_key", "proxy_auth_token", "flower_basic_auth")
+SECRET_NAMES = ("admin_token", "secret_key", "proxy_auth_token", "flower_basic_auth", "registry_auth")
 DOCKER_COMPOSE = "/usr/bin/docker-compose"
 
 

@@ -39,6 +39,7 @@ NOT_PASSED = {
     "ADMIN_TOKEN": "a Docker secret (ADMIN_TOKEN_FILE)",
     "SECRET_KEY": "a Docker secret (SECRET_KEY_FILE)",
     "PROXY_AUTH_TOKEN": "a Docker secret (PROXY_AUTH_TOKEN_FILE)",
+    "REGISTRY_AUTH": "a Docker secret (REGISTRY_AUTH_FILE), in the worker only",
     "AUTH": "always on: the API is published",
     "REDIS_PASSWORD": "the deployment runs its own Redis, on its own network, without a password",
     "REDIS_SENTINEL_PASSWORD": "the deployment's sentinels (compose's sentinel profile) have no password",
@@ -171,7 +172,7 @@ def test_engine_certificates_are_read_only_and_only_in_the_worker(config: dict[s
 def test_secrets_are_files_only_where_needed(config: dict[str, Any]) -> None:
     wanted = {
         "api": {"admin_token", "secret_key"},
-        "worker": {"proxy_auth_token"},
+        "worker": {"proxy_auth_token", "registry_auth"},
         "flower": {"flower_basic_auth"},
         "proxy": {"proxy_auth_token"},
     }
@@ -249,8 +250,13 @@ def test_settings_reach_the_services_and_unset_ones_stay_unset(tmp_path: Path) -
     for pem in ("ca.pem", "cert.pem", "key.pem"):
         (certs / pem).touch()
     (tmp_path / "proxy_auth_token").write_text("a-token-for-the-proxy-api\n")
+    (tmp_path / "registry_auth").write_text('{"auths": {}}\n')  # as scripts/make-secrets.sh makes it
     env = {k: str(v) for k, v in environment(service(config, "worker")).items() if v is not None}
-    env |= {"DOCKER_CERT_PATH": str(certs), "PROXY_AUTH_TOKEN_FILE": str(tmp_path / "proxy_auth_token")}
+    env |= {
+        "DOCKER_CERT_PATH": str(certs),
+        "PROXY_AUTH_TOKEN_FILE": str(tmp_path / "proxy_auth_token"),
+        "REGISTRY_AUTH_FILE": str(tmp_path / "registry_auth"),
+    }
     Settings.from_env(env)
 
 
@@ -312,7 +318,7 @@ def test_stack_secrets_are_docker_secrets(stack: dict[str, Any]) -> None:
         return {s.get("target", s["source"]) for s in services[name].get("secrets") or []}
 
     assert targets("api") == {"admin_token", "secret_key"}
-    assert targets("worker") == {"proxy_auth_token", "ca.pem", "cert.pem", "key.pem"}
+    assert targets("worker") == {"proxy_auth_token", "registry_auth", "ca.pem", "cert.pem", "key.pem"}
     assert targets("flower") == {"flower_basic_auth"}
     assert targets("proxy") == {"proxy_auth_token"}
     assert not targets("beat") and not targets("redis")

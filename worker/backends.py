@@ -18,6 +18,7 @@ import requests
 from shared.settings import Settings
 from worker.containers import ContainerEngine
 from worker.engine import Engine, EngineObject, EngineState, NotebookSpec, Placement, classify
+from worker.pulls import Report
 from worker.services import ServiceEngine
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,9 @@ class AutoEngine:
 
     def inventory(self) -> dict[str, EngineObject]:
         return self.engine.inventory()
+
+    def pull(self, spec: NotebookSpec, report: Report) -> NotebookSpec:
+        return self.engine.pull(spec, report)
 
     def start(self, spec: NotebookSpec) -> Placement:
         return self.engine.start(spec)

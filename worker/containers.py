@@ -38,6 +38,7 @@ from worker.hardening import (
     isolates,
     refuses_disk_limit,
 )
+from worker.pulls import Puller, Report
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +61,19 @@ class ContainerEngine:
         # The network notebooks join, found (or made) on the first spawn; "" for the engine's default.
         self._network: str | None = None
         self._network_lock = threading.Lock()
+        # Pulls images as PULL_POLICY says, one pull per image at a time in this process.
+        self.puller = Puller(lambda: self.client.api, settings.registry_auth)
 
     @property
     def client(self) -> docker.DockerClient:
         return self._client.get()
 
     # -- Engine interface ------------------------------------------------------
+    def pull(self, spec: NotebookSpec, report: Report) -> NotebookSpec:
+        """The image pulled first when the policy says so: create never waits on a registry."""
+        self.puller.ensure(spec.image, spec.pull_policy, report)
+        return spec
+
     def start(self, spec: NotebookSpec) -> Placement:
         # Create first: a new spawn (nearly every one) makes no lookup by name before it; a
         # redelivered one meets a 409 and takes the container an earlier attempt made.
@@ -195,7 +203,10 @@ class ContainerEngine:
             found = self._find(spec)
             if found is not None:
                 return found
-            raise EngineError(f"image {spec.image!r} is not present on the engine") from exc
+            # The pull step had it (or pulled it) a moment ago, so it was removed meanwhile: the
+            # retry asks the engine again and pulls it, or says why not.
+            self.puller.forget(spec.image)
+            raise EngineUnavailable(f"image {spec.image!r} was removed from the engine meanwhile") from exc
         except docker.errors.APIError as exc:
             if exc.status_code == 409:
                 # Created by another attempt of this spawn (a redelivery, or a copy that overlaps

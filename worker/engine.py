@@ -13,7 +13,7 @@ import os
 import re
 import ssl
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -53,6 +53,7 @@ class NotebookSpec:
     cpu_limit: float | None = None  # cores, e.g. 0.5
     constraints: list[str] = field(default_factory=list)  # Swarm placement, e.g. "node.labels.gpu==true"
     token: str = field(default="", repr=False)  # the notebook's own secret (shared/notebook_token.py)
+    pull_policy: str = "if-not-present"  # PULL_POLICY, or the profile's (shared/registries.py)
 
     @property
     def name(self) -> str:
@@ -111,6 +112,12 @@ class EngineObject:
 class Engine(Protocol):
     def inventory(self) -> dict[str, EngineObject]:
         """Every object labelled with this instance, by notebook hostname, in one list call."""
+
+    def pull(self, spec: NotebookSpec, report: Callable[[str, str, Mapping[str, Any]], None]) -> NotebookSpec:
+        """Make the spec's image available as its ``pull_policy`` says, before :meth:`start`; return the
+        spec to start (its image pinned to a digest where the backend needs that). ``report`` gets
+        (stage, message, detail) as it goes: ``pulling`` with bytes and layers, then ``pulled``.
+        Raises EngineError with the registry's refusal within seconds of it."""
 
     def start(self, spec: NotebookSpec) -> Placement:
         """Create the notebook's object unless one with its name exists, start it, say where it is.

@@ -20,9 +20,9 @@ USER_AGENT = "swarm-manager-readiness"
 #: PROBE_INTERVAL alone would add half an interval on average to every spawn.
 FAST_FIRST = 0.005
 #: After that the gap grows with the time waited (a twentieth of it) up to PROBE_INTERVAL, so
-#: noticing late costs at most ~5% of the wait, and a server that takes seconds is asked no more
-#: often than before. A failed probe costs ~0.3 ms of CPU, here and in the engine's port proxy: a
-#: fast phase is ~60 probes, over within a second.
+#: noticing late costs at most a twentieth of the wait, and a server that takes seconds is asked no
+#: more often than before. A failed probe costs CPU here and in the engine's port proxy, so the fast
+#: phase is short: it ends once the gap reaches PROBE_INTERVAL (docs/benchmarks.md has its cost).
 FAST_SHARE = 0.05
 #: How many waits of one worker process may be in their fast phase at once; the others probe every
 #: PROBE_INTERVAL from the start. Bounds the fast probes' CPU during a burst of spawns.

@@ -27,6 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -45,6 +46,7 @@ from docker.types import (
 )
 
 from shared.errors import EngineError, EngineUnavailable
+from shared.registries import ALWAYS, NEVER, pinned
 from shared.settings import Settings
 from worker.engine import (
     LABEL_HOSTNAME,
@@ -67,6 +69,7 @@ from worker.hardening import (
     service_log_driver,
     service_resources,
 )
+from worker.pulls import Puller, Report
 from worker.readiness import Pace, ProbePacer
 
 log = logging.getLogger(__name__)
@@ -81,11 +84,11 @@ NO_NODE_GRACE = 3.0
 
 #: Seconds between task polls while a service starts.
 POLL_INTERVAL = 0.15
-#: Once its task is ``starting`` (the node is starting the container, a few hundred ms before
+#: Once its task is ``starting`` (its node is starting the container, the last step before
 #: ``running``), the task is polled START_FIRST apart, then at START_SHARE of the time it has been
-#: starting, up to POLL_INTERVAL: its start is noticed within ~20 ms instead of up to 150 ms after,
-#: for ~10 more list calls to the manager. Before that the task waits on the scheduler and the
-#: node, which nothing here can hurry, and is polled POLL_INTERVAL apart as before.
+#: starting, up to POLL_INTERVAL, so its start is noticed soon after it happens. Before that the
+#: task waits on the scheduler and its node, which nothing here can hurry, and is polled
+#: POLL_INTERVAL apart as before; a ProbePacer bounds how many starts poll fast at once.
 START_FIRST = 0.02
 START_SHARE = 0.1
 #: Seconds between two readings of the services and their tasks when watching for stopped
@@ -122,6 +125,8 @@ class ServiceEngine:
         self._last_seen: dict[str, EngineObject] | None = None
         # Bounds how many starts of this process poll their task fast at once (a burst polls as before).
         self._pacer = ProbePacer()
+        # Asks the registry for a tag's digest (and hands REGISTRY_AUTH to the nodes with each service).
+        self.puller = Puller(lambda: self.api, settings.registry_auth)
 
     @property
     def client(self) -> docker.DockerClient:
@@ -147,6 +152,16 @@ class ServiceEngine:
             if now >= until:
                 return
             self.sleep(min(TASK_POLL, max(0.0, until - now)))
+
+    def pull(self, spec: NotebookSpec, report: Report) -> NotebookSpec:
+        """Nodes pull for themselves, each when a task lands on it (with the credentials the service
+        carries). First the manager asks the registry which digest the tag names and pins the
+        spec to it, so a refusal (unknown, unauthorized, unreachable) fails the spawn within
+        seconds, and a node that has that content runs it without pulling: ``always`` on every
+        spawn, ``if-not-present`` when the manager lacks the image, ``never`` not at all."""
+        if spec.pull_policy == NEVER or (spec.pull_policy != ALWAYS and self.puller.present(spec.image)):
+            return spec
+        return replace(spec, image=pinned(spec.image, self.puller.resolve(spec.image)))
 
     def start(self, spec: NotebookSpec) -> Placement:
         """Create the service unless it exists, wait until its task runs, say where it is.
@@ -311,6 +326,7 @@ class ServiceEngine:
         if self.settings.publish_ip:
             # Host mode, no PublishedPort: the node's engine picks a free port.
             endpoint = EndpointSpec(ports=[{"Protocol": "tcp", "TargetPort": spec.port, "PublishMode": "host"}])
+        self.puller.install()  # REGISTRY_AUTH goes with the service, for the nodes' pulls
         try:
             created: dict[str, Any] = self.api.create_service(
                 template,

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from typing import Any
 
 from shared.errors import (
     EngineError,
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 
 #: How often the wait-for-ready loop also asks the engine and the store whether to give up.
 CHECK_EVERY = 1.0
+#: How often a pull that is moving pushes the spawn's queue deadline on (see ``_pull_report``).
+KEEP_DEADLINE_EVERY = 5.0
 
 
 class Spawner:
@@ -93,6 +96,7 @@ class Spawner:
             domain=record.domainname,
             port=self.settings.notebook_port,
             instance=self.settings.instance,
+            pull_policy=self.settings.pull_policy,
         )
         profile = self.profiles.get(record.profile) if record.profile else None
         return self._with_profile(spec, profile, internal) if profile else spec
@@ -172,8 +176,9 @@ class Spawner:
             reason = f"image {record.image!r} is not allowed by this worker's ALLOWED_IMAGES"
             return self.fail(spec, reason, attempt=attempt)
         spec = self.with_allowed_origins(self.with_token(spec, record, internal), record)
-        self.store.progress(hostname, "creating", "creating and starting the container", user=spec.user)
         try:
+            spec = self.engine.pull(spec, self._pull_report(spec, attempt))
+            self.store.progress(hostname, "creating", "creating and starting the container", user=spec.user)
             placement = self.engine.start(spec)
         except EngineUnavailable as exc:
             self.store.metrics.engine_error(exc)
@@ -220,6 +225,23 @@ class Spawner:
             hostname, "waiting", f"waiting for the notebook to answer on port {spec.port}", user=spec.user
         )
         return self._wait_ready(spec, placement.address, ready_deadline, attempt)
+
+    def _pull_report(self, spec: NotebookSpec, attempt: int) -> Callable[[str, str, Mapping[str, Any]], None]:
+        """Publishes a pull's progress as the notebook's events (``pulling``, ``pulled``), and keeps
+        the spawn's queue deadline ahead of a pull that is still moving: a large image takes minutes,
+        and the reconciler would otherwise send the spawn again, then fail it, meanwhile."""
+        kept = self.clock()
+
+        def report(stage: str, message: str, detail: Mapping[str, Any]) -> None:
+            nonlocal kept
+            self.store.progress(spec.hostname, stage, message, user=spec.user, detail=detail)
+            now = self.clock()
+            if now - kept >= KEEP_DEADLINE_EVERY:
+                kept = now
+                deadline = str(now + self.settings.start_timeout)
+                self.store.keep_attempt(spec.hostname, attempt, queue_deadline=deadline)
+
+        return report
 
     def _lost_to_kill(self, spec: NotebookSpec, attempt: int) -> Status | None:
         """A kill won while this attempt was creating the container: remove it at once (it was never
@@ -432,6 +454,7 @@ class Spawner:
             mem_limit=asked.mem_limit or profile.mem_limit,
             cpu_limit=asked.cpu_limit or profile.cpu_limit,
             constraints=list(profile.constraints),
+            pull_policy=profile.pull_policy or spec.pull_policy,
         )
 
     def _readiness(self, spec: NotebookSpec, address: str) -> Callable[[], bool]:

@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 
-from shared.errors import EngineUnavailable, StoreUnavailable
+import redis
+from celery.signals import worker_ready
+
+from shared.errors import EngineError, EngineUnavailable, StoreUnavailable
 from shared.locks import Lease
+from shared.nodes import NodeBook, prepull_images
 from shared.pool import Pool
 from shared.queue import Queue
 from shared.store import Store, connect
@@ -19,6 +24,7 @@ from worker.backends import make_engine
 from worker.celery_app import app, settings
 from worker.engine import make_client
 from worker.pool import Refiller
+from worker.prepull import Prepuller
 from worker.proxy import make_proxy
 from worker.reconciler import Reconciler
 from worker.spawner import Spawner
@@ -96,9 +102,38 @@ def kill(hostname: str) -> str | None:
     return status.value if status else None
 
 
+@functools.cache
+def prepuller() -> Prepuller:
+    """One per process: pulls the listed images onto every node, and records what each has."""
+    sp = spawner()
+    images = prepull_images(settings, sp.profiles)
+    return Prepuller(sp.engine, NodeBook(store().redis, settings.key_prefix), images, settings)
+
+
+def pre_pull() -> None:
+    """One pre-pull look at the nodes; a failure waits for the next pass (it is never a task's)."""
+    try:
+        prepuller().run()
+    except (EngineError, EngineUnavailable, StoreUnavailable, redis.RedisError) as exc:
+        log.warning("pre-pull: could not look at the nodes (next pass retries): %s", exc)
+
+
+@worker_ready.connect
+def _pre_pull_at_start(**_: object) -> None:
+    # A node should not wait for the first reconcile pass (RECONCILE_INTERVAL) to get its images.
+    # Made here, before tasks run, so the tasks and this share one Spawner (and one engine's
+    # single flight); making them asks the engine nothing.
+    prepuller()
+    threading.Thread(target=pre_pull, name="prepull-at-start", daemon=True).start()
+
+
 @app.task(name=RECONCILE_TASK, acks_late=False, ignore_result=True)
 def reconcile() -> dict[str, object]:
-    return reconciler().run().as_dict()
+    report = reconciler().run().as_dict()
+    # After the pass and outside its lock: it only starts pulls (in the background, or as jobs on
+    # the nodes), and two workers doing it at once start each at most once (single flight, job names).
+    pre_pull()
+    return report
 
 
 @app.task(name=REFILL_TASK, **BOUNDED_RETRY)
