@@ -209,7 +209,10 @@ class ServiceEngine:
                     else:
                         unplaceable_since = None
                     if state == "rejected":
-                        raise EngineError(f"the swarm rejected the notebook's task: {err or status.get('Message', '')}")
+                        raise EngineError(
+                            f"the swarm rejected the notebook's task: {err or status.get('Message', '')}"
+                            + self._pull_refusal(spec, err)
+                        )
                     if state not in STARTING_STATES:  # ended, or running but being stopped (node down, removal)
                         reason = self._describe(task).reason
                         raise EngineError(f"the container {reason} before answering" + self._tail_for(spec, task))
@@ -386,6 +389,25 @@ class ServiceEngine:
                 ICC_OPTION,
                 '"icc": false',
             )
+
+    def _pull_refusal(self, spec: NotebookSpec, err: str) -> str:
+        """Why a node could not pull the image, when the registry says so; else empty.
+
+        A node whose pull failed rejects the task with "No such image" only: its engine logs the
+        registry's answer, the task does not carry it. That happens when the spec was not pinned
+        (``if-not-present`` and the manager has the image, so pull() asked nothing), e.g. with
+        wrong REGISTRY_AUTH credentials. The manager then asks the registry, with the credentials
+        the service carried, so the record says "unauthorized" rather than only "No such image".
+        """
+        if "no such image" not in err.lower() or spec.pull_policy == NEVER:
+            return ""
+        try:
+            self.puller.resolve(spec.image)
+        except EngineError as exc:
+            return f"; asked from the manager, the registry says: {exc}"
+        except EngineUnavailable:
+            pass  # the manager itself did not answer: the Swarm's words stand alone
+        return ""
 
     def _latest_task(self, service: str) -> dict[str, Any] | None:
         """The service's newest task; None if it has none yet, or the service is gone."""
