@@ -5,10 +5,16 @@ registry's refusals within seconds.
 The cluster is tests/swarm_cluster.py's: the main engine as manager, ``node1`` in a network
 namespace as a worker. The registries (tests/registry.py) serve TLS on the manager's veth address,
 which both engines trust and reach. Test images are the httpd test image pushed under new names,
-the local tag removed: the registry holds the only reference, so a node that shows it pulled it
-(its layers may already be there under the test image's own name: the pull then reads the
-manifest and fetches nothing, which keeps the module quick). Every reference a test pulls onto
-either engine is removed again, and every service (notebooks and pre-pull jobs) by its label.
+the local tag removed: the registry holds the only reference, so a node that has the image under
+that name pulled it (its layers may already be there under the test image's own name: the pull
+then reads the manifest and fetches nothing, which keeps the module quick; the registry's log
+says which node's address read it). Every reference a test pulls onto either engine is removed
+again, and every service (notebooks and pre-pull jobs) by its label.
+
+What the credentials look like on the Swarm: docker-py sends them in the X-Registry-Auth header
+of the service's creation; the manager keeps them in the Swarm's store and hands them to the node
+that runs the task. The service as the API shows it (labels, container spec, environment) holds
+none of them, nor do node1's dockerd log, the worker logs, the events, the records or Redis.
 
 The pre-pull test runs first and starts with the manager alone: node1 joins during it (the
 ``swarm_worker`` fixture, asked for then), as a node that joins a running cluster later does.
@@ -81,6 +87,23 @@ def prepull_jobs(client: docker.DockerClient, instance: str) -> list[dict[str, A
     return [s for s in services_of(client, instance) if LABEL_PREPULL in (s["Spec"].get("Labels") or {})]
 
 
+def node_states(stack: Any, image: str) -> dict[str, str]:
+    """``GET /nodes`` (admin): hostname -> the state of ``image`` on that node."""
+    nodes = stack.http.get("/nodes").get_json()["nodes"]
+    return {n["hostname"]: n["images"][image]["state"] for n in nodes}
+
+
+def wait_nodes(stack: Any, image: str, expected: Callable[[dict[str, str]], bool], what: str) -> None:
+    """Wait until the NodeBook's states of ``image`` satisfy ``expected``; fail with what it last held."""
+    try:
+        wait_for(lambda: expected(node_states(stack, image)), SWARM_WAIT, what, 0.5)
+    except AssertionError as exc:
+        shown = stack.http.get("/nodes").get_json()["nodes"]
+        raise AssertionError(
+            f"{exc}\nGET /nodes: {json.dumps(shown)}\nworker log:\n{stack.worker.log_tail()}"
+        ) from None
+
+
 @pytest.fixture
 def only_in_registry(
     docker_client: docker.DockerClient, images: dict[str, str]
@@ -149,33 +172,19 @@ def test_prepull_reaches_every_node_including_one_that_joins_later(
     beat = BeatProcess(stack.worker.env, tmp_path / "beat.log", name="beat-swpre")
     worker: SwarmWorker | None = None
     try:
-
-        def states() -> dict[str, str]:
-            nodes = stack.http.get("/nodes").get_json()["nodes"]
-            return {n["hostname"]: n["images"][ref]["state"] for n in nodes}
-
         # The worker's own pass at start-up makes the manager's job; a reconcile pass records its outcome.
         beat.start()
-        wait_for(
-            lambda: has_image(swarm.client, pinned_ref) and states() == {swarm.manager_hostname: "present"},
-            SWARM_WAIT,
-            f"{ref} pre-pulled onto the manager (NodeBook: {states()})",
-            0.5,
-        )
+        manager_only = {swarm.manager_hostname: "present"}
+        wait_nodes(stack, ref, lambda states: states == manager_only, f"{ref} pre-pulled onto the manager")
+        assert has_image(swarm.client, pinned_ref)
         assert manifest_reads_from(swarm_registry, repository_of(ref), swarm.manager_ip)
 
         # node1 joins the running cluster: a later pass gives it its job.
         worker = request.getfixturevalue("swarm_worker")
         assert not has_image(worker.client, pinned_ref)
-        wait_for(
-            lambda: (
-                has_image(worker.client, pinned_ref)
-                and states() == {swarm.manager_hostname: "present", worker.hostname: "present"}
-            ),
-            SWARM_WAIT,
-            f"{ref} pre-pulled onto node1 after it joined",
-            0.5,
-        )
+        both = {swarm.manager_hostname: "present", worker.hostname: "present"}
+        wait_nodes(stack, ref, lambda states: states == both, f"{ref} pre-pulled onto node1 after it joined")
+        assert has_image(worker.client, pinned_ref) and has_image(swarm.client, pinned_ref)
         # node1 fetched it from the registry itself (its address is the namespace end of the veth).
         assert manifest_reads_from(swarm_registry, repository_of(ref), worker.address)
         wait_for(
@@ -203,10 +212,7 @@ def test_prepull_reaches_every_node_including_one_that_joins_later(
             [(swarm.manager_hostname, "present"), (worker.hostname, "present")]
         ), table.stdout
         assert as_json.returncode == 0, as_json.stderr
-        assert {n["hostname"]: n["images"][ref]["state"] for n in json.loads(as_json.stdout)["nodes"]} == {
-            swarm.manager_hostname: "present",
-            worker.hostname: "present",
-        }
+        assert {n["hostname"]: n["images"][ref]["state"] for n in json.loads(as_json.stdout)["nodes"]} == both
     finally:
         beat.stop()
         stack.worker.stop()  # no pass starts a job while the services are removed
@@ -354,3 +360,57 @@ def test_an_unreachable_registry_fails_the_spawn_in_seconds(
     finally:
         with contextlib.suppress(docker.errors.APIError):
             remove_services(swarm.client, stack.settings.instance)
+
+
+def test_prepull_from_the_private_registry_uses_registry_auth_and_says_why_it_cannot(
+    stack_factory: Any,
+    swarm: SwarmCluster,  # noqa: F811
+    swarm_worker: SwarmWorker,  # noqa: F811
+    private: Registry,
+    only_in_registry: Any,
+    tmp_path: Path,
+) -> None:
+    """The pre-pull jobs carry REGISTRY_AUTH to the nodes as notebooks' services do; with wrong
+    credentials each node's entry is ``failed`` with the registry's refusal."""
+    assert private.password
+    ref = only_in_registry(private, "swarmpulls/warm")
+    digest = digest_of(swarm.client, ref, private)
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text(f"profiles:\n  - name: warm\n    images: ['{ref}']\n    prepull: true\n")
+    common = {"ENGINE_BACKEND": "services", "RECONCILE_INTERVAL": 1, "PROFILES_FILE": profiles}
+    made = []
+    beats = []
+    try:
+        for tag, password in (("swwarmok", private.password), ("swwarmno", "Wr0ng-" + secrets.token_urlsafe(12))):
+            stack = stack_factory(
+                tag, REGISTRY_AUTH_FILE=docker_config(tmp_path / f"{tag}.json", private, password), **common
+            )
+            made.append(stack)
+            beat = BeatProcess(stack.worker.env, tmp_path / f"beat-{tag}.log", name=f"beat-{tag}")
+            beats.append(beat)
+            beat.start()
+        right, wrong = made
+        nodes = {swarm.manager_hostname, swarm_worker.hostname}
+        wait_nodes(right, ref, lambda states: states == dict.fromkeys(nodes, "present"), f"{ref} on both nodes")
+        wait_nodes(wrong, ref, lambda states: states == dict.fromkeys(nodes, "failed"), f"{ref} failed on both")
+        pinned_ref = by_digest(ref, digest)
+        assert has_image(swarm.client, pinned_ref) and has_image(swarm_worker.client, pinned_ref)
+        authorized = [
+            line
+            for line in private.log_text().splitlines()
+            if 'msg="authorized request"' in line and f'remoteaddr="{swarm_worker.address}:' in line
+        ]
+        assert authorized
+        entries = wrong.http.get("/nodes").get_json()["nodes"]
+        refused = f"unauthorized: {private.address} refused REGISTRY_AUTH's credentials"
+        for entry in entries:
+            reason = entry["images"][ref]["reason"]
+            assert refused in reason, reason
+            assert private.password not in reason
+    finally:
+        for beat in beats:
+            beat.stop()
+        for stack in made:
+            stack.worker.stop()
+            remove_services(swarm.client, stack.settings.instance)
+        remove_from_node(swarm_worker, [ref])

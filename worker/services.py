@@ -211,7 +211,7 @@ class ServiceEngine:
                     if state == "rejected":
                         raise EngineError(
                             f"the swarm rejected the notebook's task: {err or status.get('Message', '')}"
-                            + self._pull_refusal(spec, err)
+                            + ("" if spec.pull_policy == NEVER else self.pull_refusal(spec.image, err))
                         )
                     if state not in STARTING_STATES:  # ended, or running but being stopped (node down, removal)
                         reason = self._describe(task).reason
@@ -390,19 +390,20 @@ class ServiceEngine:
                 '"icc": false',
             )
 
-    def _pull_refusal(self, spec: NotebookSpec, err: str) -> str:
-        """Why a node could not pull the image, when the registry says so; else empty.
+    def pull_refusal(self, image: str, err: str) -> str:
+        """Why a node could not pull ``image``, when the registry says so; else empty.
 
-        A node whose pull failed rejects the task with "No such image" only: its engine logs the
-        registry's answer, the task does not carry it. That happens when the spec was not pinned
-        (``if-not-present`` and the manager has the image, so pull() asked nothing), e.g. with
-        wrong REGISTRY_AUTH credentials. The manager then asks the registry, with the credentials
-        the service carried, so the record says "unauthorized" rather than only "No such image".
+        A node whose pull failed rejects its task (a notebook's, or a pre-pull job's) with
+        "No such image" only: its engine logs the registry's answer, the task does not carry it.
+        That happens when the reference was not pinned (``if-not-present`` and the manager has the
+        image, so pull() asked nothing; a pre-pull job whose digest the manager could not learn),
+        e.g. with wrong REGISTRY_AUTH credentials. The manager then asks the registry, with the
+        credentials the service carried, so the error says "unauthorized", not only "No such image".
         """
-        if "no such image" not in err.lower() or spec.pull_policy == NEVER:
+        if "no such image" not in err.lower():
             return ""
         try:
-            self.puller.resolve(spec.image)
+            self.puller.resolve(image)
         except EngineError as exc:
             return f"; asked from the manager, the registry says: {exc}"
         except EngineUnavailable:
