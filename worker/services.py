@@ -209,7 +209,10 @@ class ServiceEngine:
                     else:
                         unplaceable_since = None
                     if state == "rejected":
-                        raise EngineError(f"the swarm rejected the notebook's task: {err or status.get('Message', '')}")
+                        raise EngineError(
+                            f"the swarm rejected the notebook's task: {err or status.get('Message', '')}"
+                            + ("" if spec.pull_policy == NEVER else self.pull_refusal(spec.image, err))
+                        )
                     if state not in STARTING_STATES:  # ended, or running but being stopped (node down, removal)
                         reason = self._describe(task).reason
                         raise EngineError(f"the container {reason} before answering" + self._tail_for(spec, task))
@@ -386,6 +389,26 @@ class ServiceEngine:
                 ICC_OPTION,
                 '"icc": false',
             )
+
+    def pull_refusal(self, image: str, err: str) -> str:
+        """Why a node could not pull ``image``, when the registry says so; else empty.
+
+        A node whose pull failed rejects its task (a notebook's, or a pre-pull job's) with
+        "No such image" only: its engine logs the registry's answer, the task does not carry it.
+        That happens when the reference was not pinned (``if-not-present`` and the manager has the
+        image, so pull() asked nothing; a pre-pull job whose digest the manager could not learn),
+        e.g. with wrong REGISTRY_AUTH credentials. The manager then asks the registry, with the
+        credentials the service carried, so the error says "unauthorized", not only "No such image".
+        """
+        if "no such image" not in err.lower():
+            return ""
+        try:
+            self.puller.resolve(image)
+        except EngineError as exc:
+            return f"; asked from the manager, the registry says: {exc}"
+        except EngineUnavailable:
+            pass  # the manager itself did not answer: the Swarm's words stand alone
+        return ""
 
     def _latest_task(self, service: str) -> dict[str, Any] | None:
         """The service's newest task; None if it has none yet, or the service is gone."""
