@@ -23,6 +23,7 @@ from api.routes import (
     public_record,
     secrets_visibility,
     spawn_notebook,
+    spawn_request,
     store,
 )
 from shared.errors import (
@@ -133,7 +134,9 @@ def links_for(records: list[Notebook]) -> dict[str, str]:
 @bp.post("/manage/spawn")
 def spawn() -> ResponseReturnValue:
     try:
-        record, token = spawn_notebook(request.form.get("image"), request.form.get("user"))
+        record, token = spawn_notebook(
+            spawn_request({"image": request.form.get("image"), "user": request.form.get("user")})
+        )
     except (InvalidInput, Forbidden, ImageNotAllowed, QuotaExceeded, QueueUnavailable, StoreUnavailable) as exc:
         if wants_json():
             raise  # the app's error handler answers with the JSON error and its status
