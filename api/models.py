@@ -146,6 +146,23 @@ class SpawnRequest(BaseModel):
 SPAWN_FIELDS = tuple(SpawnRequest.model_fields)
 
 
+# -- POST /tokens ---------------------------------------------------------------------------------
+class TokenRequest(BaseModel):
+    """``POST /tokens`` (a form or a JSON object): whom the new user token acts as."""
+
+    model_config = ConfigDict(
+        extra="ignore", json_schema_extra={"description": "A new user token.", "required": ["user"]}
+    )
+
+    user: Annotated[
+        str,
+        BeforeValidator(validate_user),
+        WithJsonSchema(
+            {"type": "string", "pattern": USER_RE.pattern, "description": "The user it acts as: " + USER_DESCRIPTION}
+        ),
+    ] = Field(default=None, validate_default=True)
+
+
 # -- GET /containers ---------------------------------------------------------------------------------
 def _absent(value: object) -> bool:
     return value is None or value == ""

@@ -16,6 +16,7 @@ from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from api.auth import tokens
+from api.models import TokenRequest, parse
 from shared.errors import InvalidInput, NotFound, UnsupportedMediaType
 from shared.record import now_rfc3339
 from shared.validation import validate_user
@@ -45,7 +46,7 @@ def user_field() -> object:
 
 @bp.post("/tokens", strict_slashes=False)
 def create() -> ResponseReturnValue:
-    token, secret = tokens().create(validate_user(user_field()))
+    token, secret = tokens().create(parse(TokenRequest, {"user": user_field()}).user)
     return {"id": token.id, "user": token.user, "token": secret, "created": token.created}, 201
 
 
