@@ -216,6 +216,7 @@ def event_stream(body: Iterator[str], listener: Any = None) -> ResponseReturnVal
 
 
 @bp.get("/build/<provider>/<path:spec>", merge_slashes=False)
+@auth.policy(auth.LAUNCH)
 def build(provider: str, spec: str) -> ResponseReturnValue:
     """BinderHub's launch: every answer is an event stream, errors too (an EventSource cannot read
     an HTTP error), as BinderHub's own."""
@@ -347,6 +348,7 @@ def wants_wait(value: object) -> bool:
     raise InvalidInput("wait must be true or false")
 
 
+@auth.policy(auth.LAUNCH)
 def tmpnb_spawn() -> ResponseReturnValue:
     """tmpnb's ``POST /api/spawn/`` (the view of the ``/api/spawn`` route: see ``api/__init__.py``).
 

@@ -72,6 +72,7 @@ def age(start_time: str, now: float | None = None) -> str:
 
 
 @bp.get("/manage", strict_slashes=False)
+@auth.policy(auth.PAGE)  # without credentials: the sign-in form
 def page() -> ResponseReturnValue:
     problems: list[str] = []
     user_filter = request.args.get("user", "").strip()[:64]

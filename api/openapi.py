@@ -17,6 +17,8 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app
 
+from api.auth import PUBLIC, policy
+
 DOCUMENT = Path(__file__).with_name("openapi.json")
 
 bp = Blueprint("openapi", __name__)
@@ -39,6 +41,7 @@ def document() -> dict[str, Any]:
 
 
 @bp.get("/openapi.json")
+@policy(PUBLIC)
 def openapi() -> Response:
     return current_app.response_class(document_bytes(), mimetype="application/json")
 

@@ -367,6 +367,7 @@ def spawn() -> ResponseReturnValue:
 
 
 @bp.get("/container/<hostname>", strict_slashes=False)
+@auth.policy(auth.NOTEBOOK)
 def container(hostname: str) -> ResponseReturnValue:
     # The record and its token in one read, not a second round trip for the token.
     row = store().row(checked_hostname(hostname), internal=[TOKEN_FIELD])
@@ -378,6 +379,8 @@ def container(hostname: str) -> ResponseReturnValue:
 
 @bp.route("/container/<hostname>/kill", methods=["GET", "POST"], strict_slashes=False)
 @bp.delete("/container/<hostname>", strict_slashes=False)
+@auth.policy(auth.NOTEBOOK)
+@auth.kills_on_get
 def kill(hostname: str) -> ResponseReturnValue:
     record, started = kill_notebook(checked_hostname(hostname))
     return public_record(record), 202 if started else 200
@@ -412,6 +415,7 @@ def containers() -> ResponseReturnValue:
 
 
 @bp.get("/healthz", strict_slashes=False)
+@auth.policy(auth.PUBLIC)
 def healthz() -> ResponseReturnValue:
     try:
         store().ping()
