@@ -19,7 +19,7 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from api import create_app
-from api.routes import MAX_LIFETIME
+from api.models import MAX_LIFETIME
 from shared.settings import Settings
 from shared.store import Store, connect
 from tests.conftest import base_env
