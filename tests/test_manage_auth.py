@@ -25,10 +25,10 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from api import create_app
-from shared.auth import control_channel, revoked_message
 from shared.settings import Settings
 from shared.status import Status
 from shared.store import Store
+from shared.tokenstore import control_channel, revoked_message
 from tests.conftest import base_env
 from tests.support import ROOT, ApiServer, RedisServer, free_port, unique_instance, wait_for
 
