@@ -12,7 +12,7 @@ request's caller into ``g.caller`` before any view runs, from either
   (a notebook's own port) receives the cookie: therefore every request through it must also carry
   the session's CSRF token, which only the page has (``X-CSRF-Token``, the forms' ``csrf_token``
   field, or the ``csrf`` query parameter the page's EventSource adds to the event streams' URL),
-  except rendering the page itself (a navigation sends no header). The seed's
+  except rendering the page itself (a navigation sends no header). The first API's
   ``GET /container/<h>/kill`` never accepts the cookie (a GET must not kill on a cookie); it
   works with a Bearer token only.
 

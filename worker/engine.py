@@ -71,7 +71,7 @@ class NotebookSpec:
             LABEL_INSTANCE: self.instance,
             LABEL_HOSTNAME: self.hostname,
             LABEL_USER: self.user,
-            # Interlock (the seed's proxy) routes <hostname>.<domain> to this port.
+            # Interlock (the first API's proxy) routes <hostname>.<domain> to this port.
             "interlock.hostname": self.hostname,
             "interlock.domain": self.domain,
             "interlock.port": str(self.port),
