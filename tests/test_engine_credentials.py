@@ -1,7 +1,7 @@
 """Engine credentials: expired certificates fail closed, with a clear error, and no certificate
 path or content ever reaches a record, a log line or an API answer.
 
-Against the real mutual-TLS engine in a network namespace (tests/tls_engine.py), whose CA also
+Against the real mutual-TLS engine in a network namespace (testkit/tls_engine.py), whose CA also
 signed two certificates that expired in 2020: a client one (the engine must refuse it) and a
 server one (the client must refuse an engine that presents it).
 """
@@ -18,8 +18,8 @@ import pytest
 from shared.errors import EngineError
 from shared.settings import Settings
 from shared.status import Status
+from testkit.tls_engine import TlsEngine
 from tests.test_tls_engine import CA_BUNDLE_ENV, mine, tls_env
-from tests.tls_engine import TlsEngine
 from worker.engine import engine_call, make_client
 
 FINAL = {Status.ACTIVE, Status.FAILED}

@@ -21,7 +21,7 @@ import pytest
 from shared.errors import EngineError
 from shared.settings import Settings
 from shared.status import Status
-from tests.support import unreachable_client, wait_for
+from testkit.support import unreachable_client, wait_for
 from tests.swarm_cluster import SwarmCluster, swarm  # noqa: F401
 from worker.engine import NotebookSpec
 from worker.hardening import container_options, service_resources

@@ -22,8 +22,8 @@ import pytest
 from shared.errors import ImageNotAllowed
 from shared.limits import Allowlist, normalize
 from shared.status import Status
-from tests.conftest import Stack
-from tests.support import unreachable_client
+from testkit.stack import Stack
+from testkit.support import unreachable_client
 from worker.containers import ContainerEngine
 from worker.spawner import Spawner
 

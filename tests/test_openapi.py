@@ -31,8 +31,8 @@ from api.routes import SPAWN_FIELDS
 from shared.record import Notebook
 from shared.settings import Settings
 from shared.status import Status
-from tests.conftest import base_env
-from tests.support import RedisServer, unique_instance
+from testkit.stack import base_env
+from testkit.support import RedisServer, unique_instance
 
 #: Routes that are not part of the JSON API: the HTML page and its forms, static files, the document itself.
 UNDOCUMENTED = re.compile(r"^/(manage|static|openapi\.json)(/|$)")

@@ -22,8 +22,8 @@ from shared.profiles import Limits, Profile, load_profiles, parse_cpus, parse_pr
 from shared.settings import Settings
 from shared.status import Status
 from shared.store import Store, connect
-from tests.conftest import base_env
-from tests.support import ROOT, VENV_BIN, RedisServer, unique_instance, unreachable_client
+from testkit.stack import base_env
+from testkit.support import ROOT, VENV_BIN, RedisServer, unique_instance, unreachable_client
 from worker.containers import ContainerEngine
 from worker.spawner import Spawner
 

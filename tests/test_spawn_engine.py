@@ -9,7 +9,7 @@ from typing import Any
 import requests
 
 from shared.status import Status
-from tests.support import wait_for
+from testkit.support import wait_for
 
 FINAL = {Status.ACTIVE, Status.FAILED}
 
@@ -153,7 +153,7 @@ def test_an_unreachable_engine_is_a_retryable_error_for_every_call() -> None:
 
     from shared.errors import EngineUnavailable
     from shared.settings import Settings
-    from tests.support import unreachable_client
+    from testkit.support import unreachable_client
     from worker.containers import ContainerEngine
     from worker.engine import NotebookSpec
     from worker.services import ServiceEngine

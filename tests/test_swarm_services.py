@@ -28,7 +28,7 @@ from shared.pool import POOL_USER, Pool
 from shared.record import Notebook
 from shared.settings import Settings
 from shared.status import Status
-from tests.support import BeatProcess, wait_for
+from testkit.support import BeatProcess, wait_for
 from tests.swarm_cluster import SwarmCluster, SwarmWorker, swarm, swarm_worker  # noqa: F401
 from worker.backends import AutoEngine, make_engine
 from worker.containers import ContainerEngine

@@ -18,7 +18,7 @@ import requests
 from shared.errors import EngineError
 from shared.settings import Settings
 from shared.status import Status
-from tests.tls_engine import TlsEngine
+from testkit.tls_engine import TlsEngine
 from worker.engine import engine_call, make_client
 
 SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
