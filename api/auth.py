@@ -4,15 +4,15 @@ With ``AUTH`` on (the default) one ``before_request`` (:func:`authenticate`) res
 request's caller into ``g.caller`` before any view runs, from either
 
 - ``Authorization: Bearer <token>``: the admin token (``ADMIN_TOKEN``) or a user token
-  (``shared/auth.py``); a header that is there but not a live token is 401 at once, or
+  (``shared/tokenstore.py``); a header that is there but not a live token is 401 at once, or
 - the /manage session cookie, set by signing in with a token on the page. The cookie holds only
   the session's random secret; the session itself (who signed in, its CSRF token, its expiry)
-  is in Redis (``shared/auth.py`` :class:`~shared.auth.Sessions`), so signing out or revoking
+  is in Redis (``shared/tokenstore.py`` :class:`~shared.tokenstore.Sessions`), so signing out or revoking
   the token ends it at once. Cookies ignore ports, so anything else served on the API's host
   (a notebook's own port) receives the cookie: therefore every request through it must also carry
   the session's CSRF token, which only the page has (``X-CSRF-Token``, the forms' ``csrf_token``
   field, or the ``csrf`` query parameter the page's EventSource adds to the event streams' URL),
-  except rendering the page itself (a navigation sends no header). The seed's
+  except rendering the page itself (a navigation sends no header). The first API's
   ``GET /container/<h>/kill`` never accepts the cookie (a GET must not kill on a cookie); it
   works with a Bearer token only.
 
@@ -57,7 +57,6 @@ from markupsafe import Markup
 from werkzeug.wrappers import Response as BaseResponse
 
 from api.anonymous import client_key
-from shared.auth import ADMIN, USER, Session, Sessions, Tokens, digest, is_admin_token
 from shared.errors import ConfigError, Forbidden, ImageNotAllowed, InvalidInput, NotFound, Unauthorized
 from shared.limits import Allowlist
 from shared.notebook_token import FIELD as TOKEN_FIELD
@@ -65,6 +64,7 @@ from shared.pool import ANONYMOUS_USER
 from shared.record import Notebook
 from shared.settings import Settings
 from shared.store import Store
+from shared.tokenstore import ADMIN, USER, Session, Sessions, Tokens, digest, is_admin_token
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class Caller:
     ``token_id`` is the user token the request came with (as Bearer, or the one its session
     signed in with; "" for the admin) and ``session_id`` the session it came through ("" for a
     Bearer token): whatever the request opens that outlives it (an event stream) ends when
-    ``shared.auth.revoked_message`` names either.
+    ``shared.tokenstore.revoked_message`` names either.
     """
 
     role: str

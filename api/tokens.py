@@ -5,7 +5,7 @@
 - ``GET /tokens[?user=U]`` → the live tokens, newest first, without secrets.
 - ``DELETE /tokens/<id>`` → 200 ``{id, user, created, revoked}``; the token stops working at once,
   every /manage session signed in with it is ended, and the event streams either opened are told
-  to close (``shared.auth.Tokens.revoke``: one step in Redis). An unknown id is 404.
+  to close (``shared.tokenstore.Tokens.revoke``: one step in Redis). An unknown id is 404.
 """
 
 from __future__ import annotations

@@ -38,8 +38,8 @@ from bench.spawn import seed, template_record
 from shared.settings import Settings
 from shared.status import Status
 from shared.store import Store, connect
-from tests.conftest import base_env
-from tests.support import RedisServer, build_images, unique_instance
+from testkit.stack import base_env
+from testkit.support import RedisServer, build_images, unique_instance
 from worker.containers import ContainerEngine
 from worker.engine import make_client
 from worker.spawner import Spawner

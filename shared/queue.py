@@ -61,8 +61,8 @@ class RedisChannel(kombu_redis.Channel):
         return bool(self.closed or self.connection is None or self.connection.client is None)
 
     # kombu makes a new redis-py client object for every command it sends outside its polling
-    # loop (each task publish, each task event), and redis-py 8 builds ~170 response callbacks
-    # per client: about a quarter of the cost of sending a task (bench/results/profile-*.txt).
+    # loop (each task publish, each task event), and redis-py builds its response callbacks for
+    # every client: a large share of the cost of sending a task (docs/benchmarks.md).
     # A client is only a handle on the channel's connection pool and is thread-safe, so one is
     # kept per channel, and made again if the channel replaces its pool (after a disconnect).
     def _create_client(self, asynchronous: bool = False) -> Any:

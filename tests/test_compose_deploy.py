@@ -4,7 +4,7 @@ The compose project runs on the main engine (/var/run/docker.sock) from a fresh 
 built by ``docker-compose build`` itself (on the base images tests/deploy_images.py resolves, with
 the host's CA bundle as build-ca.pem in the clone: what an operator behind a TLS-intercepting proxy
 does) and started with ``up -d --scale worker=2``. Its workers start notebooks on the tests'
-mutual-TLS engine (tests/tls_engine.py: a dockerd in a network namespace, ``tcp://10.78.x.2:2376``)
+mutual-TLS engine (testkit/tls_engine.py: a dockerd in a network namespace, ``tcp://10.78.x.2:2376``)
 with the client certificates mounted read-only. Networking: a worker container reaches that address
 through the host's route to the namespace (Docker's NAT), the notebooks publish their port on the
 namespace address (PUBLISH_IP), and the proxy container (configurable-http-proxy) routes
@@ -33,11 +33,11 @@ import docker.errors
 import pytest
 import requests
 
-from tests import netns
+from testkit import netns
+from testkit.support import cleanup_engine, free_port, fresh_clone, wait_for
+from testkit.tls_engine import TlsEngine
 from tests.deploy_images import DeployImages, build_ca_file
 from tests.deployed import APP_UID, Deployed, docker_compose, engine_certs, make_secrets
-from tests.support import cleanup_engine, free_port, fresh_clone, wait_for
-from tests.tls_engine import TlsEngine
 
 pytestmark = pytest.mark.timeout(1500)  # the first run on a machine builds the base images too
 
@@ -45,7 +45,7 @@ PREFIX = "smcompose"
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 SERVICES = {"redis": 1, "api": 1, "worker": 2, "beat": 1, "flower": 1, "proxy": 1}
-NOTEBOOK_IMAGE = "swarm-manager-test/httpd:2"  # tests/support.py's busybox httpd, loaded into the TLS engine
+NOTEBOOK_IMAGE = "swarm-manager-test/httpd:2"  # testkit/support.py's busybox httpd, loaded into the TLS engine
 HEALTHY_TIMEOUT = 180
 
 

@@ -33,8 +33,8 @@ from shared.record import Notebook
 from shared.settings import Settings
 from shared.status import Status
 from shared.validation import validate_image
-from tests.conftest import base_env
-from tests.support import RedisServer, unique_instance
+from testkit.stack import base_env
+from testkit.support import RedisServer, unique_instance
 from tests.test_validation import INVALID_IMAGES, SHA, VALID_IMAGES
 
 #: Routes that are not part of the JSON API: the HTML page and its forms, static files, the document itself.

@@ -11,8 +11,8 @@ from flask import Flask
 
 from api import auth, create_app
 from shared.settings import Settings
-from tests.conftest import base_env
-from tests.support import RedisServer, unique_instance
+from testkit.stack import base_env
+from testkit.support import RedisServer, unique_instance
 
 #: Every view that is not ANY, by the function it is (module.name), as api/auth.py's table once held them.
 EXPECTED = {

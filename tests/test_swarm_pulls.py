@@ -40,8 +40,8 @@ import pytest
 
 from shared.status import Status
 from shared.store import Event
-from tests.registry import Registry, running_registry
-from tests.support import ApiServer, BeatProcess, free_port, wait_for
+from testkit.registry import Registry, running_registry
+from testkit.support import ApiServer, BeatProcess, free_port, wait_for
 from tests.swarm_cluster import SwarmCluster, SwarmWorker, swarm, swarm_worker  # noqa: F401
 from tests.test_cli import run_cli
 from tests.test_registry_pulls import docker_config, remove_images

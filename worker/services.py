@@ -53,7 +53,6 @@ from worker.engine import (
     LABEL_INSTANCE,
     EngineObject,
     EngineState,
-    LazyClient,
     NotebookSpec,
     Placement,
     classify,
@@ -100,21 +99,17 @@ LOCAL_ADDRESSES = frozenset({"", "0.0.0.0", "127.0.0.1", "::", "::1"})
 
 
 class ServiceEngine:
-    """Notebooks as Swarm services; talks to a manager.
-
-    Takes a Docker client, or a function that makes one on first use (see
-    :class:`worker.containers.ContainerEngine` for why).
-    """
+    """Notebooks as Swarm services; ``client`` talks to a manager."""
 
     def __init__(
         self,
-        client: docker.DockerClient | Callable[[], docker.DockerClient],
+        client: docker.DockerClient,
         settings: Settings,
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self._client = LazyClient(client)
+        self.client = client
         self.settings = settings
         self.clock = clock
         self.sleep = sleep
@@ -127,10 +122,6 @@ class ServiceEngine:
         self._pacer = ProbePacer()
         # Asks the registry for a tag's digest (and hands REGISTRY_AUTH to the nodes with each service).
         self.puller = Puller(lambda: self.api, settings.registry_auth)
-
-    @property
-    def client(self) -> docker.DockerClient:
-        return self._client.get()
 
     @property
     def api(self) -> docker.APIClient:
