@@ -189,6 +189,27 @@ def test_ten_spawns_of_one_missing_image_make_one_pull(puller_stack: Any, regist
     assert registry.pulls(repository, tag) == 1, registry.requests(None, repository)
 
 
+def test_an_image_removed_right_after_a_spawn_is_pulled_again_in_the_same_attempt(
+    puller_stack: Any, registry: Registry, layered: Any, docker_client: docker.DockerClient
+) -> None:
+    # The worker takes an image it saw a moment ago as present (no lookup per spawn); removed since
+    # (a prune between two spawns), the create finds it missing and pulls it there and then.
+    ref = layered(registry, "pulls/pruned")
+    first = puller_stack.wait(puller_stack.spawn(ref, user="prune1"), FINAL, timeout=120)
+    assert first.status == Status.ACTIVE, first.error
+    puller_stack.kill(first.hostname)
+    assert puller_stack.wait(first.hostname, {Status.REMOVED}, timeout=60).status == Status.REMOVED
+    remove_images(docker_client, [ref])
+    log_before = puller_stack.worker.logfile.read_text(errors="replace")
+
+    second = puller_stack.wait(puller_stack.spawn(ref, user="prune2"), FINAL, timeout=120)
+    assert second.status == Status.ACTIVE, second.error
+    repository, tag = ref.split("/", 1)[1].rsplit(":", 1)
+    assert registry.pulls(repository, tag) == 2, registry.requests(None, repository)
+    log = puller_stack.worker.logfile.read_text(errors="replace")[len(log_before) :]
+    assert second.hostname in log and "removed from the engine meanwhile" not in log, log[-3000:]
+
+
 # -- policies ----------------------------------------------------------------------------------
 def test_never_fails_at_once_and_asks_no_registry(
     stack_factory: Any, registry: Registry, images: dict[str, str], only_in: Any

@@ -15,6 +15,7 @@ import docker.errors
 from docker.models.containers import Container
 
 from shared.errors import EngineError, EngineUnavailable
+from shared.registries import NEVER
 from shared.settings import Settings
 from worker.engine import (
     ENGINE_ERRORS,
@@ -187,34 +188,43 @@ class ContainerEngine:
         # Unprivileged, capabilities dropped, no-new-privileges, PID/memory/CPU limits, nothing mounted.
         kwargs.update(container_options(spec, self.settings))
         # spec.constraints are Swarm placement rules: one engine has nowhere else to place it.
-        try:
-            created = self.client.api.create_container(**self._create_args({**kwargs, "image": spec.image}))
-        except docker.errors.ImageNotFound as exc:
-            # (An earlier attempt may have made the container before the image was removed.)
-            found = self._find(spec)
-            if found is not None:
-                return found
-            # The pull step had it (or pulled it) a moment ago, so it was removed meanwhile: the
-            # retry asks the engine again and pulls it, or says why not.
-            self.puller.forget(spec.image)
-            raise EngineUnavailable(f"image {spec.image!r} was removed from the engine meanwhile") from exc
-        except docker.errors.APIError as exc:
-            if exc.status_code == 409:
-                # Created by another attempt of this spawn (a redelivery, or a copy that overlaps
-                # this one): use that one. Gone again (being removed): try again shortly, as the
-                # record's current attempt decides what happens to it; never a failure.
-                found = self._find_created_by_another(spec)
+        create = self._create_args({**kwargs, "image": spec.image})
+        for attempt in (1, 2):
+            try:
+                created = self.client.api.create_container(**create)
+                break
+            except docker.errors.ImageNotFound as exc:
+                # (An earlier attempt may have made the container before the image was removed.)
+                found = self._find(spec)
                 if found is not None:
                     return found
-                raise EngineUnavailable(f"the name {spec.name} is taken by a container being removed") from exc
-            explanation = str(exc.explanation or exc)
-            self._retry_if_our_network_moved(spec, exc)
-            if self.settings.notebook_disk_limit and refuses_disk_limit(explanation):
-                # The engine answers 500, which would read as "retry later": it never will.
-                raise EngineError(disk_limit_refused(self.settings, f"the engine refused it ({explanation})")) from exc
-            raise classify(exc, f"creating {spec.name}") from exc
-        except ENGINE_ERRORS as exc:
-            raise classify(exc, f"creating {spec.name}") from exc
+                # The pull step took the image as present from what it saw a moment ago
+                # (PRESENT_TTL), and it was removed since (a prune): pull it now, as the pull step
+                # would have, and create again, rather than a task retry a second later. Otherwise
+                # the retry asks the engine again and pulls it, or says why not.
+                if attempt == 1 and self.puller.forget(spec.image) and spec.pull_policy != NEVER:
+                    self.puller.pull(spec.image, lambda *_: None)
+                    continue
+                raise EngineUnavailable(f"image {spec.image!r} was removed from the engine meanwhile") from exc
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409:
+                    # Created by another attempt of this spawn (a redelivery, or a copy that overlaps
+                    # this one): use that one. Gone again (being removed): try again shortly, as the
+                    # record's current attempt decides what happens to it; never a failure.
+                    found = self._find_created_by_another(spec)
+                    if found is not None:
+                        return found
+                    raise EngineUnavailable(f"the name {spec.name} is taken by a container being removed") from exc
+                explanation = str(exc.explanation or exc)
+                self._retry_if_our_network_moved(spec, exc)
+                if self.settings.notebook_disk_limit and refuses_disk_limit(explanation):
+                    # The engine answers 500, which would read as "retry later": it never will.
+                    raise EngineError(
+                        disk_limit_refused(self.settings, f"the engine refused it ({explanation})")
+                    ) from exc
+                raise classify(exc, f"creating {spec.name}") from exc
+            except ENGINE_ERRORS as exc:
+                raise classify(exc, f"creating {spec.name}") from exc
         # Not inspected here (the SDK's containers.create would): a container just made is only
         # "created", and start() inspects it once it runs, when its published port is known.
         return self.client.containers.prepare_model({"Id": created["Id"], "State": {"Status": "created"}})
