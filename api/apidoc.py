@@ -25,6 +25,50 @@ from api.models import (
 )
 from shared.validation import HOSTNAME_RE, IMAGE_MAX_LENGTH, USER_RE
 
+
+def ref(kind: str, name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def schema(name: str) -> dict[str, str]:
+    return ref("schemas", name)
+
+
+def response(name: str) -> dict[str, str]:
+    return ref("responses", name)
+
+
+def parameter(name: str) -> dict[str, str]:
+    return ref("parameters", name)
+
+
+def path_item(name: str) -> dict[str, str]:
+    return ref("pathItems", name)
+
+
+def as_json(body: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": body}}
+
+
+#: The answers every route shares, by status (components/responses).
+SHARED_ANSWERS = {401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 429: "QuotaExceeded", 503: "Unavailable"}
+
+
+def errors(*codes: int) -> dict[str, dict[str, str]]:
+    """The shared answers for ``codes``, in that order (e.g. 401, 403, 503)."""
+    return {str(code): response(SHARED_ANSWERS[code]) for code in codes}
+
+
+#: A JSON answer's Cache-Control header.
+NO_STORE = {"Cache-Control": ref("headers", "NoStore")}
+
+
+def answer(description: str, body: dict[str, Any], *, no_store: bool = False) -> dict[str, Any]:
+    """A JSON answer: ``description``, with ``body`` (a schema), and Cache-Control: no-store if asked."""
+    headers = {"headers": NO_STORE} if no_store else {}
+    return {"description": description, **headers, "content": as_json(body)}
+
+
 #: The three kills (DELETE /container/{hostname}, GET and POST /container/{hostname}/kill).
 KILL: dict[str, Any] = {
     "summary": "Kill a notebook",
@@ -34,22 +78,13 @@ KILL: dict[str, Any] = {
         "/container/{hostname}`, `GET` and `POST /container/{hostname}/kill`."
     ),
     "tags": ["notebooks"],
-    "parameters": [{"$ref": "#/components/parameters/Hostname"}],
+    "parameters": [parameter("Hostname")],
     "responses": {
-        "200": {
-            "description": "Nothing to do: the record, already DELETING, REMOVED or FAILED.",
-            "headers": {"Cache-Control": {"$ref": "#/components/headers/NoStore"}},
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Notebook"}}},
-        },
-        "202": {
-            "description": "A kill was started: the record, now DELETING.",
-            "headers": {"Cache-Control": {"$ref": "#/components/headers/NoStore"}},
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Notebook"}}},
-        },
-        "401": {"$ref": "#/components/responses/Unauthorized"},
-        "403": {"$ref": "#/components/responses/Forbidden"},
-        "404": {"$ref": "#/components/responses/NotFound"},
-        "503": {"$ref": "#/components/responses/Unavailable"},
+        "200": answer(
+            "Nothing to do: the record, already DELETING, REMOVED or FAILED.", schema("Notebook"), no_store=True
+        ),
+        "202": answer("A kill was started: the record, now DELETING.", schema("Notebook"), no_store=True),
+        **errors(401, 403, 404, 503),
     },
     "security": [{"bearer": []}, {"capability": []}],
 }
@@ -84,20 +119,20 @@ DOCUMENT: dict[str, Any] = {
         },
     ],
     "paths": {
-        "/spawn": {"$ref": "#/components/pathItems/Spawn"},
-        "/container/{hostname}": {"$ref": "#/components/pathItems/Container"},
-        "/container/{hostname}/kill": {"$ref": "#/components/pathItems/Kill"},
-        "/container/{hostname}/events": {"$ref": "#/components/pathItems/ContainerEvents"},
-        "/containers": {"$ref": "#/components/pathItems/Containers"},
-        "/events": {"$ref": "#/components/pathItems/Events"},
-        "/healthz": {"$ref": "#/components/pathItems/Healthz"},
-        "/api/spawn": {"$ref": "#/components/pathItems/TmpnbSpawn"},
-        "/api/container/{hostname}": {"$ref": "#/components/pathItems/Container"},
-        "/api/container/{hostname}/kill": {"$ref": "#/components/pathItems/Kill"},
-        "/api/container/{hostname}/events": {"$ref": "#/components/pathItems/ContainerEvents"},
-        "/api/containers": {"$ref": "#/components/pathItems/Containers"},
-        "/api/events": {"$ref": "#/components/pathItems/Events"},
-        "/api/healthz": {"$ref": "#/components/pathItems/Healthz"},
+        "/spawn": path_item("Spawn"),
+        "/container/{hostname}": path_item("Container"),
+        "/container/{hostname}/kill": path_item("Kill"),
+        "/container/{hostname}/events": path_item("ContainerEvents"),
+        "/containers": path_item("Containers"),
+        "/events": path_item("Events"),
+        "/healthz": path_item("Healthz"),
+        "/api/spawn": path_item("TmpnbSpawn"),
+        "/api/container/{hostname}": path_item("Container"),
+        "/api/container/{hostname}/kill": path_item("Kill"),
+        "/api/container/{hostname}/events": path_item("ContainerEvents"),
+        "/api/containers": path_item("Containers"),
+        "/api/events": path_item("Events"),
+        "/api/healthz": path_item("Healthz"),
         "/metrics": {
             "get": {
                 "summary": "Prometheus metrics",
@@ -111,9 +146,7 @@ DOCUMENT: dict[str, Any] = {
                 "tags": ["operations"],
                 "responses": {
                     "200": {"description": "The metrics.", "content": {"text/plain": {"schema": {"type": "string"}}}},
-                    "401": {"$ref": "#/components/responses/Unauthorized"},
-                    "403": {"$ref": "#/components/responses/Forbidden"},
-                    "503": {"$ref": "#/components/responses/Unavailable"},
+                    **errors(401, 403, 503),
                 },
             }
         },
@@ -128,19 +161,14 @@ DOCUMENT: dict[str, Any] = {
                 ),
                 "tags": ["operations"],
                 "responses": {
-                    "200": {
-                        "description": "The listed images and the nodes.",
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Nodes"}}},
-                    },
-                    "401": {"$ref": "#/components/responses/Unauthorized"},
-                    "403": {"$ref": "#/components/responses/Forbidden"},
-                    "503": {"$ref": "#/components/responses/Unavailable"},
+                    "200": answer("The listed images and the nodes.", schema("Nodes")),
+                    **errors(401, 403, 503),
                 },
             }
         },
-        "/tokens": {"$ref": "#/components/pathItems/Tokens"},
-        "/tokens/{token_id}": {"$ref": "#/components/pathItems/Token"},
-        "/build/{provider}/{spec}": {"$ref": "#/components/pathItems/Build"},
+        "/tokens": path_item("Tokens"),
+        "/tokens/{token_id}": path_item("Token"),
+        "/build/{provider}/{spec}": path_item("Build"),
     },
     "components": {
         "schemas": {
@@ -179,7 +207,7 @@ DOCUMENT: dict[str, Any] = {
                 "properties": {
                     "hostname": {"type": "string"},
                     "status": {
-                        "oneOf": [{"$ref": "#/components/schemas/Status"}, {"type": "null"}],
+                        "oneOf": [schema("Status"), {"type": "null"}],
                         "description": "The record's status; null for progress within a stage.",
                     },
                     "stage": {"type": "string", "enum": list(STAGES)},
@@ -210,7 +238,7 @@ DOCUMENT: dict[str, Any] = {
                             "`?token=<token>`, ready to open."
                         ),
                     },
-                    "record": {"oneOf": [{"$ref": "#/components/schemas/Notebook"}, {"type": "null"}]},
+                    "record": {"oneOf": [schema("Notebook"), {"type": "null"}]},
                 },
                 "required": ["hostname", "status", "stage", "message", "record"],
             },
@@ -220,7 +248,7 @@ DOCUMENT: dict[str, Any] = {
                 "properties": {
                     "id": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
                     "user": {"type": "string"},
-                    "created": {"$ref": "#/components/schemas/Time"},
+                    "created": schema("Time"),
                 },
                 "required": ["id", "user", "created"],
             },
@@ -230,7 +258,7 @@ DOCUMENT: dict[str, Any] = {
                 "properties": {
                     "id": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
                     "user": {"type": "string"},
-                    "created": {"$ref": "#/components/schemas/Time"},
+                    "created": schema("Time"),
                     "token": {"type": "string"},
                 },
                 "required": ["id", "user", "created", "token"],
@@ -240,8 +268,8 @@ DOCUMENT: dict[str, Any] = {
                 "properties": {
                     "id": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
                     "user": {"type": "string"},
-                    "created": {"$ref": "#/components/schemas/Time"},
-                    "revoked": {"$ref": "#/components/schemas/Time"},
+                    "created": schema("Time"),
+                    "revoked": schema("Time"),
                 },
                 "required": ["id", "user", "created", "revoked"],
             },
@@ -391,21 +419,21 @@ DOCUMENT: dict[str, Any] = {
         "responses": {
             "NotFound": {
                 "description": "No notebook with that hostname.",
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                "content": as_json(schema("Error")),
             },
             "Unavailable": {
                 "description": "Redis or the task queue is unavailable.",
                 "headers": {
                     "Retry-After": {"description": "Seconds to wait before trying again.", "schema": {"type": "string"}}
                 },
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                "content": as_json(schema("Error")),
             },
             "Unauthorized": {
                 "description": "No valid credentials: a missing, malformed, unknown or revoked token.",
                 "headers": {
                     "WWW-Authenticate": {"description": '`Bearer realm="swarm-manager"`', "schema": {"type": "string"}}
                 },
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                "content": as_json(schema("Error")),
             },
             "Forbidden": {
                 "description": (
@@ -413,14 +441,14 @@ DOCUMENT: dict[str, Any] = {
                     "acting for another user, an image not in ALLOWED_IMAGES, a session "
                     "without its CSRF token."
                 ),
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                "content": as_json(schema("Error")),
             },
             "QuotaExceeded": {
                 "description": "Over MAX_NOTEBOOKS, MAX_NOTEBOOKS_PER_USER or SPAWN_RATE.",
                 "headers": {
                     "Retry-After": {"description": "Seconds until a retry may succeed.", "schema": {"type": "string"}}
                 },
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                "content": as_json(schema("Error")),
             },
         },
         "headers": {
@@ -452,27 +480,19 @@ DOCUMENT: dict[str, Any] = {
                                 "Cache-Control": {"$ref": "#/components/headers/NoStore"},
                                 "Location": {"description": "`/container/<hostname>`", "schema": {"type": "string"}},
                             },
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Notebook"}}},
+                            "content": as_json(schema("Notebook")),
                         },
-                        "400": {
-                            "description": (
+                        "400": answer(
+                            (
                                 "Invalid input (a missing or malformed field, a field given twice, a body "
                                 "that is not a JSON object)."
                             ),
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-                        },
-                        "401": {"$ref": "#/components/responses/Unauthorized"},
-                        "403": {"$ref": "#/components/responses/Forbidden"},
-                        "413": {
-                            "description": "The body is larger than MAX_BODY.",
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-                        },
-                        "415": {
-                            "description": "The body is neither a form nor JSON.",
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-                        },
-                        "429": {"$ref": "#/components/responses/QuotaExceeded"},
-                        "503": {"$ref": "#/components/responses/Unavailable"},
+                            schema("Error"),
+                        ),
+                        **errors(401, 403),
+                        "413": answer("The body is larger than MAX_BODY.", schema("Error")),
+                        "415": answer("The body is neither a form nor JSON.", schema("Error")),
+                        **errors(429, 503),
                     },
                 }
             },
@@ -480,16 +500,10 @@ DOCUMENT: dict[str, Any] = {
                 "get": {
                     "summary": "A notebook's record",
                     "tags": ["notebooks"],
-                    "parameters": [{"$ref": "#/components/parameters/Hostname"}],
+                    "parameters": [parameter("Hostname")],
                     "responses": {
-                        "200": {
-                            "description": "The record.",
-                            "headers": {"Cache-Control": {"$ref": "#/components/headers/NoStore"}},
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Notebook"}}},
-                        },
-                        "401": {"$ref": "#/components/responses/Unauthorized"},
-                        "404": {"$ref": "#/components/responses/NotFound"},
-                        "503": {"$ref": "#/components/responses/Unavailable"},
+                        "200": answer("The record.", schema("Notebook"), no_store=True),
+                        **errors(401, 404, 503),
                     },
                     "security": [{"bearer": []}, {"capability": []}],
                 },
@@ -504,20 +518,11 @@ DOCUMENT: dict[str, Any] = {
                     "responses": {
                         "200": {
                             "description": "The records.",
-                            "headers": {"Cache-Control": {"$ref": "#/components/headers/NoStore"}},
-                            "content": {
-                                "application/json": {
-                                    "schema": {"type": "array", "items": {"$ref": "#/components/schemas/Notebook"}}
-                                }
-                            },
+                            "headers": NO_STORE,
+                            "content": {"application/json": {"schema": {"type": "array", "items": schema("Notebook")}}},
                         },
-                        "400": {
-                            "description": "A bad filter or paging value.",
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-                        },
-                        "401": {"$ref": "#/components/responses/Unauthorized"},
-                        "403": {"$ref": "#/components/responses/Forbidden"},
-                        "503": {"$ref": "#/components/responses/Unavailable"},
+                        "400": answer("A bad filter or paging value.", schema("Error")),
+                        **errors(401, 403, 503),
                     },
                 }
             },
@@ -526,11 +531,7 @@ DOCUMENT: dict[str, Any] = {
                     "summary": "Health",
                     "tags": ["operations"],
                     "responses": {
-                        "200": {
-                            "description": "Redis answers.",
-                            "headers": {"Cache-Control": {"$ref": "#/components/headers/NoStore"}},
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}},
-                        },
+                        "200": answer("Redis answers.", schema("Health"), no_store=True),
                         "503": {
                             "description": "Redis does not answer.",
                             "headers": {
@@ -539,7 +540,7 @@ DOCUMENT: dict[str, Any] = {
                                     "schema": {"type": "string"},
                                 }
                             },
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Unhealthy"}}},
+                            "content": as_json(schema("Unhealthy")),
                         },
                     },
                     "security": [],
@@ -555,16 +556,14 @@ DOCUMENT: dict[str, Any] = {
                         "`data: <JSON Event>`; `: keep-alive` comments every 15 s."
                     ),
                     "tags": ["events"],
-                    "parameters": [{"$ref": "#/components/parameters/Hostname"}],
+                    "parameters": [parameter("Hostname")],
                     "responses": {
                         "200": {
                             "description": "The stream.",
-                            "headers": {"Cache-Control": {"$ref": "#/components/headers/NoStore"}},
+                            "headers": NO_STORE,
                             "content": {"text/event-stream": {"schema": {"type": "string"}}},
                         },
-                        "401": {"$ref": "#/components/responses/Unauthorized"},
-                        "404": {"$ref": "#/components/responses/NotFound"},
-                        "503": {"$ref": "#/components/responses/Unavailable"},
+                        **errors(401, 404, 503),
                     },
                     "security": [{"bearer": []}, {"capability": []}],
                 }
@@ -581,11 +580,10 @@ DOCUMENT: dict[str, Any] = {
                     "responses": {
                         "200": {
                             "description": "The stream.",
-                            "headers": {"Cache-Control": {"$ref": "#/components/headers/NoStore"}},
+                            "headers": NO_STORE,
                             "content": {"text/event-stream": {"schema": {"type": "string"}}},
                         },
-                        "401": {"$ref": "#/components/responses/Unauthorized"},
-                        "503": {"$ref": "#/components/responses/Unavailable"},
+                        **errors(401, 503),
                     },
                 }
             },
@@ -598,26 +596,14 @@ DOCUMENT: dict[str, Any] = {
                         "content": request_content(TokenRequest),
                     },
                     "responses": {
-                        "201": {
-                            "description": "The token, with its secret (shown this once).",
-                            "headers": {"Cache-Control": {"$ref": "#/components/headers/NoStore"}},
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/NewToken"}}},
-                        },
-                        "400": {
-                            "description": "A missing or invalid user.",
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-                        },
-                        "401": {"$ref": "#/components/responses/Unauthorized"},
-                        "403": {"$ref": "#/components/responses/Forbidden"},
-                        "413": {
-                            "description": "The body is larger than MAX_BODY.",
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-                        },
-                        "415": {
-                            "description": "The body is neither a form nor JSON.",
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-                        },
-                        "503": {"$ref": "#/components/responses/Unavailable"},
+                        "201": answer(
+                            "The token, with its secret (shown this once).", schema("NewToken"), no_store=True
+                        ),
+                        "400": answer("A missing or invalid user.", schema("Error")),
+                        **errors(401, 403),
+                        "413": answer("The body is larger than MAX_BODY.", schema("Error")),
+                        "415": answer("The body is neither a form nor JSON.", schema("Error")),
+                        "503": response("Unavailable"),
                     },
                 },
                 "get": {
@@ -635,20 +621,11 @@ DOCUMENT: dict[str, Any] = {
                     "responses": {
                         "200": {
                             "description": "The tokens, newest first.",
-                            "headers": {"Cache-Control": {"$ref": "#/components/headers/NoStore"}},
-                            "content": {
-                                "application/json": {
-                                    "schema": {"type": "array", "items": {"$ref": "#/components/schemas/Token"}}
-                                }
-                            },
+                            "headers": NO_STORE,
+                            "content": {"application/json": {"schema": {"type": "array", "items": schema("Token")}}},
                         },
-                        "400": {
-                            "description": "An invalid user.",
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-                        },
-                        "401": {"$ref": "#/components/responses/Unauthorized"},
-                        "403": {"$ref": "#/components/responses/Forbidden"},
-                        "503": {"$ref": "#/components/responses/Unavailable"},
+                        "400": answer("An invalid user.", schema("Error")),
+                        **errors(401, 403, 503),
                     },
                 },
             },
@@ -657,20 +634,12 @@ DOCUMENT: dict[str, Any] = {
                     "summary": "Revoke a user token (admin)",
                     "tags": ["tokens"],
                     "description": "It stops working at once, also for a /manage session signed in with it.",
-                    "parameters": [{"$ref": "#/components/parameters/TokenId"}],
+                    "parameters": [parameter("TokenId")],
                     "responses": {
-                        "200": {
-                            "description": "The revoked token.",
-                            "headers": {"Cache-Control": {"$ref": "#/components/headers/NoStore"}},
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RevokedToken"}}},
-                        },
-                        "401": {"$ref": "#/components/responses/Unauthorized"},
-                        "403": {"$ref": "#/components/responses/Forbidden"},
-                        "404": {
-                            "description": "No live token with that id.",
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-                        },
-                        "503": {"$ref": "#/components/responses/Unavailable"},
+                        "200": answer("The revoked token.", schema("RevokedToken"), no_store=True),
+                        **errors(401, 403),
+                        "404": answer("No live token with that id.", schema("Error")),
+                        "503": response("Unavailable"),
                     },
                 }
             },
@@ -679,8 +648,8 @@ DOCUMENT: dict[str, Any] = {
                     "summary": "tmpnb's spawn: a notebook, answered once it is ACTIVE",
                     "description": (
                         "tmpnb's `POST /api/spawn/`. A request that names a `user` and no "
-                        "`image_name` is no tmpnb client's: it is the seed's spawn, answered as "
-                        "`POST /spawn` answers it (202 at once, the seed's record). Without a "
+                        "`image_name` is no tmpnb client's: it is the first API's spawn, answered as "
+                        "`POST /spawn` answers it (202 at once, the first API's record). Without a "
                         "token it is an anonymous launch: an image ANONYMOUS_IMAGES names, for "
                         "nobody in particular (the record's user is `_anonymous`), living at most "
                         "ANONYMOUS_MAX_AGE, within ANONYMOUS_PER_ADDRESS, ANONYMOUS_SPAWN_RATE "
@@ -695,13 +664,11 @@ DOCUMENT: dict[str, Any] = {
                     "requestBody": {
                         "required": True,
                         "content": {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/TmpnbSpawnRequest"}},
+                            "application/json": {"schema": schema("TmpnbSpawnRequest")},
                             "text/plain": {
                                 "schema": {"type": "string", "description": "A JSON object, as for application/json."}
                             },
-                            "application/x-www-form-urlencoded": {
-                                "schema": {"$ref": "#/components/schemas/TmpnbSpawnRequest"}
-                            },
+                            "application/x-www-form-urlencoded": {"schema": schema("TmpnbSpawnRequest")},
                         },
                     },
                     "responses": {
@@ -713,11 +680,11 @@ DOCUMENT: dict[str, Any] = {
                                 "Cache-Control": {"$ref": "#/components/headers/NoStore"},
                                 "Location": {"description": "`/container/<hostname>`", "schema": {"type": "string"}},
                             },
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Notebook"}}},
+                            "content": as_json(schema("Notebook")),
                         },
                         "202": {
                             "description": (
-                                "`wait` false, or the seed's spawn (a `user` named, no `image_name`): the "
+                                "`wait` false, or the first API's spawn (a `user` named, no `image_name`): the "
                                 "record as it is now (PENDING, or ACTIVE from the pool); its token for "
                                 "whoever launched it."
                             ),
@@ -725,25 +692,18 @@ DOCUMENT: dict[str, Any] = {
                                 "Cache-Control": {"$ref": "#/components/headers/NoStore"},
                                 "Location": {"description": "`/container/<hostname>`", "schema": {"type": "string"}},
                             },
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Notebook"}}},
+                            "content": as_json(schema("Notebook")),
                         },
-                        "400": {
-                            "description": (
+                        "400": answer(
+                            (
                                 "Invalid input (no image, two different images, a body that is not a JSON "
                                 "object or a form, a profile or limits asked for by an anonymous launch)."
                             ),
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-                        },
-                        "401": {"$ref": "#/components/responses/Unauthorized"},
-                        "403": {"$ref": "#/components/responses/Forbidden"},
-                        "413": {
-                            "description": "The body is larger than MAX_BODY.",
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-                        },
-                        "415": {
-                            "description": "The body is neither JSON nor a form.",
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-                        },
+                            schema("Error"),
+                        ),
+                        **errors(401, 403),
+                        "413": answer("The body is larger than MAX_BODY.", schema("Error")),
+                        "415": answer("The body is neither JSON nor a form.", schema("Error")),
                         "429": {
                             "description": (
                                 "Over a limit (the anonymous ones, MAX_NOTEBOOKS, MAX_NOTEBOOKS_PER_USER, "
@@ -755,19 +715,14 @@ DOCUMENT: dict[str, Any] = {
                                     "schema": {"type": "string"},
                                 }
                             },
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Full"}}},
+                            "content": as_json(schema("Full")),
                         },
-                        "502": {
-                            "description": "The notebook failed to start (the reason in `error`).",
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-                        },
-                        "503": {"$ref": "#/components/responses/Unavailable"},
-                        "504": {
-                            "description": (
-                                "The notebook was not ACTIVE within START_TIMEOUT (an anonymous one is killed)."
-                            ),
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-                        },
+                        "502": answer("The notebook failed to start (the reason in `error`).", schema("Error")),
+                        "503": response("Unavailable"),
+                        "504": answer(
+                            ("The notebook was not ACTIVE within START_TIMEOUT (an anonymous one is killed)."),
+                            schema("Error"),
+                        ),
                     },
                 }
             },
@@ -811,7 +766,7 @@ DOCUMENT: dict[str, Any] = {
                     "responses": {
                         "200": {
                             "description": "The launch's events.",
-                            "headers": {"Cache-Control": {"$ref": "#/components/headers/NoStore"}},
+                            "headers": NO_STORE,
                             "content": {
                                 "text/event-stream": {
                                     "schema": {
@@ -821,7 +776,7 @@ DOCUMENT: dict[str, Any] = {
                                             "data": {
                                                 "type": "string",
                                                 "contentMediaType": "application/json",
-                                                "contentSchema": {"$ref": "#/components/schemas/BinderEvent"},
+                                                "contentSchema": schema("BinderEvent"),
                                             },
                                             "event": {"const": "message"},
                                         },
@@ -830,9 +785,7 @@ DOCUMENT: dict[str, Any] = {
                                 }
                             },
                         },
-                        "401": {"$ref": "#/components/responses/Unauthorized"},
-                        "404": {"$ref": "#/components/responses/NotFound"},
-                        "503": {"$ref": "#/components/responses/Unavailable"},
+                        **errors(401, 404, 503),
                     },
                 }
             },
