@@ -87,3 +87,7 @@ class Notebook:
 UNSTORED = frozenset({"url"})
 #: Extra fields whose empty value is not stored (reading gives "" back).
 OMITTED_WHEN_EMPTY = frozenset({"container_id", "error", "address", "node", "expires_at", "profile"})
+#: What the public record shows for a field its hash lacks (a record written before the field existed).
+PUBLIC_DEFAULTS: dict[str, str] = {
+    f.name: str(getattr(f.default, "value", f.default)) for f in fields(Notebook) if isinstance(f.default, str)
+}
