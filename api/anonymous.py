@@ -34,7 +34,6 @@ import redis
 from shared import lua
 from shared.errors import QuotaExceeded, StoreUnavailable
 from shared.limits import RATE_WINDOW
-from shared.status import COUNTED
 
 #: Seconds a reservation holds its slot while its launch is written (a launch takes milliseconds).
 RESERVATION_LIFETIME = 30
@@ -99,10 +98,8 @@ class AnonymousLimits:
         """Take a slot for one launch from client ``key``; raises QuotaExceeded (429) over a limit."""
         now = time.time()
         nonce = secrets.token_hex(8)
-        counted = "," + ",".join(s.value for s in COUNTED) + ","
         args: list[str | int] = [
             f"{self.prefix}nb:",
-            counted,
             repr(now),
             self.per_address,
             self.rate,

@@ -112,8 +112,7 @@ class Replication:
         except redis.RedisError as exc:
             raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
         try:
-            values = "," + ",".join(allowed) + "," if allowed else ""
-            mark = ("EVAL", lua.source("mark_replicated"), 2, key, self.mark, field, values, key)
+            mark = ("EVAL", lua.source("mark_replicated"), 2, key, self.mark, field, key, *allowed)
             conn.send_packed_command(conn.pack_commands([mark, ("ROLE",)]))
             marked, role = conn.read_response(), conn.read_response()
             if role[0] != "master":

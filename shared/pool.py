@@ -20,6 +20,7 @@ from typing import Any
 from shared import lua
 from shared.limits import Quota, quota_error
 from shared.record import Notebook
+from shared.status import Status
 from shared.store import Store, _store_errors
 
 # Pseudo-users: both fail shared.validation.USER_RE, so no client can spawn, filter or get a token
@@ -60,7 +61,7 @@ class Pool:
             self._key(image, "members"),
             f"{self.store.prefix}idx:all",
             f"{self.store.prefix}idx:user:{POOL_USER}",
-            f"{self.store.prefix}idx:status:ACTIVE",
+            f"{self.store.prefix}idx:status:{Status.ACTIVE.value}",
             self.store.quota_keys(POOL_USER)[1],
             *self.store.quota_keys(user)[1:],
         ]
@@ -76,6 +77,7 @@ class Pool:
                 quota.max_per_user,
                 quota.rate,
                 quota.window,
+                POOL_USER,
             ],
         )
         if not flat:

@@ -50,16 +50,13 @@ from shared.limits import Quota, quota_error
 from shared.metrics import OUTCOME_OF, Metrics
 from shared.record import PUBLIC_DEFAULTS, UNSTORED, Notebook, derived_url, now_rfc3339
 from shared.settings import RedisTarget
-from shared.status import COUNTED, SPAWNABLE, TERMINAL, Status, sources_of
+from shared.status import Status
 from shared.validation import HOSTNAME_ALPHABET, HOSTNAME_LENGTH
 
 log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-#: Statuses a spawn task may (still) work on: :meth:`Store.claim_spawn`'s argument.
-_SPAWNABLE = "," + ",".join(s.value for s in SPAWNABLE) + ","
 
 #: The public record's fields in the seed's order (``Notebook.to_json``'s keys).
 PUBLIC_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Notebook))
@@ -551,8 +548,7 @@ class Store:
         Adds ``hostnames`` whose record takes a slot (records written before the sets existed)
         and drops members whose record does not (or is gone); every check is in one script.
         """
-        counted = "," + ",".join(s.value for s in COUNTED) + ","
-        removed, added = self._sync_live(keys=[self.quota_keys("")[0]], args=[self.prefix, counted, *hostnames])
+        removed, added = self._sync_live(keys=[self.quota_keys("")[0]], args=[self.prefix, *hostnames])
         return int(removed), int(added)
 
     @_store_errors
@@ -629,7 +625,7 @@ class Store:
         """Become the record's current spawn attempt (shared/lua/claim_spawn.lua): the record and its internal
         fields (``attempt`` among them: pass it to every later move), in one round trip; the status
         when the record is past spawning; None when it does not exist."""
-        result = self._claim_spawn(keys=[self.key_for(hostname)], args=[_SPAWNABLE])
+        result = self._claim_spawn(keys=[self.key_for(hostname)])
         if result[0] == 0:
             return None
         if result[0] == -1:
@@ -677,21 +673,19 @@ class Store:
         ``fence``: the move also ends every attempt in flight (the reconciler's moves: a spawn
         paused somewhere can then never undo them, nor remove the notebook's container).
         """
-        if new is None:
-            permitted = frozenset(allowed or ())
-        else:
-            permitted = sources_of(new) if allowed is None else sources_of(new) & frozenset(allowed)
+        # The script checks the move against the status machine (TRANSITIONS, generated into it);
+        # ``allowed`` only narrows it. No new status and no ``allowed``: allowed from nowhere.
+        narrowed = [s.value for s in (allowed or ())] if allowed is not None or new is None else None
         argv: list[Any] = [
             self.prefix,
             new.value if new is not None else "",
-            "," + ",".join(s.value for s in permitted) + ",",
             now_rfc3339(),
             self.events_channel,
-            "," + ",".join(s.value for s in TERMINAL) + ",",
             repr(time.time()),
-            "," + ",".join(s.value for s in Status if s not in COUNTED) + ",",
             "" if attempt is None else str(attempt),
             "1" if fence else "",
+            -1 if narrowed is None else len(narrowed),
+            *(narrowed or ()),
         ]
         for k, v in fields.items():
             argv.extend((k, v))

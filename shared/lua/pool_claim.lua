@@ -1,6 +1,6 @@
 -- Hand a ready warm-pool member to a user: the record gets the user, a fresh start time and
 -- expiry, moves to the user's index and is published as a change (shared/pool.py, Pool.claim).
--- uses: quota, record_event
+-- uses: status, quota, record_event
 -- KEYS[1] pool:<image>:ready, the ready list
 -- KEYS[2] pool:<image>:members, the members set
 -- KEYS[3] idx:all
@@ -18,6 +18,7 @@
 -- ARGV[7] most notebooks per user (0: no limit; a member already counts in the total)
 -- ARGV[8] spawn rate (0: no limit)
 -- ARGV[9] rate window (seconds)
+-- ARGV[10] the pool's pseudo-user (POOL_USER)
 -- Returns the claimed record as a flat hash, nil when no ready member is left, or {-2, ...}
 -- when the user's quota refuses the spawn (quota.lua).
 local refusal = quota_refusal(KEYS[6], KEYS[7], KEYS[8], 0, tonumber(ARGV[7]), tonumber(ARGV[8]),
@@ -28,7 +29,7 @@ while true do
   if not h then return nil end
   local key = ARGV[1] .. 'nb:' .. h
   -- A member that died, was culled or killed since it was offered is skipped (and dropped).
-  if redis.call('HGET', key, 'status') == 'ACTIVE' and redis.call('HGET', key, 'user') == '_pool' then
+  if redis.call('HGET', key, 'status') == STATUS.ACTIVE and redis.call('HGET', key, 'user') == ARGV[10] then
     redis.call('SREM', KEYS[2], h)
     redis.call('HDEL', key, '_pool')
     redis.call('HSET', key, 'user', ARGV[2], 'start_time', ARGV[3], 'updated_at', ARGV[3],
