@@ -64,11 +64,12 @@ class Pool:
             f"{self.store.prefix}idx:status:{Status.ACTIVE.value}",
             self.store.quota_keys(POOL_USER)[1],
             *self.store.quota_keys(user)[1:],
+            f"{self.store.prefix}idx:user:{user}",
         ]
         flat: Any = self._claim(
             keys=keys,
             args=[
-                self.store.prefix,
+                self.store.key_for(""),
                 user,
                 now,
                 repr(score),

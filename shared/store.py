@@ -256,6 +256,9 @@ class Store:
         self._public_values = lua.register(client, "public_values")
         self._zrevrange_joined = lua.register(client, "zrevrange_joined")
         self.metrics = Metrics(client, prefix)
+        #: idx:status:<s> for every status, in Status's order: how the scripts that move a record
+        #: between them get those keys (shared/lua/transition.lua).
+        self._status_indexes = [self._idx("status", s.value) for s in Status]
 
     # -- keys ---------------------------------------------------------------
     def key_for(self, hostname: str) -> str:
@@ -548,7 +551,9 @@ class Store:
         Adds ``hostnames`` whose record takes a slot (records written before the sets existed)
         and drops members whose record does not (or is gone); every check is in one script.
         """
-        removed, added = self._sync_live(keys=[self.quota_keys("")[0]], args=[self.prefix, *hostnames])
+        removed, added = self._sync_live(
+            keys=[self.quota_keys("")[0]], args=[self.key_for(""), self.quota_keys("")[1], *hostnames]
+        )
         return int(removed), int(added)
 
     @_store_errors
@@ -561,8 +566,8 @@ class Store:
             return []
         pipe = self.redis.pipeline(transaction=False)  # one round trip for the batch, not one each
         for hostname in names:
-            keys = [self.key_for(hostname), self._idx(), self._idx("ended")]
-            self._purge(keys=keys, args=[self.prefix, hostname], client=pipe)
+            keys = [self.key_for(hostname), self._idx(), self._idx("ended"), *self._status_indexes]
+            self._purge(keys=keys, args=[self._idx("user") + ":", hostname], client=pipe)
         return [h for h, deleted in zip(names, pipe.execute(), strict=True) if deleted]
 
     @_store_errors
@@ -677,7 +682,7 @@ class Store:
         # ``allowed`` only narrows it. No new status and no ``allowed``: allowed from nowhere.
         narrowed = [s.value for s in (allowed or ())] if allowed is not None or new is None else None
         argv: list[Any] = [
-            self.prefix,
+            self.quota_keys("")[1],  # live:user: (the script adds the record's user)
             new.value if new is not None else "",
             now_rfc3339(),
             self.events_channel,
@@ -691,7 +696,8 @@ class Store:
             argv.extend((k, v))
         for k, v in (internal or {}).items():
             argv.extend((f"_{k}", v))
-        result = self._transition(keys=[self.key_for(hostname), self._idx(), self._idx("ended")], args=argv)
+        keys = [self.key_for(hostname), self._idx(), self._idx("ended"), self.quota_keys("")[0], *self._status_indexes]
+        result = self._transition(keys=keys, args=argv)
         if result[0] == 0:
             raise NotFound(f"no notebook with hostname {hostname!r}")
         if result[0] == -1:

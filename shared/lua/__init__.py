@@ -43,6 +43,8 @@ def _status_tables() -> str:
         )
         + "}"
     )
+    # Where a status's key is among KEYS given one per status, in Status's order (idx:status:<s>).
+    lines.append("local STATUS_AT = {" + ", ".join(f"{s.name} = {i}" for i, s in enumerate(machine.Status)) + "}")
     for name, group in machine.GROUPS.items():
         lines.append(f"local {name} = {_lua_set([s.value for s in group])}")
     return "\n".join(lines) + "\n"

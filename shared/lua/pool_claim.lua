@@ -9,7 +9,8 @@
 -- KEYS[6] live:user:_pool
 -- KEYS[7] live:user:<user>
 -- KEYS[8] rate:<user>
--- ARGV[1] key prefix (nb:<h> and idx:user:<user> are derived from it)
+-- KEYS[9] idx:user:<user>
+-- ARGV[1] the record keys' prefix (nb:<h> is derived per member taken from the ready list)
 -- ARGV[2] user
 -- ARGV[3] now (RFC 3339)
 -- ARGV[4] score (epoch)
@@ -27,7 +28,7 @@ if refusal then return refusal end
 while true do
   local h = redis.call('LPOP', KEYS[1])
   if not h then return nil end
-  local key = ARGV[1] .. 'nb:' .. h
+  local key = ARGV[1] .. h
   -- A member that died, was culled or killed since it was offered is skipped (and dropped).
   if redis.call('HGET', key, 'status') == STATUS.ACTIVE and redis.call('HGET', key, 'user') == ARGV[10] then
     redis.call('SREM', KEYS[2], h)
@@ -35,7 +36,7 @@ while true do
     redis.call('HSET', key, 'user', ARGV[2], 'start_time', ARGV[3], 'updated_at', ARGV[3],
                'expires_at', ARGV[5])
     redis.call('ZREM', KEYS[4], h)
-    redis.call('ZADD', ARGV[1] .. 'idx:user:' .. ARGV[2], ARGV[4], h)
+    redis.call('ZADD', KEYS[9], ARGV[4], h)
     redis.call('ZADD', KEYS[3], ARGV[4], h)
     redis.call('ZADD', KEYS[5], ARGV[4], h)
     redis.call('SREM', KEYS[6], h)

@@ -5,7 +5,9 @@
 -- KEYS[1] nb:<hostname>, the record
 -- KEYS[2] idx:all
 -- KEYS[3] idx:ended
--- ARGV[1] key prefix (idx:status:<s>, live:all and live:user:<u> are derived from it)
+-- KEYS[4] live:all
+-- KEYS[5..] idx:status:<s>, one per status in Status's order (KEYS[5 + STATUS_AT[s]])
+-- ARGV[1] live:user:, the per-user quota sets' prefix (live:user:<u> is derived from the record's user)
 -- ARGV[2] new status ('' keeps it)
 -- ARGV[3] updated_at
 -- ARGV[4] events channel
@@ -43,14 +45,14 @@ if #ARGV >= fields_at then redis.call('HSET', KEYS[1], unpack(ARGV, fields_at)) 
 if new ~= cur then
   local hostname = redis.call('HGET', KEYS[1], 'hostname')
   local score = redis.call('ZSCORE', KEYS[2], hostname)
-  redis.call('ZREM', ARGV[1] .. 'idx:status:' .. cur, hostname)
-  if score then redis.call('ZADD', ARGV[1] .. 'idx:status:' .. new, score, hostname) end
+  redis.call('ZREM', KEYS[5 + STATUS_AT[cur]], hostname)
+  if score then redis.call('ZADD', KEYS[5 + STATUS_AT[new]], score, hostname) end
   -- Terminal records are kept for RECORD_RETENTION from the moment they ended.
   if TERMINAL[new] then redis.call('ZADD', KEYS[3], ARGV[5], hostname) end
   -- Leaving the counted statuses frees the notebook's quota slot (live:all, live:user:<u>).
   if not COUNTED[new] then
-    redis.call('SREM', ARGV[1] .. 'live:all', hostname)
-    redis.call('SREM', ARGV[1] .. 'live:user:' .. (redis.call('HGET', KEYS[1], 'user') or ''), hostname)
+    redis.call('SREM', KEYS[4], hostname)
+    redis.call('SREM', ARGV[1] .. (redis.call('HGET', KEYS[1], 'user') or ''), hostname)
   end
 end
 local flat = redis.call('HGETALL', KEYS[1])
