@@ -32,7 +32,7 @@ from shared.pool import Pool
 from shared.profiles import Limits, Profiles
 from shared.public_url import notebook_url, public_url
 from shared.queue import Queue
-from shared.record import Notebook, rfc3339
+from shared.record import Internal, Notebook, rfc3339
 from shared.settings import Settings
 from shared.status import KILLABLE, TERMINAL, Status
 from shared.store import Store
@@ -275,7 +275,7 @@ def start_notebook(
         expires_at=rfc3339(now + life) if life else "",
         profile=chosen,
         internal={
-            "queue_deadline": str(now + settings().start_timeout),
+            Internal.QUEUE_DEADLINE: str(now + settings().start_timeout),
             **limits.internal(),
             **({TOKEN_FIELD: token} if token else {}),
         },

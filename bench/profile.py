@@ -35,6 +35,7 @@ from pyinstrument import Profiler
 from api import create_app
 from bench.common import RESULTS, delete_keys, remove_containers, remove_everything, stats
 from bench.spawn import seed, template_record
+from shared.record import Internal
 from shared.settings import Settings
 from shared.status import Status
 from shared.store import Store, connect
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                         image=images["httpd"],
                         user="prof",
                         domain=settings.domain,
-                        internal={"queue_deadline": str(time.time() + 600)},
+                        internal={Internal.QUEUE_DEADLINE: str(time.time() + 600)},
                     ).hostname
                     for _ in range(args.spawns + 1)
                 ]

@@ -48,7 +48,7 @@ from shared.errors import InvalidTransition, NotFound, StoreUnavailable, Superse
 from shared.failover import sentinel_client
 from shared.limits import Quota, quota_error
 from shared.metrics import OUTCOME_OF, Metrics
-from shared.record import PUBLIC_DEFAULTS, UNSTORED, Notebook, derived_url, now_rfc3339
+from shared.record import PUBLIC_DEFAULTS, UNSTORED, Internal, Notebook, derived_url, now_rfc3339
 from shared.settings import RedisTarget
 from shared.status import Status
 from shared.validation import HOSTNAME_ALPHABET, HOSTNAME_LENGTH
@@ -78,6 +78,12 @@ PROGRESS_EVENT = "progress"
 
 #: Records per public_values.lua call: Redis runs nothing else meanwhile, so keep each call short (~1 ms).
 HMGET_CHUNK = 250
+
+
+def _key(name: Internal) -> str:
+    """An internal field's name in the hash. (``str``: a name :class:`Internal` does not define, as
+    tests use, works the same.)"""
+    return f"_{name}"
 
 
 def _as_store_error(exc: redis.RedisError) -> StoreUnavailable | None:
@@ -337,7 +343,8 @@ class Store:
 
     @_store_errors
     def get_with_internal(self, hostname: str) -> tuple[Notebook, dict[str, str]] | None:
-        """The record and its internal fields (names without the ``_``), from one HGETALL.
+        """The record and its internal fields (names without the ``_``: look them up by
+        :class:`Internal`), from one HGETALL.
 
         For a spawn, which needs both: the internal fields come with the record instead of
         one more round trip each (``internal``).
@@ -356,29 +363,29 @@ class Store:
     @_store_errors
     def status_and_attempt(self, hostname: str) -> tuple[Status | None, str]:
         """The record's status (None: gone) and its current spawn attempt ("" when none), in one read."""
-        status, attempt = self.redis.hmget(self.key_for(hostname), ["status", "_attempt"])
+        status, attempt = self.redis.hmget(self.key_for(hostname), ["status", Internal.ATTEMPT.key])
         return (Status(status) if status else None), str(attempt or "")
 
     @_store_errors
-    def internal(self, hostname: str, name: str) -> str | None:
+    def internal(self, hostname: str, name: Internal) -> str | None:
         """An internal (``_``-prefixed) field the public record does not show."""
-        value = self.redis.hget(self.key_for(hostname), f"_{name}")
+        value = self.redis.hget(self.key_for(hostname), _key(name))
         return None if value is None else str(value)
 
     @_store_errors
-    def drop_internal(self, hostname: str, *names: str) -> None:
+    def drop_internal(self, hostname: str, *names: Internal) -> None:
         """Delete internal fields no longer needed, e.g. a spawn's deadlines once it is ACTIVE.
 
         A record lives for days after its spawn; two unused fields were ~128 of its ~710 bytes
         (the hash then fits the allocator's next smaller size class).
         """
-        self.redis.hdel(self.key_for(hostname), *(f"_{name}" for name in names))
+        self.redis.hdel(self.key_for(hostname), *(_key(name) for name in names))
 
     @_store_errors
-    def internals(self, hostnames: Iterable[str], name: str) -> dict[str, str]:
+    def internals(self, hostnames: Iterable[str], name: Internal) -> dict[str, str]:
         """One internal field of many records, read like a listing; records without it (or with it
         empty) are left out."""
-        found = self._chunks_of(builtins.list(hostnames), ("hostname", f"_{name}"))
+        found = self._chunks_of(builtins.list(hostnames), ("hostname", _key(name)))
         return {h: v for chunk in found for h, v in chunk if v}
 
     @_store_errors
@@ -408,7 +415,7 @@ class Store:
         status: Status | None = None,
         offset: int = 0,
         limit: int | None = None,
-        internal: Sequence[str] = (),
+        internal: Sequence[Internal] = (),
     ) -> Rows:
         """What ``[r.to_json() for r in list(...)]`` gives, without building a Notebook per record.
 
@@ -431,7 +438,7 @@ class Store:
         status: Status | None = None,
         offset: int = 0,
         limit: int | None = None,
-        internal: Sequence[str] = (),
+        internal: Sequence[Internal] = (),
     ) -> Iterator[Rows]:
         """:meth:`list_public`'s rows in chunks, each as soon as Redis has it (:meth:`_chunks_of`).
 
@@ -440,7 +447,7 @@ class Store:
         """
         if limit is not None and limit <= 0:
             return
-        extra = tuple(f"_{name}" for name in internal)
+        extra = tuple(_key(name) for name in internal)
         if user:
             index, post_filter = self._idx("user", user), status
         elif status:
@@ -509,13 +516,13 @@ class Store:
                 pool.release(conn)
 
     @_store_errors
-    def row(self, hostname: str, internal: Sequence[str] = ()) -> dict[str, str] | None:
+    def row(self, hostname: str, internal: Sequence[Internal] = ()) -> dict[str, str] | None:
         """One record as :meth:`list_public` gives it (one HMGET of just those fields); None if missing.
 
         For ``GET /container/<h>``: a fifth of the request's own time less than HGETALL (twice the
         values to parse, internal ones included), ``Notebook.from_hash`` and ``to_json``.
         """
-        extra = tuple(f"_{name}" for name in internal)
+        extra = tuple(_key(name) for name in internal)
         wanted = _STORED_PUBLIC + extra
         values = cast(list[str | None], self.redis.hmget(self.key_for(hostname), wanted))
         if values[_HOSTNAME_AT] is None:
@@ -579,7 +586,7 @@ class Store:
         domain: str,
         expires_at: str = "",
         profile: str = "",
-        internal: dict[str, str] | None = None,
+        internal: Mapping[Internal, str] | None = None,
         quota: Quota | None = None,
     ) -> Notebook:
         """Write a new PENDING record under a fresh random hostname (unique, checked atomically).
@@ -605,7 +612,7 @@ class Store:
                 profile=profile,
             )
             mapping = record.to_hash()
-            mapping.update({f"_{k}": v for k, v in (internal or {}).items()})
+            mapping.update({_key(k): v for k, v in (internal or {}).items()})
             epoch = time.time()
             argv: list[Any] = [epoch, hostname, self.events_channel, *quota.args(), repr(epoch)]
             for k, v in mapping.items():
@@ -639,16 +646,16 @@ class Store:
         return Notebook.from_hash(data), {k[1:]: v for k, v in data.items() if k.startswith("_")}
 
     @_store_errors
-    def end_attempt(self, hostname: str, attempt: int, *names: str) -> bool:
+    def end_attempt(self, hostname: str, attempt: int, *names: Internal) -> bool:
         """Delete internal fields ``names`` while ``attempt`` is still the record's; False if not."""
-        return bool(self._end_attempt(keys=[self.key_for(hostname)], args=[attempt, *(f"_{n}" for n in names)]))
+        return bool(self._end_attempt(keys=[self.key_for(hostname)], args=[attempt, *(_key(n) for n in names)]))
 
     @_store_errors
-    def keep_attempt(self, hostname: str, attempt: int, **fields: str) -> bool:
-        """Set internal ``fields`` while ``attempt`` is still the record's; False if not (nothing set)."""
+    def keep_attempt(self, hostname: str, attempt: int, internal: Mapping[Internal, str]) -> bool:
+        """Set ``internal`` fields while ``attempt`` is still the record's; False if not (nothing set)."""
         args: list[str | int] = [attempt]
-        for name, value in fields.items():
-            args += [f"_{name}", value]
+        for name, value in internal.items():
+            args += [_key(name), value]
         return bool(self._keep_attempt(keys=[self.key_for(hostname)], args=args))
 
     @_store_errors
@@ -658,7 +665,7 @@ class Store:
         new: Status | None,
         *,
         allowed: Iterable[Status] | None = None,
-        internal: dict[str, str] | None = None,
+        internal: Mapping[Internal, str] | None = None,
         attempt: int | None = None,
         fence: bool = False,
         **fields: str,
@@ -695,7 +702,7 @@ class Store:
         for k, v in fields.items():
             argv.extend((k, v))
         for k, v in (internal or {}).items():
-            argv.extend((f"_{k}", v))
+            argv.extend((_key(k), v))
         keys = [self.key_for(hostname), self._idx(), self._idx("ended"), self.quota_keys("")[0], *self._status_indexes]
         result = self._transition(keys=keys, args=argv)
         if result[0] == 0:

@@ -58,8 +58,20 @@ def _record_defaults() -> str:
     return "-- Generated from shared/record.py when the script is loaded.\nlocal PUBLIC_DEFAULTS = {" + pairs + "}\n"
 
 
+def _internal_fields() -> str:
+    """The record's internal fields (shared/record.py Internal) as ``INTERNAL.<NAME>``, their names in the hash."""
+    from shared.record import Internal
+
+    pairs = ", ".join(f"{f.name} = {_lua_string(f.key)}" for f in Internal)
+    return "-- Generated from shared/record.py when the script is loaded.\nlocal INTERNAL = {" + pairs + "}\n"
+
+
 #: Libraries made from Python's definitions rather than read from a file.
-GENERATED: dict[str, Callable[[], str]] = {"status": _status_tables, "record_defaults": _record_defaults}
+GENERATED: dict[str, Callable[[], str]] = {
+    "status": _status_tables,
+    "record_defaults": _record_defaults,
+    "internal": _internal_fields,
+}
 
 
 def _read(name: str) -> str:

@@ -1,6 +1,6 @@
 -- Hand a ready warm-pool member to a user: the record gets the user, a fresh start time and
 -- expiry, moves to the user's index and is published as a change (shared/pool.py, Pool.claim).
--- uses: status, quota, record_event
+-- uses: status, internal, quota, record_event
 -- KEYS[1] pool:<image>:ready, the ready list
 -- KEYS[2] pool:<image>:members, the members set
 -- KEYS[3] idx:all
@@ -32,7 +32,7 @@ while true do
   -- A member that died, was culled or killed since it was offered is skipped (and dropped).
   if redis.call('HGET', key, 'status') == STATUS.ACTIVE and redis.call('HGET', key, 'user') == ARGV[10] then
     redis.call('SREM', KEYS[2], h)
-    redis.call('HDEL', key, '_pool')
+    redis.call('HDEL', key, INTERNAL.POOL)
     redis.call('HSET', key, 'user', ARGV[2], 'start_time', ARGV[3], 'updated_at', ARGV[3],
                'expires_at', ARGV[5])
     redis.call('ZREM', KEYS[4], h)

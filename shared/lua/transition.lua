@@ -1,7 +1,7 @@
 -- Move a record to a new status (or keep it) and set fields, only from an allowed status and only
 -- while the caller's spawn attempt is still the record's; its indexes, quota slot and event change
 -- in the same step (Store.transition).
--- uses: status, record_event
+-- uses: status, internal, record_event
 -- KEYS[1] nb:<hostname>, the record
 -- KEYS[2] idx:all
 -- KEYS[3] idx:ended
@@ -25,7 +25,7 @@
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return {0} end
 if ARGV[6] ~= '' then
-  local attempt = redis.call('HGET', KEYS[1], '_attempt') or ''
+  local attempt = redis.call('HGET', KEYS[1], INTERNAL.ATTEMPT) or ''
   if attempt ~= ARGV[6] then return {-3, attempt} end
 end
 if cur == ARGV[2] then return {2, redis.call('HGETALL', KEYS[1])} end
@@ -40,7 +40,7 @@ if not allowed then return {-1, cur} end
 local new = ARGV[2]
 if new == '' then new = cur end
 redis.call('HSET', KEYS[1], 'status', new, 'updated_at', ARGV[3])
-if ARGV[7] == '1' then redis.call('HINCRBY', KEYS[1], '_attempt', 1) end
+if ARGV[7] == '1' then redis.call('HINCRBY', KEYS[1], INTERNAL.ATTEMPT, 1) end
 if #ARGV >= fields_at then redis.call('HSET', KEYS[1], unpack(ARGV, fields_at)) end
 if new ~= cur then
   local hostname = redis.call('HGET', KEYS[1], 'hostname')
