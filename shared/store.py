@@ -27,7 +27,6 @@ or not at all, and a status move checks the current status in the same atomic st
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import functools
 import json
@@ -69,9 +68,6 @@ _HOSTNAME_AT, _DOMAIN_AT = _STORED_PUBLIC.index("hostname"), _STORED_PUBLIC.inde
 
 #: Records as plain dicts, as ``Notebook.to_json`` gives them.
 Rows: TypeAlias = list[dict[str, str]]
-# (Aliases because inside Store ``list`` is the method.) Hostnames; field values of many records.
-_Names: TypeAlias = list[str]
-_Values: TypeAlias = list[list[str]]
 
 #: The ``event`` field of a progress event on the events channel (record events have none).
 PROGRESS_EVENT = "progress"
@@ -385,7 +381,7 @@ class Store:
     def internals(self, hostnames: Iterable[str], name: Internal) -> dict[str, str]:
         """One internal field of many records, read like a listing; records without it (or with it
         empty) are left out."""
-        found = self._chunks_of(builtins.list(hostnames), ("hostname", _key(name)))
+        found = self._chunks_of(list(hostnames), ("hostname", _key(name)))
         return {h: v for chunk in found for h, v in chunk if v}
 
     @_store_errors
@@ -394,41 +390,19 @@ class Store:
         key = self.quota_keys(user)[1] if user is not None else self.quota_keys("")[0]
         return int(self.redis.scard(key))
 
-    @_store_errors
-    def list(
+    @_store_errors_iter
+    def records(
         self,
         *,
         user: str | None = None,
         status: Status | None = None,
         offset: int = 0,
         limit: int | None = None,
-    ) -> list[Notebook]:
-        """Records newest first, optionally filtered (:meth:`iter_public`'s rows as Notebooks)."""
-        rows = self.list_public(user=user, status=status, offset=offset, limit=limit)
-        return [Notebook.from_hash(row) for row in rows]
-
-    @_store_errors
-    def list_public(
-        self,
-        *,
-        user: str | None = None,
-        status: Status | None = None,
-        offset: int = 0,
-        limit: int | None = None,
-        internal: Sequence[Internal] = (),
-    ) -> Rows:
-        """What ``[r.to_json() for r in list(...)]`` gives, without building a Notebook per record.
-
-        Where the per-record cost is all there is: the public fields only, read by a script in
-        chunks (shared/lua/public_values.lua), as plain dicts in the seed's field order. ``internal``
-        names internal fields to read in the same pass; each row then also has them under
-        ``_<name>`` ("" when missing), for the caller to pop.
-        """
-        return [
-            row
-            for chunk in self.iter_public(user=user, status=status, offset=offset, limit=limit, internal=internal)
-            for row in chunk
-        ]
+    ) -> Iterator[Notebook]:
+        """Records newest first, optionally filtered, one by one as :meth:`iter_public` reads them."""
+        for chunk in self.iter_public(user=user, status=status, offset=offset, limit=limit):
+            for row in chunk:
+                yield Notebook.from_hash(row)
 
     @_store_errors_iter
     def iter_public(
@@ -440,10 +414,15 @@ class Store:
         limit: int | None = None,
         internal: Sequence[Internal] = (),
     ) -> Iterator[Rows]:
-        """:meth:`list_public`'s rows in chunks, each as soon as Redis has it (:meth:`_chunks_of`).
+        """The public records newest first, optionally filtered, as rows (``Notebook.to_json``'s
+        dicts, without building a Notebook per record), in chunks, each as soon as Redis has it
+        (:meth:`_chunks_of`).
 
-        A caller with work to do per row (``GET /containers`` shapes and encodes them) does it
-        while Redis reads the next chunk.
+        Where the per-record cost is all there is: the public fields only, read by a script in
+        chunks (shared/lua/public_values.lua), as plain dicts in the seed's field order. ``internal``
+        names internal fields to read in the same pass; each row then also has them under
+        ``_<name>`` ("" when missing), for the caller to pop. A caller with work to do per row
+        (``GET /containers`` shapes and encodes them) does it while Redis reads the next chunk.
         """
         if limit is not None and limit <= 0:
             return
@@ -465,12 +444,12 @@ class Store:
         records = [r for r in self._fetch(self._index_range(index, 0, -1), extra) if r["status"] == post_filter.value]
         yield records[offset:] if limit is None else records[offset : offset + limit]
 
-    def _index_range(self, index: str, start: int, stop: int) -> _Names:
+    def _index_range(self, index: str, start: int, stop: int) -> list[str]:
         """ZREVRANGE as one JSON string: thousands of names decode in C, not one by one in Python."""
         joined = str(self._zrevrange_joined(keys=[index], args=[start, stop]))
         return joined.split(",") if joined else []
 
-    def _chunks_of(self, names: Sequence[str], wanted: Sequence[str]) -> Iterator[_Values]:
+    def _chunks_of(self, names: Sequence[str], wanted: Sequence[str]) -> Iterator[list[list[str]]]:
         """``wanted`` of each record in ``names`` (shared/lua/public_values.lua) in chunks of
         :data:`HMGET_CHUNK` records, each as soon as Redis has it.
 
@@ -517,7 +496,7 @@ class Store:
 
     @_store_errors
     def row(self, hostname: str, internal: Sequence[Internal] = ()) -> dict[str, str] | None:
-        """One record as :meth:`list_public` gives it (one HMGET of just those fields); None if missing.
+        """One record as a row of :meth:`iter_public` (one HMGET of just those fields); None if missing.
 
         For ``GET /container/<h>``: a fifth of the request's own time less than HGETALL (twice the
         values to parse, internal ones included), ``Notebook.from_hash`` and ``to_json``.
@@ -536,7 +515,7 @@ class Store:
             out.extend(self._rows(extra, chunk))
         return out
 
-    def _rows(self, extra: tuple[str, ...], found: Iterable[builtins.list[Any]]) -> Rows:
+    def _rows(self, extra: tuple[str, ...], found: Iterable[list[Any]]) -> Rows:
         """Public rows from the values of :data:`_STORED_PUBLIC` + ``extra``, in that order, with
         every field there (shared/lua/public_values.lua): ``url`` goes back where the public record has it."""
         names = PUBLIC_FIELDS + extra
@@ -564,11 +543,9 @@ class Store:
         return int(removed), int(added)
 
     @_store_errors
-    def purge_ended(self, older_than: float, batch: int = 1000) -> builtins.list[str]:
+    def purge_ended(self, older_than: float, batch: int = 1000) -> list[str]:
         """Delete records that ended (FAILED/REMOVED) before ``older_than`` (epoch), with their index entries."""
-        names = cast(
-            builtins.list[str], self.redis.zrangebyscore(self._idx("ended"), "-inf", older_than, start=0, num=batch)
-        )
+        names = cast(list[str], self.redis.zrangebyscore(self._idx("ended"), "-inf", older_than, start=0, num=batch))
         if not names:
             return []
         pipe = self.redis.pipeline(transaction=False)  # one round trip for the batch, not one each

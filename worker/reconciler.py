@@ -113,7 +113,7 @@ class Reconciler:
         routes = self._routes()  # before the records: see _sync_routes
         live: dict[str, Notebook] = {}
         for status in (Status.PENDING, Status.STARTING, Status.ACTIVE, Status.DELETING):
-            for record in self.store.list(status=status):
+            for record in self.store.records(status=status):
                 live[record.hostname] = record
         now = self.clock()
 
