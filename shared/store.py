@@ -20,9 +20,14 @@ Layout (every key starts with the instance prefix, e.g. ``swarm-manager:``):
 - ``metrics``              hash: counters for /metrics (``shared/metrics.py``); a spawn's outcome is
                            counted when its record first enters ACTIVE, FAILED or DELETING
 
-Every write is one Lua script, so a record, its indexes and its event change together
-or not at all, and a status move checks the current status in the same atomic step
-(no read-modify-write races between the API and any number of workers).
+Every write is one Lua script (``shared/lua/<name>.lua``, each naming its KEYS and ARGV at the
+top), so a record, its indexes and its event change together or not at all, and a status move
+checks the current status against the status machine (generated into the script from
+shared/status.py) in the same atomic step (no read-modify-write races between the API and any
+number of workers). Internal fields are :class:`shared.record.Internal`'s.
+
+Reads: :meth:`Store.get` (one record), :meth:`Store.records` (Notebooks, newest first, filtered)
+and :meth:`Store.iter_public` (the same as rows, in chunks: the listing's fast path).
 """
 
 from __future__ import annotations
