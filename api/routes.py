@@ -162,7 +162,7 @@ def public_rows(rows: list[dict[str, str]], sees: Callable[[str], bool] | None =
     once per listing). Changes the rows in place.
     """
     sees = sees or secrets_visibility()
-    key = f"_{TOKEN_FIELD}"
+    key = TOKEN_FIELD.key
     for row in rows:
         token = row.pop(key, "")
         if sees(row["user"]):
