@@ -36,9 +36,11 @@ worker:
 	scripts/bring-up.sh run
 	$(VENV)/bin/swarm-manager worker --hostname worker-$$$$@%h
 
-# docs/configuration.md from the settings' declarations (tests/test_docs.py checks it is current).
+# docs/configuration.md from the settings' declarations, api/openapi.json from the API's models and
+# api/apidoc.py (tests/test_docs.py and tests/test_openapi.py check both are current).
 docs:
 	$(VENV)/bin/python -m cli.docs
+	$(VENV)/bin/python -m api.openapi
 
 lint:
 	$(VENV)/bin/ruff check .

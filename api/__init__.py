@@ -46,7 +46,7 @@ def create_app(
 ) -> Flask:
     settings = settings or Settings.from_env()
     app = Flask(__name__)
-    app.json = OrjsonProvider(app)  # keeps the seed's field order in records (no sorted keys)
+    app.json = OrjsonProvider(app)  # keeps the first API's field order in records (no sorted keys)
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_body,
         MAX_FORM_MEMORY_SIZE=settings.max_body,
@@ -78,12 +78,12 @@ def create_app(
     errors.register(app)
     app.after_request(no_store)
     app.register_blueprint(routes.bp)
-    # The original implementation also served everything under /api/ for tmpnb-style clients.
+    # The first API also served everything under /api/, for tmpnb-style clients.
     app.register_blueprint(routes.bp, url_prefix="/api", name="api_compat")
     from api import binder
 
     # Thebe, Binder and tmpnb clients (api/binder.py): BinderHub's GET /build/..., and tmpnb's own
-    # POST /api/spawn/ (it answers once the notebook is ACTIVE; the seed's /spawn answers at once).
+    # POST /api/spawn/ (it answers once the notebook is ACTIVE; the first API's /spawn answers at once).
     app.register_blueprint(binder.bp)
     app.view_functions["api_compat.spawn"] = binder.tmpnb_spawn
     app.register_blueprint(manage.bp)

@@ -4,15 +4,15 @@ With ``AUTH`` on (the default) one ``before_request`` (:func:`authenticate`) res
 request's caller into ``g.caller`` before any view runs, from either
 
 - ``Authorization: Bearer <token>``: the admin token (``ADMIN_TOKEN``) or a user token
-  (``shared/auth.py``); a header that is there but not a live token is 401 at once, or
+  (``shared/tokenstore.py``); a header that is there but not a live token is 401 at once, or
 - the /manage session cookie, set by signing in with a token on the page. The cookie holds only
   the session's random secret; the session itself (who signed in, its CSRF token, its expiry)
-  is in Redis (``shared/auth.py`` :class:`~shared.auth.Sessions`), so signing out or revoking
+  is in Redis (``shared/tokenstore.py`` :class:`~shared.tokenstore.Sessions`), so signing out or revoking
   the token ends it at once. Cookies ignore ports, so anything else served on the API's host
   (a notebook's own port) receives the cookie: therefore every request through it must also carry
   the session's CSRF token, which only the page has (``X-CSRF-Token``, the forms' ``csrf_token``
   field, or the ``csrf`` query parameter the page's EventSource adds to the event streams' URL),
-  except rendering the page itself (a navigation sends no header). The seed's
+  except rendering the page itself (a navigation sends no header). The first API's
   ``GET /container/<h>/kill`` never accepts the cookie (a GET must not kill on a cookie); it
   works with a Bearer token only.
 
@@ -30,7 +30,7 @@ Two more identities come without an ``Authorization`` header or a session:
   and nothing else; a wrong token is the same 404 as an unknown hostname, and a notebook without
   a token has no capability.
 
-and answers what the route's policy (:data:`POLICY`, by view function) needs: public routes
+and answers what the route's policy (:func:`policy`, a decorator on each view) needs: public routes
 (``/healthz``, the OpenAPI document, static files, the sign-in form), admin-only routes
 (``/metrics``, ``/tokens``), and everything else for any caller. What a user token may touch
 within a route is decided by three helpers the routes call: :func:`spawn_user` (a user spawns
@@ -47,7 +47,9 @@ import hmac
 import logging
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from flask import Blueprint, Flask, Response, current_app, g, make_response, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
@@ -55,7 +57,6 @@ from markupsafe import Markup
 from werkzeug.wrappers import Response as BaseResponse
 
 from api.anonymous import client_key
-from shared.auth import ADMIN, USER, Session, Sessions, Tokens, digest, is_admin_token
 from shared.errors import ConfigError, Forbidden, ImageNotAllowed, InvalidInput, NotFound, Unauthorized
 from shared.limits import Allowlist
 from shared.notebook_token import FIELD as TOKEN_FIELD
@@ -63,6 +64,7 @@ from shared.pool import ANONYMOUS_USER
 from shared.record import Notebook
 from shared.settings import Settings
 from shared.store import Store
+from shared.tokenstore import ADMIN, USER, Session, Sessions, Tokens, digest, is_admin_token
 
 log = logging.getLogger(__name__)
 
@@ -73,33 +75,9 @@ BEARER, SESSION, OPEN, ANONYMOUS, CAPABILITY = "bearer", "session", "open", "ano
 #: Route policies. LAUNCH: anyone, no credentials making the anonymous caller; NOTEBOOK: one
 #: notebook's routes, which also take that notebook's capability.
 PUBLIC, ANY, ADMIN_ONLY, PAGE, LAUNCH, NOTEBOOK = "public", "any", "admin", "page", "launch", "notebook"
-#: Policy of each view function that is not ANY (by module and name, so a blueprint registered
-#: twice, e.g. under /api/, has one policy).
-POLICY: dict[str, str] = {
-    "api.routes.healthz": PUBLIC,
-    "api.openapi.openapi": PUBLIC,
-    "api.auth.signin": PUBLIC,  # checks the sign-in form's CSRF token itself
-    "api.auth.signout": PUBLIC,  # checks the session's CSRF token itself
-    "api.metrics.metrics": ADMIN_ONLY,
-    "api.tokens.create": ADMIN_ONLY,
-    "api.tokens.listing": ADMIN_ONLY,
-    "api.tokens.revoke": ADMIN_ONLY,
-    "api.nodes.nodes": ADMIN_ONLY,
-    "api.manage.page": PAGE,  # without credentials: the sign-in form
-    "api.binder.build": LAUNCH,
-    "api.binder.tmpnb_spawn": LAUNCH,
-    "api.routes.container": NOTEBOOK,
-    "api.routes.kill": NOTEBOOK,
-    "api.events.container_events": NOTEBOOK,
-}
+POLICIES = frozenset({PUBLIC, ANY, ADMIN_ONLY, PAGE, LAUNCH, NOTEBOOK})
 #: The query parameter that carries a notebook's capability (its own token, as Jupyter takes it).
 CAPABILITY_PARAM = "token"
-#: Views that kill on a GET: a Bearer token only, never the cookie.
-KILLS_ON_GET = {"api.routes.kill"}
-#: Views whose GET may carry the CSRF token as the ``csrf`` query parameter: the event streams,
-#: which the page follows with an EventSource (it cannot send headers). Nowhere else, so the
-#: token is in no other URL (access logs show URLs).
-STREAMS = {"api.events.all_events", "api.events.container_events"}
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 CSRF_FIELD, CSRF_HEADER, CSRF_PARAM = "csrf_token", "X-CSRF-Token", "csrf"
 
@@ -111,7 +89,7 @@ class Caller:
     ``token_id`` is the user token the request came with (as Bearer, or the one its session
     signed in with; "" for the admin) and ``session_id`` the session it came through ("" for a
     Bearer token): whatever the request opens that outlives it (an event stream) ends when
-    ``shared.auth.revoked_message`` names either.
+    ``shared.tokenstore.revoked_message`` names either.
     """
 
     role: str
@@ -132,6 +110,42 @@ NOBODY = Caller(ANONYMOUS, None, ANONYMOUS)  # no credentials, on a LAUNCH route
 
 def settings() -> Settings:
     return current_app.extensions["settings"]
+
+
+# -- route policies, on the views --------------------------------------------------------------
+# Each is an attribute of the view function itself, so a view registered twice (a blueprint under
+# /api/ too, tmpnb's view on /api/spawn) has one policy wherever it is served, and renaming or
+# moving a view keeps it.
+View = TypeVar("View", bound=Callable[..., object])
+#: The view function's attributes the decorators set and :func:`authenticate` reads.
+POLICY_ATTR, KILLS_ON_GET_ATTR, STREAM_ATTR = "auth_policy", "auth_kills_on_get", "auth_stream"
+
+
+def policy(name: str) -> Callable[[View], View]:
+    """Decorate a view with its route policy (one of :data:`POLICIES`); a view without one is ANY."""
+    if name not in POLICIES:
+        raise ValueError(f"unknown route policy {name!r}")
+
+    def mark(view: View) -> View:
+        setattr(view, POLICY_ATTR, name)
+        return view
+
+    return mark
+
+
+def kills_on_get(view: View) -> View:
+    """Decorate a view that kills on a GET: that GET takes a Bearer token only, never the cookie
+    (which rides along by itself) nor a capability (a URL that link previews and prefetchers fetch)."""
+    setattr(view, KILLS_ON_GET_ATTR, True)
+    return view
+
+
+def stream(view: View) -> View:
+    """Decorate an event stream: its GET may carry the CSRF token as the ``csrf`` query parameter,
+    since the page follows it with an EventSource (which cannot send headers). No other view takes
+    it there, so the token is in no other URL (access logs show URLs)."""
+    setattr(view, STREAM_ATTR, True)
+    return view
 
 
 def tokens() -> Tokens:
@@ -161,10 +175,6 @@ def init_app(app: Flask) -> None:
     # No app.secret_key: Flask's own (client-side) session stays a NullSession, which refuses
     # writes, so nothing about a caller can end up in a cookie by accident.
     app.register_blueprint(bp)
-    # A renamed view would silently fall back to ANY (admin-only routes open to users): refuse to start.
-    views = {f"{view.__module__}.{view.__name__}" for view in app.view_functions.values()}
-    if unknown := sorted((set(POLICY) | KILLS_ON_GET | STREAMS) - views):
-        raise RuntimeError(f"api/auth.py names views the app does not have: {unknown}")
     app.before_request(authenticate)
     app.after_request(vary_on_cookie)
     app.context_processor(lambda: {"caller": g.get("caller"), "csrf_token": csrf_token, "csrf_field": csrf_field})
@@ -254,14 +264,22 @@ def admin_key() -> str:
 
 
 # -- who is asking ---------------------------------------------------------------------------
+def view_of(endpoint: str | None) -> object:
+    """The view function of the request's route (None when no route matched)."""
+    return current_app.view_functions.get(endpoint or "")
+
+
 def policy_of(endpoint: str | None) -> str:
     """The route's policy; ANY also when no route matched (a caller gets the 404/405, others a 401)."""
-    return PUBLIC if endpoint == "static" else POLICY.get(view_name(endpoint), ANY)
+    return PUBLIC if endpoint == "static" else str(getattr(view_of(endpoint), POLICY_ATTR, ANY))
 
 
-def view_name(endpoint: str | None) -> str:
-    view = current_app.view_functions.get(endpoint or "")
-    return f"{view.__module__}.{view.__name__}" if view else ""
+def kills_on_get_route(endpoint: str | None) -> bool:
+    return bool(getattr(view_of(endpoint), KILLS_ON_GET_ATTR, False))
+
+
+def stream_route(endpoint: str | None) -> bool:
+    return bool(getattr(view_of(endpoint), STREAM_ATTR, False))
 
 
 def resolve_token(secret: str) -> Caller | None:
@@ -331,7 +349,7 @@ def authenticate() -> ResponseReturnValue | None:
         raise Unauthorized()
     # A GET must not kill on anything but a Bearer token (a cookie rides along by itself; a
     # capability in a URL is fetched by link previews and prefetchers).
-    killing_get = request.method not in UNSAFE_METHODS and view_name(request.endpoint) in KILLS_ON_GET
+    killing_get = request.method not in UNSAFE_METHODS and kills_on_get_route(request.endpoint)
     if caller.via in (SESSION, CAPABILITY) and killing_get:
         raise Forbidden("a GET kill needs Authorization: Bearer <token>; kill with POST or DELETE")
     if caller.via == SESSION and not (policy == PAGE and request.method in ("GET", "HEAD")):
@@ -486,7 +504,7 @@ def check_csrf(expected: str) -> None:
     sent = request.headers.get(CSRF_HEADER)
     if not sent and request.method in UNSAFE_METHODS:
         sent = request.form.get(CSRF_FIELD)
-    if not sent and request.method == "GET" and view_name(request.endpoint) in STREAMS:
+    if not sent and request.method == "GET" and stream_route(request.endpoint):
         sent = request.args.get(CSRF_PARAM)
     if not expected or not sent or not hmac.compare_digest(expected.encode(), sent.encode()):
         raise Forbidden("missing or wrong CSRF token: reload the page and try again")
@@ -525,6 +543,7 @@ def signin_page(status: int, error: str = "") -> Response:
 
 
 @bp.post("/manage/signin")
+@policy(PUBLIC)  # checks the sign-in form's CSRF token itself
 def signin() -> ResponseReturnValue:
     if not settings().auth:
         return redirect(url_for("manage.page"), 303)
@@ -551,6 +570,7 @@ def signin() -> ResponseReturnValue:
 
 
 @bp.post("/manage/signout")
+@policy(PUBLIC)  # checks the session's CSRF token itself
 def signout() -> ResponseReturnValue:
     """End the session (its CSRF token required) and drop the cookie; without a live session, just the latter."""
     if settings().auth:

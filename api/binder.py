@@ -43,9 +43,10 @@ from api import auth, events, routes
 from api.anonymous import AnonymousLimits
 from api.errors import LaunchFailed, LaunchTimedOut, error_response
 from api.hub import Closed, close_when_gone
+from api.models import SPAWN_FIELDS
 from api.routes import (
-    SPAWN_FIELDS,
     allowlist,
+    form_fields,
     lifetime,
     link,
     profiles,
@@ -72,7 +73,7 @@ from shared.pool import ANONYMOUS_USER
 from shared.record import Notebook
 from shared.status import Status
 from shared.store import Event
-from shared.validation import validate_image, validate_user
+from shared.validation import validate_image, validate_ttl, validate_user
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +131,12 @@ def launch(
     chosen = operators_profile or profile
     if not who.anonymous:
         user_ = validate_user(who.user)
-        record, token = start_notebook(image, user_, lifetime(ttl), chosen, mem_limit, cpu_limit, quota())
+        record, token = start_notebook(image, user_, lifetime(validate_ttl(ttl)), chosen, mem_limit, cpu_limit, quota())
         return record, token if token is not None else store().internal(record.hostname, TOKEN_FIELD) or "", who
     if any(v not in (None, "") for v in (profile, mem_limit, cpu_limit)):
         raise InvalidInput("a launch without a user runs the image's own profile and limits: leave them out")
     s = settings()
-    life = min(lifetime(ttl) or math.inf, s.anonymous_max_age)
+    life = min(lifetime(validate_ttl(ttl)) or math.inf, s.anonymous_max_age)
     reservation = anonymous_limits().reserve(who.address)  # 429 over the address's limits
     try:
         limits = Quota(max_total=s.max_notebooks, max_per_user=s.anonymous_max_notebooks)
@@ -215,6 +216,7 @@ def event_stream(body: Iterator[str], listener: Any = None) -> ResponseReturnVal
 
 
 @bp.get("/build/<provider>/<path:spec>", merge_slashes=False)
+@auth.policy(auth.LAUNCH)
 def build(provider: str, spec: str) -> ResponseReturnValue:
     """BinderHub's launch: every answer is an event stream, errors too (an EventSource cannot read
     an HTTP error), as BinderHub's own."""
@@ -311,11 +313,7 @@ def tmpnb_input() -> dict[str, Any]:
     """tmpnb's request: a JSON object whatever the content type says (the 2015 Thebe sends
     ``text/plain`` to spare a CORS preflight), or a form; ``image_name`` is ``image``."""
     if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        form = request.form
-        for name in (*SPAWN_FIELDS, "image_name", "wait"):
-            if len(form.getlist(name)) > 1:
-                raise InvalidInput(f"{name} is given more than once")
-        data: Any = dict(form.items())
+        data: Any = form_fields((*SPAWN_FIELDS, "image_name", "wait"))
     else:
         raw = request.get_data(cache=True)
         if not raw.strip():
@@ -350,6 +348,7 @@ def wants_wait(value: object) -> bool:
     raise InvalidInput("wait must be true or false")
 
 
+@auth.policy(auth.LAUNCH)
 def tmpnb_spawn() -> ResponseReturnValue:
     """tmpnb's ``POST /api/spawn/`` (the view of the ``/api/spawn`` route: see ``api/__init__.py``).
 

@@ -254,6 +254,8 @@ def follow_as(owner: str, **interest: Any) -> Listener:
 
 
 @bp.get("/container/<hostname>/events", strict_slashes=False)
+@auth.policy(auth.NOTEBOOK)
+@auth.stream
 def container_events(hostname: str) -> ResponseReturnValue:
     hostname = checked_hostname(hostname)
     listener = open_listener(hostname=hostname)  # before reading the record: no later change is missed
@@ -267,6 +269,7 @@ def container_events(hostname: str) -> ResponseReturnValue:
 
 
 @bp.get("/events", strict_slashes=False)
+@auth.stream
 def all_events() -> ResponseReturnValue:
     who = auth.caller()
     # The admin follows every notebook; a user token only its own (routed by owner in the hub).

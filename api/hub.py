@@ -35,11 +35,11 @@ from typing import Any
 import redis
 from gevent import monkey
 
-from shared.auth import REVOKED, control_channel
 from shared.errors import StoreUnavailable
 from shared.failover import GapAwarePubSub
 from shared.store import Event, Store, parse_event
 from shared.streams import LEASE, StreamSlots
+from shared.tokenstore import REVOKED, control_channel
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class Hub:
         self.slots = slots
         self.confirm_within = confirm_within
         self.renew_every = renew_every
-        self.control_channel = control_channel(store.prefix)  # shared/auth.py revoked_message
+        self.control_channel = control_channel(store.prefix)  # shared/tokenstore.py revoked_message
         self._lock = threading.Lock()
         self._by_host: dict[str, set[Listener]] = {}
         self._by_user: dict[str, set[Listener]] = {}

@@ -23,6 +23,7 @@ from api.routes import (
     public_record,
     secrets_visibility,
     spawn_notebook,
+    spawn_request,
     store,
 )
 from shared.errors import (
@@ -71,6 +72,7 @@ def age(start_time: str, now: float | None = None) -> str:
 
 
 @bp.get("/manage", strict_slashes=False)
+@auth.policy(auth.PAGE)  # without credentials: the sign-in form
 def page() -> ResponseReturnValue:
     problems: list[str] = []
     user_filter = request.args.get("user", "").strip()[:64]
@@ -133,7 +135,9 @@ def links_for(records: list[Notebook]) -> dict[str, str]:
 @bp.post("/manage/spawn")
 def spawn() -> ResponseReturnValue:
     try:
-        record, token = spawn_notebook(request.form.get("image"), request.form.get("user"))
+        record, token = spawn_notebook(
+            spawn_request({"image": request.form.get("image"), "user": request.form.get("user")})
+        )
     except (InvalidInput, Forbidden, ImageNotAllowed, QuotaExceeded, QueueUnavailable, StoreUnavailable) as exc:
         if wants_json():
             raise  # the app's error handler answers with the JSON error and its status

@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from api.auth import ADMIN_ONLY, policy
 from api.routes import store
 from shared.metrics import Snapshot
 
@@ -68,6 +69,7 @@ class SnapshotCollector(Collector):
 
 
 @bp.get("/metrics")
+@policy(ADMIN_ONLY)
 def metrics() -> Response:
     snapshot = store().metrics.snapshot()  # StoreUnavailable -> 503 JSON (api/errors.py)
     registry = CollectorRegistry(auto_describe=False)

@@ -7,6 +7,7 @@ import redis
 from flask import Blueprint
 from flask.typing import ResponseReturnValue
 
+from api.auth import ADMIN_ONLY, policy
 from api.routes import profiles, settings, store
 from shared.errors import StoreUnavailable
 from shared.nodes import NodeBook, prepull_images
@@ -15,6 +16,7 @@ bp = Blueprint("nodes", __name__)
 
 
 @bp.get("/nodes", strict_slashes=False)
+@policy(ADMIN_ONLY)
 def nodes() -> ResponseReturnValue:
     book = NodeBook(store().redis, settings().key_prefix)
     try:

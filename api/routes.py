@@ -15,6 +15,7 @@ from flask.typing import ResponseReturnValue
 
 from api import auth
 from api.fastjson import json_array_response
+from api.models import MAX_LIFETIME, SPAWN_FIELDS, ContainersQuery, SpawnRequest, parse
 from shared.errors import (
     InvalidInput,
     InvalidTransition,
@@ -36,18 +37,12 @@ from shared.record import Internal, Notebook, rfc3339
 from shared.settings import Settings
 from shared.status import KILLABLE, TERMINAL, Status
 from shared.store import Store
-from shared.validation import is_hostname, parse_whole, validate_image, validate_user
+from shared.validation import is_hostname
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("api", __name__)
 
-SPAWN_FIELDS = ("image", "user", "ttl", "profile", "mem_limit", "cpu_limit")
-MAX_LIST_LIMIT = 10_000
-#: The longest a notebook may live when MAX_AGE is 0 ("no limit") and its spawn gives a ttl: ten
-#: years. A ttl is capped by it as by MAX_AGE; uncapped, 999999999999 s would end in year 33715,
-#: past the last date the records can hold.
-MAX_LIFETIME = 10 * 365 * 86400
 #: Where a record is once a kill was accepted: DELETING, or past it by the time the kill is confirmed.
 KILLED = (Status.DELETING.value, *sorted(s.value for s in TERMINAL))
 
@@ -174,15 +169,20 @@ def public_rows(rows: list[dict[str, str]], sees: Callable[[str], bool] | None =
 
 
 # -- input ------------------------------------------------------------------------
+def form_fields(names: tuple[str, ...]) -> dict[str, Any]:
+    """The request's form as one value per field; raises InvalidInput for a field of ``names`` given twice."""
+    form = request.form
+    for name in names:
+        if len(form.getlist(name)) > 1:
+            raise InvalidInput(f"{name} is given more than once")
+    return dict(form.items())
+
+
 def spawn_input() -> dict[str, Any]:
     """The spawn request's fields, from a form (the first API's curl) or a JSON object."""
     mimetype = request.mimetype
     if mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        form = request.form
-        for name in SPAWN_FIELDS:
-            if len(form.getlist(name)) > 1:
-                raise InvalidInput(f"{name} is given more than once")
-        return dict(form.items())
+        return form_fields(SPAWN_FIELDS)
     if mimetype == "application/json" or mimetype.endswith("+json"):
         data = request.get_json(silent=True)
         if not isinstance(data, dict):
@@ -201,52 +201,30 @@ def checked_hostname(hostname: str) -> str:
     return hostname
 
 
-def int_arg(name: str, default: int | None, lo: int, hi: int) -> int | None:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value: int | None = parse_whole(raw)  # ASCII digits only (shared/validation.py says why)
-    except ValueError:
-        value = None
-    if value is None or not lo <= value <= hi:
-        raise InvalidInput(f"{name} must be a whole number from {lo} to {hi}")
-    return value
-
-
 # -- actions shared with /manage ------------------------------------------------------
-def lifetime(ttl: object) -> float | None:
-    """Seconds this notebook may live: the client's ``ttl`` capped by MAX_AGE (or, when MAX_AGE is
-    0, by MAX_LIFETIME); without a ttl MAX_AGE, and None for no limit."""
-    if ttl is None or ttl == "":
+def lifetime(seconds: int | None) -> float | None:
+    """Seconds this notebook may live: the client's ``ttl`` (whole seconds, checked by
+    shared/validation.py's validate_ttl) capped by MAX_AGE (or, when MAX_AGE is 0, by
+    MAX_LIFETIME); without a ttl MAX_AGE, and None for no limit."""
+    if seconds is None:
         return settings().max_age or None
-    if isinstance(ttl, float) and ttl.is_integer():
-        ttl = int(ttl)  # JSON has one number type: 3600.0 is a whole number of seconds too
-    raw = str(ttl) if isinstance(ttl, int) and not isinstance(ttl, bool) else ttl
-    try:
-        seconds = parse_whole(raw) if isinstance(raw, str) and len(raw) <= 12 else 0
-    except ValueError:
-        seconds = 0
-    if seconds < 1:
-        raise InvalidInput("ttl must be a whole number of seconds from 1 to 999999999999")
     return float(min(seconds, settings().max_age or MAX_LIFETIME))
 
 
-def spawn_notebook(
-    image: object,
-    user: object,
-    ttl: object = None,
-    profile: object = None,
-    mem_limit: object = None,
-    cpu_limit: object = None,
-) -> tuple[Notebook, str | None]:
-    """Validate, write the PENDING record (or claim a warm-pool member), enqueue the spawn; no
-    engine call here. Also the token it gave the notebook ("" none; None: not known here, as for
-    a warm-pool member), so the answer need not read back what was just written."""
-    user = auth.spawn_user(user)  # a user token spawns only for itself (403 for anyone else)
-    image, user, life = validate_image(image), validate_user(user), lifetime(ttl)
-    allowlist().check(image)  # 403 with the reason
-    return start_notebook(image, user, life, profile, mem_limit, cpu_limit, quota())
+def spawn_request(data: dict[str, Any]) -> SpawnRequest:
+    """The spawn ``data`` asks for, checked (400). Whom it is for is decided first, on what the
+    caller sent: a user token spawns only for itself (403 for anyone else, however spelled)."""
+    return parse(SpawnRequest, {**data, "user": auth.spawn_user(data.get("user"))})
+
+
+def spawn_notebook(spawn: SpawnRequest) -> tuple[Notebook, str | None]:
+    """Write the PENDING record (or claim a warm-pool member) for a checked request, enqueue the
+    spawn; no engine call here. Also the token it gave the notebook ("" none; None: not known
+    here, as for a warm-pool member), so the answer need not read back what was just written."""
+    allowlist().check(spawn.image)  # 403 with the reason
+    return start_notebook(
+        spawn.image, spawn.user, lifetime(spawn.ttl), spawn.profile, spawn.mem_limit, spawn.cpu_limit, quota()
+    )
 
 
 def start_notebook(
@@ -381,15 +359,7 @@ def kill_notebook(hostname: str) -> tuple[Notebook, bool]:
 # -- routes -----------------------------------------------------------------------
 @bp.post("/spawn", strict_slashes=False)
 def spawn() -> ResponseReturnValue:
-    data = spawn_input()
-    record, token = spawn_notebook(
-        data.get("image"),
-        data.get("user"),
-        data.get("ttl"),
-        profile=data.get("profile"),
-        mem_limit=data.get("mem_limit"),
-        cpu_limit=data.get("cpu_limit"),
-    )
+    record, token = spawn_notebook(spawn_request(spawn_input()))
     response = jsonify(public_record(record, token))
     response.status_code = 202
     response.headers["Location"] = url_for(".container", hostname=record.hostname)
@@ -397,6 +367,7 @@ def spawn() -> ResponseReturnValue:
 
 
 @bp.get("/container/<hostname>", strict_slashes=False)
+@auth.policy(auth.NOTEBOOK)
 def container(hostname: str) -> ResponseReturnValue:
     # The record and its token in one read, not a second round trip for the token.
     row = store().row(checked_hostname(hostname), internal=[TOKEN_FIELD])
@@ -408,6 +379,8 @@ def container(hostname: str) -> ResponseReturnValue:
 
 @bp.route("/container/<hostname>/kill", methods=["GET", "POST"], strict_slashes=False)
 @bp.delete("/container/<hostname>", strict_slashes=False)
+@auth.policy(auth.NOTEBOOK)
+@auth.kills_on_get
 def kill(hostname: str) -> ResponseReturnValue:
     record, started = kill_notebook(checked_hostname(hostname))
     return public_record(record), 202 if started else 200
@@ -415,18 +388,12 @@ def kill(hostname: str) -> ResponseReturnValue:
 
 @bp.get("/containers", strict_slashes=False)
 def containers() -> ResponseReturnValue:
-    user = auth.scoped_user(request.args.get("user") or None)  # a user token: its own only
-    raw_status = request.args.get("status") or None
-    status = None
-    if raw_status is not None:
-        try:
-            status = Status(raw_status.upper())
-        except ValueError:
-            raise InvalidInput(f"status must be one of {', '.join(s.value for s in Status)}") from None
-    offset = int_arg("offset", 0, 0, 10**9) or 0
-    limit = int_arg("limit", None, 1, MAX_LIST_LIMIT)
+    # Whose notebooks the caller may list is decided first, on what it sent: a user token its own only.
+    user = auth.scoped_user(request.args.get("user") or None)
+    asked = parse(ContainersQuery, {**request.args.to_dict(), "user": user})
+    offset, limit = asked.offset, asked.limit
     chunks = store().iter_public(
-        user=validate_user(user) if user else None, status=status, offset=offset, limit=limit, internal=[TOKEN_FIELD]
+        user=asked.user, status=asked.status, offset=offset, limit=limit, internal=[TOKEN_FIELD]
     )
     sees = secrets_visibility()
     listed = 0
@@ -448,6 +415,7 @@ def containers() -> ResponseReturnValue:
 
 
 @bp.get("/healthz", strict_slashes=False)
+@auth.policy(auth.PUBLIC)
 def healthz() -> ResponseReturnValue:
     try:
         store().ping()

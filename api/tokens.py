@@ -5,7 +5,7 @@
 - ``GET /tokens[?user=U]`` → the live tokens, newest first, without secrets.
 - ``DELETE /tokens/<id>`` → 200 ``{id, user, created, revoked}``; the token stops working at once,
   every /manage session signed in with it is ended, and the event streams either opened are told
-  to close (``shared.auth.Tokens.revoke``: one step in Redis). An unknown id is 404.
+  to close (``shared.tokenstore.Tokens.revoke``: one step in Redis). An unknown id is 404.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import re
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from api.auth import tokens
+from api.auth import ADMIN_ONLY, policy, tokens
+from api.models import TokenRequest, parse
 from shared.errors import InvalidInput, NotFound, UnsupportedMediaType
 from shared.record import now_rfc3339
 from shared.validation import validate_user
@@ -44,18 +45,21 @@ def user_field() -> object:
 
 
 @bp.post("/tokens", strict_slashes=False)
+@policy(ADMIN_ONLY)
 def create() -> ResponseReturnValue:
-    token, secret = tokens().create(validate_user(user_field()))
+    token, secret = tokens().create(parse(TokenRequest, {"user": user_field()}).user)
     return {"id": token.id, "user": token.user, "token": secret, "created": token.created}, 201
 
 
 @bp.get("/tokens", strict_slashes=False)
+@policy(ADMIN_ONLY)
 def listing() -> ResponseReturnValue:
     user = request.args.get("user") or None
     return jsonify([t.to_json() for t in tokens().list(validate_user(user) if user else None)])
 
 
 @bp.delete("/tokens/<token_id>", strict_slashes=False)
+@policy(ADMIN_ONLY)
 def revoke(token_id: str) -> ResponseReturnValue:
     if not TOKEN_ID.fullmatch(token_id):
         raise NotFound(f"no token with id {token_id[:40]!r}")

@@ -6,7 +6,7 @@ from api import create_app
 
 app = create_app()
 
-# Everything loaded so far (Flask, Celery, kombu, redis-py: ~60,000 objects) lives as long as
-# the process. Frozen, the collector never walks it again: a full collection took ~35 ms, a
-# pause any request that triggered it waited out (the tail of POST /spawn's latency).
+# Everything loaded so far (Flask, Celery, kombu, redis-py) lives as long as the process.
+# Frozen, the collector never walks it again: a full collection of it is a pause that the
+# request that triggered it waits out (the tail of POST /spawn's latency, docs/benchmarks.md).
 gc.freeze()

@@ -12,7 +12,7 @@ bridge is added for the run and removed with it.
 The engines run without the userland port proxy (a host-mode published port is a DNAT rule in
 the node's namespace, not a process per port), which is what lets a thousand notebooks fit.
 
-Like tests/netns.py's runs, a run writes an ``owner`` file before it creates anything, and
+Like testkit/netns.py's runs, a run writes an ``owner`` file before it creates anything, and
 :func:`cleanup_leftovers` removes what a run that died without its teardown left behind.
 """
 
@@ -32,8 +32,8 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from tests import netns
-from tests.support import wait_for
+from testkit import netns
+from testkit.support import wait_for
 
 PREFIX = "smbs"
 SUBNETS = "10.80"

@@ -22,7 +22,7 @@ import redis
 from shared.record import Notebook, parse_rfc3339
 from shared.status import SETTLED, Status
 from shared.store import Store
-from tests.support import ApiServer
+from testkit.support import ApiServer
 from worker.readiness import answers_http
 
 RESULTS = Path(__file__).resolve().parent / "results"

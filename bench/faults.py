@@ -31,10 +31,10 @@ from api import create_app
 from shared.settings import Settings
 from shared.status import Status
 from shared.store import Store, connect
-from tests.conftest import Stack, base_env
-from tests.faults import check_outcome, settle
-from tests.redis_sentinel import FailoverStack, SentinelCluster
-from tests.support import (
+from testkit.faults import check_outcome, settle
+from testkit.redis_sentinel import FailoverStack, SentinelCluster
+from testkit.stack import Stack, base_env
+from testkit.support import (
     BeatProcess,
     RedisServer,
     WatchProcess,
@@ -43,7 +43,7 @@ from tests.support import (
     unique_instance,
     wait_for,
 )
-from tests.tls_engine import running_tls_engine
+from testkit.tls_engine import running_tls_engine
 from worker.engine import LABEL_HOSTNAME
 from worker.reconciler import DEADLINE_MARGIN
 

@@ -39,8 +39,8 @@ from shared.record import Internal
 from shared.settings import Settings
 from shared.status import Status
 from shared.store import Store, connect
-from tests.conftest import base_env
-from tests.support import RedisServer, build_images, unique_instance
+from testkit.stack import base_env
+from testkit.support import RedisServer, build_images, unique_instance
 from worker.containers import ContainerEngine
 from worker.engine import make_client
 from worker.spawner import Spawner

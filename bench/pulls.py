@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.pulls [--rounds 5] [--burst 20] [--megabytes 30] [--tag latest]
 
 On real parts: a redis-server, one real Celery worker process (default settings), the real engine,
-and a real registry on loopback (Debian's docker-registry, tests/registry.py) holding a test image
+and a real registry on loopback (Debian's docker-registry, testkit/registry.py) holding a test image
 of ``--megabytes`` of random bytes in three layers over the httpd test image.
 
 - ``cold``: ``--rounds`` spawns of that image with no copy of its layers on the engine, from the
@@ -50,9 +50,9 @@ from bench.common import (
 from shared.settings import Settings
 from shared.status import Status
 from shared.store import Store, connect
-from tests.conftest import base_env
-from tests.registry import Registry, running_registry
-from tests.support import RedisServer, WorkerProcess, build_images, unique_instance
+from testkit.registry import Registry, running_registry
+from testkit.stack import base_env
+from testkit.support import RedisServer, WorkerProcess, build_images, unique_instance
 
 PROBE = 0.02
 LAYERS = 3

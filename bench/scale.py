@@ -29,8 +29,8 @@ from bench.common import RESULTS, Gunicorn, delete_keys, ms, stats
 from bench.spawn import InstantEngine, seed, template_record, timed_get
 from shared.settings import Settings
 from shared.store import Store, connect
-from tests.conftest import base_env
-from tests.support import RedisServer, unique_instance
+from testkit.stack import base_env
+from testkit.support import RedisServer, unique_instance
 from worker.engine import EngineObject
 
 

@@ -76,8 +76,8 @@ from bench.thebe import rows as thebe_rows
 from shared.settings import Settings
 from shared.status import Status
 from shared.store import Store, connect, new_hostname
-from tests.conftest import base_env
-from tests.support import VENV_BIN, RedisServer, WorkerProcess, build_images, unique_instance
+from testkit.stack import base_env
+from testkit.support import VENV_BIN, RedisServer, WorkerProcess, build_images, unique_instance
 from worker.engine import EngineState, Placement
 
 ALL_SECTIONS = ("cold", "kill", "burst", "api", "store", "pool", "streams", "thebe", "scale", "swarm")
@@ -664,7 +664,7 @@ def bench_pool(ctx: Context, n: int, size: int = 3) -> dict[str, Any]:
     app = create_app(settings)
     store = Store(connect(settings.redis_url), settings.key_prefix)
     pool = Pool(store, settings.pool_sizes)
-    from tests.support import BeatProcess
+    from testkit.support import BeatProcess
 
     worker = WorkerProcess(env, ctx.workdir / "worker-pool.log", name="benchpool")
     beat = BeatProcess(env, ctx.workdir / "beat-pool.log", name="benchpool-beat")

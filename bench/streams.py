@@ -35,8 +35,8 @@ import requests
 from bench.common import RESULTS, Gunicorn, delete_keys, ms, stats
 from shared.store import connect
 from shared.streams import StreamSlots
-from tests.conftest import base_env
-from tests.support import VENV_BIN, RedisServer, unique_instance
+from testkit.stack import base_env
+from testkit.support import VENV_BIN, RedisServer, unique_instance
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The issue's goal for each route's p99 under the load.

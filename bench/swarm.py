@@ -49,8 +49,8 @@ from bench.common import RESULTS, EventTimer, Gunicorn, delete_keys, ms, stats
 from shared.settings import Settings
 from shared.status import Status
 from shared.store import Store, connect
-from tests.conftest import base_env
-from tests.support import RedisServer, WorkerProcess, build_images, unique_instance
+from testkit.stack import base_env
+from testkit.support import RedisServer, WorkerProcess, build_images, unique_instance
 from worker.readiness import answers_http
 
 RAW_POLL = 0.02

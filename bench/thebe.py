@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.thebe [--n 5] [--tag latest]
 
-The page a book would serve (thebe 0.9.3 from npm, tests/thebe_site.py), in Debian's chromium, a
+The page a book would serve (thebe 0.9.3 from npm, testkit/thebe_site.py), in Debian's chromium, a
 fresh browser context per load (nothing cached, no saved session), against the API as `make run`
 serves it (gunicorn's gevent workers, authentication on, no token on the page), a real worker,
 configurable-http-proxy and the real Jupyter Notebook image, every request on loopback. Each
@@ -59,10 +59,11 @@ from shared.profiles import origin_arguments
 from shared.queue import Queue, make_celery
 from shared.settings import Settings
 from shared.store import Store, connect
-from tests.conftest import base_env
-from tests.jupyter_image import CMD, build_jupyter_image
-from tests.support import RedisServer, WorkerProcess, free_port, unique_instance, wait_for
-from tests.thebe_site import BINDER, PageServer, chromium, install_thebe, open_page, page, proxy
+from testkit.chp import running_chp
+from testkit.jupyter_image import CMD, build_jupyter_image
+from testkit.stack import base_env
+from testkit.support import RedisServer, WorkerProcess, free_port, unique_instance, wait_for
+from testkit.thebe_site import BINDER, PageServer, chromium, install_thebe, open_page, page
 
 ADMIN_TOKEN = "adm-" + secrets.token_urlsafe(24)
 TARGETS = {"pool_median": 1.0, "cold_over_raw": 0.5}
@@ -142,7 +143,7 @@ class Bench:
     def run(self, n: int) -> dict[str, Any]:
         pages = PageServer(self.lib).start()
         try:
-            with proxy(self.workdir) as chp, chromium() as browser:
+            with running_chp(self.workdir) as chp, chromium() as browser:
                 self.pages, self.browser, self.origin = pages, browser, pages.origin
                 for command, suffix in ((CMD, ""), (PREWARM, "_prewarmed")):
                     self.configuration(chp, command, suffix, n)

@@ -60,7 +60,8 @@ turns on mutual TLS with the engine's CA; there is no "TLS without verification"
 ignores `REQUESTS_CA_BUNDLE`/`CURL_CA_BUNDLE` (which `requests` would otherwise let override the
 engine's CA, a real failure on hosts that set them) and proxy variables. A wrong CA makes spawns
 `FAILED` at once with a TLS error; an unreachable engine is retried with backoff until the spawn's
-deadline, then `FAILED` with "engine unreachable".
+deadline, then `FAILED` with "engine unreachable". The client speaks Docker API 1.41 (Docker 20.10)
+without asking the engine for its version first, so an engine must accept that version.
 """
 
 

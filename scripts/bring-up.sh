@@ -47,13 +47,13 @@ if [ "$mode" != run ]; then
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)
   command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
   command -v git >/dev/null 2>&1 || missing+=(git)
-  # The Redis failover tests run a master, a replica and three sentinels (tests/redis_sentinel.py).
+  # The Redis failover tests run a master, a replica and three sentinels (testkit/redis_sentinel.py).
   command -v redis-sentinel >/dev/null 2>&1 || missing+=(redis-sentinel)
-  # The real Jupyter Notebook test image is built from Debian packages (tests/jupyter_image.py).
+  # The real Jupyter Notebook test image is built from Debian packages (testkit/jupyter_image.py).
   command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
   # The disk limit is proved on an engine whose data-root is btrfs on a loop file (tests/quota_engine.py).
   command -v mkfs.btrfs >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.btrfs ] || missing+=(btrfs-progs)
-  # The Swarm stack is deployed from a real registry (tests/registry.py) through a manager's mutual-TLS
+  # The Swarm stack is deployed from a real registry (testkit/registry.py) through a manager's mutual-TLS
   # endpoint (socat in tests/test_stack_deploy.py).
   command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
   command -v htpasswd >/dev/null 2>&1 || missing+=(apache2-utils)

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Collection
 from typing import Any
 
@@ -32,6 +33,21 @@ from shared.settings import RedisTarget
 
 #: Seconds to connect to a sentinel, and to wait for its answer. A sentinel that does not answer is
 #: skipped for the next one at once (no retries: asking every sentinel is the retry).
+#: TCP options for every connection to Redis (records, events, the task queue), so that a Redis that
+#: vanished without closing them (a lost host, a container killed with its network: no reset ever
+#: comes) is noticed in seconds rather than after the kernel's retransmissions (~15 min): an idle
+#: connection is probed after 5 s of silence (keepalive), and one whose sent data (a command, the
+#: events subscription's health-check PING) goes unacknowledged for 10 s is dropped
+#: (TCP_USER_TIMEOUT). Each client then reconnects, behind sentinels to the master they name now.
+KEEPALIVE: dict[str, Any] = {
+    "socket_keepalive": True,
+    "socket_keepalive_options": {
+        socket.TCP_KEEPIDLE: 5,
+        socket.TCP_KEEPINTVL: 2,
+        socket.TCP_KEEPCNT: 3,
+        socket.TCP_USER_TIMEOUT: 10_000,
+    },
+}
 SENTINEL_CONNECT_TIMEOUT = 1.0
 SENTINEL_TIMEOUT = 2.0
 

@@ -33,9 +33,9 @@ import fnmatch
 import math
 import re
 import shlex
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -45,6 +45,9 @@ from shared.limits import matches as image_matches
 from shared.record import Internal
 from shared.registries import parse_pull_policy
 from shared.validation import DECIMAL, IMAGE_RE, parse_decimal, validate_image
+
+#: A limit's value: bytes (int) or cores (float).
+_N = TypeVar("_N", int, float)
 
 KIB = 1024
 #: The engine refuses smaller memory limits ("Minimum memory limit allowed is 6MB").
@@ -194,33 +197,27 @@ class Profile:
             return Limits()
         if not self.user_limits:
             raise InvalidInput(f"profile {self.name!r} does not let users choose mem_limit or cpu_limit")
-        out = Limits()
-        if mem is not None:
-            if self.max_mem_limit is None:
-                raise InvalidInput(f"profile {self.name!r} does not let users choose mem_limit")
-            try:
-                size = parse_size(mem)
-            except ValueError as exc:
-                raise InvalidInput(f"mem_limit: {exc}") from None
-            if size > self.max_mem_limit:
-                raise InvalidInput(
-                    f"mem_limit {format_size(size)} is over the maximum of profile {self.name!r} "
-                    f"({format_size(self.max_mem_limit)})"
-                )
-            out = Limits(mem_limit=size)
-        if cpu is not None:
-            if self.max_cpu_limit is None:
-                raise InvalidInput(f"profile {self.name!r} does not let users choose cpu_limit")
-            try:
-                cores = parse_cpus(cpu)
-            except ValueError as exc:
-                raise InvalidInput(f"cpu_limit: {exc}") from None
-            if cores > self.max_cpu_limit:
-                raise InvalidInput(
-                    f"cpu_limit {cores:g} is over the maximum of profile {self.name!r} ({self.max_cpu_limit:g})"
-                )
-            out = Limits(mem_limit=out.mem_limit, cpu_limit=cores)
-        return out
+        return Limits(
+            mem_limit=self._chosen("mem_limit", mem, self.max_mem_limit, parse_size, format_size),
+            cpu_limit=self._chosen("cpu_limit", cpu, self.max_cpu_limit, parse_cpus, "{:g}".format),
+        )
+
+    def _chosen(
+        self, name: str, raw: object, maximum: _N | None, parse: Callable[[Any], _N], show: Callable[[_N], str]
+    ) -> _N | None:
+        """One limit a spawn asks for (``name`` as the request spells it; None: not asked for), parsed
+        and checked against this profile's maximum; raises InvalidInput."""
+        if raw is None:
+            return None
+        if maximum is None:
+            raise InvalidInput(f"profile {self.name!r} does not let users choose {name}")
+        try:
+            value = parse(raw)
+        except ValueError as exc:
+            raise InvalidInput(f"{name}: {exc}") from None
+        if value > maximum:
+            raise InvalidInput(f"{name} {show(value)} is over the maximum of profile {self.name!r} ({show(maximum)})")
+        return value
 
 
 @dataclass(frozen=True)

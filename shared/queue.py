@@ -17,7 +17,7 @@ from kombu.exceptions import OperationalError
 from kombu.transport import redis as kombu_redis
 
 from shared.errors import QueueUnavailable
-from shared.failover import sentinel_options
+from shared.failover import KEEPALIVE, sentinel_options
 from shared.settings import RedisTarget, Settings
 from shared.tasknames import KILL_TASK, QUEUE_NAME, REFILL_TASK, SPAWN_TASK
 
@@ -61,8 +61,8 @@ class RedisChannel(kombu_redis.Channel):
         return bool(self.closed or self.connection is None or self.connection.client is None)
 
     # kombu makes a new redis-py client object for every command it sends outside its polling
-    # loop (each task publish, each task event), and redis-py 8 builds ~170 response callbacks
-    # per client: about a quarter of the cost of sending a task (bench/results/profile-*.txt).
+    # loop (each task publish, each task event), and redis-py builds its response callbacks for
+    # every client: a large share of the cost of sending a task (docs/benchmarks.md).
     # A client is only a handle on the channel's connection pool and is thread-safe, so one is
     # kept per channel, and made again if the channel replaces its pool (after a disconnect).
     def _create_client(self, asynchronous: bool = False) -> Any:
@@ -110,6 +110,22 @@ def broker(target: RedisTarget) -> tuple[str, str, dict[str, Any]]:
     return ";".join(urls), f"{__name__}:SentinelTransport", options
 
 
+#: How the queue's connections notice a Redis that vanished without closing them (a lost host, or
+#: a master killed with its network: no reset ever arrives). Without these a worker's consumer
+#: waits on the dead connection until kombu's own check (``brpop_timeout + 2 x
+#: health_check_interval``, 51 s by default) and a publish can hang for good; with them
+#: the consumer drops it within ~11 s (its BRPOP's reply overdue by 1 + 5 s, checked every 5 s),
+#: a command or connect gives up within seconds, and the TCP options (KEEPALIVE) drop a silent
+#: connection, so a worker reaches the master Sentinel promoted meanwhile. The consumer's BRPOP
+#: waits 1 s on the server, well inside socket_timeout.
+LOST_PEER: dict[str, Any] = {
+    "socket_timeout": 5,
+    "socket_connect_timeout": 2,
+    "health_check_interval": 5,
+    **KEEPALIVE,
+}
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Configuration for the worker app and for the API's sending app alike."""
     # The longest task is a spawn: up to START_TIMEOUT of engine retries, then up to
@@ -125,6 +141,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_transport_options": {
             "visibility_timeout": visibility,
             "global_keyprefix": settings.key_prefix,
+            **LOST_PEER,
             **options,
         },
         "broker_connection_retry_on_startup": True,

@@ -49,7 +49,7 @@ from redis.retry import Retry
 
 from shared import lua
 from shared.errors import InvalidTransition, NotFound, StoreUnavailable, Superseded
-from shared.failover import sentinel_client
+from shared.failover import KEEPALIVE, sentinel_client
 from shared.limits import Quota, quota_error
 from shared.metrics import OUTCOME_OF, Metrics
 from shared.record import PUBLIC_DEFAULTS, UNSTORED, Internal, Notebook, derived_url, now_rfc3339
@@ -158,6 +158,7 @@ def connect(target: str | RedisTarget, patience: float = 0.0) -> redis.Redis:
         "socket_connect_timeout": 2,
         "socket_timeout": 10,
         "health_check_interval": 15,
+        **KEEPALIVE,
         "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries),
         "retry_on_error": [redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError],
     }

@@ -18,12 +18,17 @@ _PATH_COMPONENT = rf"{_ALNUM}(?:{_SEPARATOR}{_ALNUM})*"
 _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _IPV6 = r"\[(?:[a-fA-F0-9:]+)\]"
 _DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|{_IPV6})(?::[0-9]+)?"
-_TAG = r"[\w][\w.-]{0,127}"
+_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"  # the engine's [\w][\w.-]{0,127}, \w being ASCII
 _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
 _NAME = rf"(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
 IMAGE_RE = re.compile(rf"^(?P<name>{_NAME})(?::(?P<tag>{_TAG}))?(?:@(?P<digest>{_DIGEST}))?$", re.ASCII)
+#: The same grammar as a JSON Schema (ECMA-262) pattern, for the OpenAPI document: without the
+#: named groups (Python's ``(?P<name>`` is not ECMA's).
+IMAGE_PATTERN = re.sub(r"\(\?P<\w+>", "(?:", IMAGE_RE.pattern)
 
 NAME_TOTAL_LENGTH_MAX = 255  # the engine's own limit on the name part
+#: The longest image reference accepted: the name's limit plus room for a tag and a digest.
+IMAGE_MAX_LENGTH = NAME_TOTAL_LENGTH_MAX + 200
 
 # User names are opaque labels from the client (a course platform's login, an e-mail address).
 # They end up in Docker labels, Redis keys and log lines, so keep them to a safe printable set.
@@ -52,6 +57,28 @@ def parse_decimal(text: str) -> float:
     return float(text)
 
 
+#: A ttl (seconds a notebook may live) as a client gives it: 1 to 12 digits.
+MAX_TTL = 999_999_999_999
+TTL_PATTERN = "^[0-9]{1,12}$"
+
+
+def validate_ttl(value: object) -> int | None:
+    """A spawn's ``ttl`` as whole seconds from 1 to :data:`MAX_TTL`, from a JSON number or a
+    string of ASCII digits (a form's); None when there is none (absent or ""). Raises InvalidInput."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON has one number type: 3600.0 is a whole number of seconds too
+    raw = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    try:
+        seconds = parse_whole(raw) if isinstance(raw, str) and len(raw) <= 12 else 0
+    except ValueError:
+        seconds = 0
+    if seconds < 1:
+        raise InvalidInput(f"ttl must be a whole number of seconds from 1 to {MAX_TTL}")
+    return seconds
+
+
 HOSTNAME_LENGTH = 12
 HOSTNAME_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 HOSTNAME_RE = re.compile(rf"^[0-9a-z]{{{HOSTNAME_LENGTH}}}$", re.ASCII)
@@ -70,7 +97,7 @@ def _text(field: str, value: object) -> str:
 
 def validate_image(value: object) -> str:
     image = _text("image", value)
-    if len(image) > NAME_TOTAL_LENGTH_MAX + 200:
+    if len(image) > IMAGE_MAX_LENGTH:
         raise InvalidInput("image reference is too long")
     match = IMAGE_RE.fullmatch(image)
     if not match:

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from tests.support import ROOT, wait_for
+from testkit.support import ROOT, wait_for
 
 #: The images' user (Dockerfile.api, Dockerfile.worker, Dockerfile.proxy).
 APP_UID = 10001

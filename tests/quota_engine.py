@@ -7,10 +7,10 @@ overlay2 on ext4, which refuses such a container, and their kernel has no XFS qu
 the limit is proved on btrfs, whose quota groups the kernel has. What the ``quota_engine``
 fixture builds (module scope) and always tears down:
 
-- a folder ``/tmp/smq-<hex>`` (with the ``owner`` file of tests/netns.py) holding a sparse 1 GiB
+- a folder ``/tmp/smq-<hex>`` (with the ``owner`` file of testkit/netns.py) holding a sparse 1 GiB
   file formatted with ``mkfs.btrfs`` and loop-mounted on ``data/``;
 - a network namespace ``smq<hex>`` (veth in a random ``10.76.<n>.0/24``): a second dockerd in the
-  host's namespace would fight the main engine over ``docker0`` (tests/netns.py);
+  host's namespace would fight the main engine over ``docker0`` (testkit/netns.py);
 - ``dockerd --storage-driver btrfs`` with that ``data/`` as its data-root, in the namespace;
 - the busybox test image, copied from the main engine.
 
@@ -32,10 +32,10 @@ import docker
 import docker.errors
 import pytest
 
-from tests import netns
+from testkit import netns
 
 PREFIX = "smq"
-SUBNETS = "10.76"  # 10.78.x: the TLS engine (tests/tls_engine.py); 10.79.x: the Swarm worker
+SUBNETS = "10.76"  # 10.78.x: the TLS engine (testkit/tls_engine.py); 10.79.x: the Swarm worker
 REQUIRED_TOOLS = ("ip", "nsenter", "dockerd", "docker", "mount", "umount", "truncate", "mkfs.btrfs")
 FS_SIZE = "1G"  # sparse: it takes only what the test writes
 

@@ -24,8 +24,8 @@ leaves it. A Swarm this code did not make is never touched: the fixture fails an
 Other runs that are alive are left alone: each writes an ``owner`` file with its pid and
 process start time before it creates anything.
 
-The namespace, dockerd, ownership and cleanup helpers are tests/netns.py's, shared with the
-mutual-TLS engine of tests/tls_engine.py.
+The namespace, dockerd, ownership and cleanup helpers are testkit/netns.py's, shared with the
+mutual-TLS engine of testkit/tls_engine.py.
 """
 
 from __future__ import annotations
@@ -42,11 +42,11 @@ import docker
 import docker.errors
 import pytest
 
-from tests import netns
-from tests.support import wait_for
+from testkit import netns
+from testkit.support import wait_for
 
 PREFIX = "smsw"
-SUBNETS = "10.79"  # 10.78.x is the TLS engine's (tests/tls_engine.py)
+SUBNETS = "10.79"  # 10.78.x is the TLS engine's (testkit/tls_engine.py)
 WORKER_HOSTNAME = "node1"
 GWBRIDGE = "docker_gwbridge"
 REQUIRED_TOOLS = ("ip", "nsenter", "unshare", "dockerd", "docker", "umount", "sh")

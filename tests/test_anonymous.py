@@ -27,8 +27,8 @@ from api.anonymous import client_key
 from shared.pool import ANONYMOUS_USER
 from shared.settings import Settings
 from shared.status import Status
-from tests.conftest import Stack, base_env
-from tests.support import ApiServer, RedisServer, unique_instance, wait_for
+from testkit.stack import Stack, base_env
+from testkit.support import ApiServer, RedisServer, unique_instance, wait_for
 
 ADMIN_TOKEN = "adm-" + secrets.token_urlsafe(24)
 PER_ADDRESS, RATE, TOTAL = 2, 4, 5

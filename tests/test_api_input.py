@@ -19,11 +19,11 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from api import create_app
-from api.routes import MAX_LIFETIME
+from api.models import MAX_LIFETIME
 from shared.settings import Settings
 from shared.store import Store, connect
-from tests.conftest import base_env
-from tests.support import RedisServer, unique_instance
+from testkit.stack import base_env
+from testkit.support import RedisServer, unique_instance
 
 SEED_FIELDS = ["hostname", "domainname", "image", "url", "container_id", "status", "start_time", "user"]
 RFC3339_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$")

@@ -11,8 +11,8 @@ from werkzeug.test import TestResponse
 
 from api import create_app
 from shared.settings import Settings
-from tests.conftest import base_env
-from tests.support import RedisServer, free_port, unique_instance
+from testkit.stack import base_env
+from testkit.support import RedisServer, free_port, unique_instance
 
 HOSTNAME = "ki60dje40khk"
 

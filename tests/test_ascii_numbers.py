@@ -17,7 +17,7 @@ import pytest
 from shared.errors import ConfigError
 from shared.profiles import parse_cpus, parse_profiles, parse_size
 from shared.settings import Settings
-from tests.conftest import Stack
+from testkit.stack import Stack
 
 # The code point of each script's zero: its digits follow it, as ASCII's follow "0".
 ZEROS = {

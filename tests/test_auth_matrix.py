@@ -27,8 +27,8 @@ from werkzeug.test import TestResponse
 from shared.errors import ConfigError
 from shared.settings import Settings
 from shared.status import Status
-from tests.conftest import Stack, base_env
-from tests.support import RedisServer, unique_instance
+from testkit.stack import Stack, base_env
+from testkit.support import RedisServer, unique_instance
 
 ADMIN_TOKEN = "adm-" + secrets.token_urlsafe(24)
 SECRET_KEY = secrets.token_urlsafe(32)

@@ -1,8 +1,8 @@
 """Thebe, Binder and tmpnb clients in a real browser (api/binder.py), as a reader of a book's page meets them.
 
-thebe 0.9.3 from npm (tests/thebe_site.py) in Debian's chromium, on pages served from a loopback
+thebe 0.9.3 from npm (testkit/thebe_site.py) in Debian's chromium, on pages served from a loopback
 port of their own (another origin than the API's), against the API as `make run` serves it
-(gunicorn's gevent workers), a real worker, the real Jupyter Notebook image (tests/jupyter_image.py)
+(gunicorn's gevent workers), a real worker, the real Jupyter Notebook image (testkit/jupyter_image.py)
 and configurable-http-proxy routing ``http://<hostname>.localhost:<port>/`` to each notebook, with
 authentication on and no token anywhere on the pages: every launch is anonymous. Nothing but
 loopback is reachable from the browser.
@@ -30,9 +30,10 @@ import requests
 
 from shared.pool import ANONYMOUS_USER, Pool
 from shared.status import Status
-from tests.conftest import Stack
-from tests.support import ApiServer, wait_for
-from tests.thebe_site import BINDER, SERVER, TMPNB, PageServer, chromium, install_thebe, open_page, page, proxy
+from testkit.chp import running_chp
+from testkit.stack import Stack
+from testkit.support import ApiServer, wait_for
+from testkit.thebe_site import BINDER, SERVER, TMPNB, PageServer, chromium, install_thebe, open_page, page
 
 ADMIN_TOKEN = "adm-" + secrets.token_urlsafe(24)
 #: Two spellings of the one Jupyter image: the first is pooled, the second (the same image, not the
@@ -91,7 +92,7 @@ def site(
     profiles.write_text(PROFILES.format(image=jupyter_image, refused=images["httpd"]))
     pages = PageServer(lib).start()
     try:
-        with proxy(work) as chp, chromium() as browser:
+        with running_chp(work) as chp, chromium() as browser:
             port = urlsplit(chp.public_url).port
             stack = stack_factory(
                 "thebe",

@@ -18,8 +18,8 @@ import pytest
 import requests
 
 from shared.status import Status
-from tests.conftest import base_env
-from tests.support import ROOT, VENV_BIN, free_port, wait_for
+from testkit.stack import base_env
+from testkit.support import ROOT, VENV_BIN, free_port, wait_for
 
 CLI = VENV_BIN / "swarm-manager"
 MISSING_IMAGE = "swarm-manager-test/missing:1"

@@ -380,5 +380,5 @@ def test_proxy_image_and_dockerignore() -> None:
     assert "build-ca" not in " ".join(args for keyword, args in final if keyword in ("COPY", "RUN"))
     assert any(keyword == "HEALTHCHECK" for keyword, _ in final)
     ignore = (ROOT / ".dockerignore").read_text().split()
-    for entry in (".venv", ".git", ".state", "tests", "certs", "secrets"):
+    for entry in (".venv", ".git", ".state", "tests", "testkit", "certs", "secrets"):
         assert entry in ignore, f".dockerignore does not exclude {entry}"

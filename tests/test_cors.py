@@ -13,8 +13,8 @@ from flask import Flask
 from api import create_app
 from shared.errors import ConfigError
 from shared.settings import Settings
-from tests.conftest import base_env
-from tests.support import RedisServer, unique_instance
+from testkit.stack import base_env
+from testkit.support import RedisServer, unique_instance
 
 ADMIN_TOKEN = "adm-" + secrets.token_urlsafe(24)
 BEARER = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

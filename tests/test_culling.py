@@ -12,7 +12,7 @@ import requests
 from shared.pool import ANONYMOUS_USER
 from shared.record import parse_rfc3339
 from shared.status import Status
-from tests.support import make_reconciler, wait_for
+from testkit.support import make_reconciler, wait_for
 from worker.activity import last_activity
 
 

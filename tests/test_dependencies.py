@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from tests.support import ROOT
+from testkit.support import ROOT
 
 PRODUCT = ("api", "shared", "worker", "cli")
 #: The project's own packages and the standard library are not dependencies.
-OWN = set(PRODUCT) | {"tests", "bench"}
+OWN = set(PRODUCT) | {"tests", "bench", "testkit"}
 
 
 def canonical(name: str) -> str:
@@ -42,16 +42,20 @@ def requirements(source: str) -> list[Requirement]:
     return out
 
 
-def imported_modules() -> set[str]:
+def top_level_imports(packages: tuple[str, ...]) -> set[str]:
     found: set[str] = set()
-    for package in PRODUCT:
+    for package in packages:
         for path in (ROOT / package).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text(), str(path))):
                 if isinstance(node, ast.Import):
                     found.update(alias.name.split(".")[0] for alias in node.names)
                 elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                     found.add(node.module.split(".")[0])
-    return {m for m in found if m not in OWN and m not in sys.stdlib_module_names}
+    return found
+
+
+def imported_modules() -> set[str]:
+    return {m for m in top_level_imports(PRODUCT) if m not in OWN and m not in sys.stdlib_module_names}
 
 
 def test_every_third_party_import_is_a_declared_runtime_dependency() -> None:
@@ -128,3 +132,9 @@ def test_layers_import_only_what_they_need(module: str, kept_out: tuple[str, ...
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [], f"importing {module} brings in {done.stdout.split()}"
+
+
+@pytest.mark.parametrize("package", ["bench", "testkit", *PRODUCT])
+def test_only_tests_import_tests(package: str) -> None:
+    """The benchmarks take what they share with the tests from testkit/, as the tests do."""
+    assert "tests" not in top_level_imports((package,)), f"{package}/ imports from tests/"

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from shared.settings import Settings
+from testkit.support import unique_instance
 from tests.quota_engine import QuotaEngine, quota_engine  # noqa: F401
-from tests.support import unique_instance
 from worker.containers import ContainerEngine
 from worker.engine import NotebookSpec
 

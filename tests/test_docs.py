@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cli.docs import TARGET, configuration_markdown
 from shared.settings import documented_settings
-from tests.support import ROOT
+from testkit.support import ROOT
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 

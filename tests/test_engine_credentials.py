@@ -1,7 +1,7 @@
 """Engine credentials: expired certificates fail closed, with a clear error, and no certificate
 path or content ever reaches a record, a log line or an API answer.
 
-Against the real mutual-TLS engine in a network namespace (tests/tls_engine.py), whose CA also
+Against the real mutual-TLS engine in a network namespace (testkit/tls_engine.py), whose CA also
 signed two certificates that expired in 2020: a client one (the engine must refuse it) and a
 server one (the client must refuse an engine that presents it).
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from typing import Any
 
 import pytest
@@ -17,9 +18,9 @@ import pytest
 from shared.errors import EngineError
 from shared.settings import Settings
 from shared.status import Status
+from testkit.tls_engine import TlsEngine
 from tests.test_tls_engine import CA_BUNDLE_ENV, mine, tls_env
-from tests.tls_engine import TlsEngine
-from worker.engine import make_client
+from worker.engine import engine_call, make_client
 
 FINAL = {Status.ACTIVE, Status.FAILED}
 
@@ -32,12 +33,12 @@ def settings_for(engine: TlsEngine, cert_path: Any) -> Settings:
 
 def connect_error(settings: Settings) -> EngineError:
     began = time.monotonic()
-    with pytest.raises(EngineError) as caught:
-        client = make_client(settings)
-        try:
-            client.ping()  # if the client was made without asking the engine anything
-        finally:
-            client.close()
+    with (
+        closing(make_client(settings)) as client,
+        pytest.raises(EngineError) as caught,
+        engine_call("pinging the engine"),
+    ):
+        client.ping()  # the first request: making the client asks the engine nothing
     assert time.monotonic() - began < 15, "a TLS failure is permanent: no retrying"
     return caught.value
 

@@ -21,8 +21,8 @@ from shared.settings import Settings
 from shared.status import Status
 from shared.store import PROGRESS_EVENT, Store, parse_event
 from shared.streams import StreamSlots
-from tests.conftest import base_env
-from tests.support import ApiServer, free_port, unique_instance, wait_for
+from testkit.stack import base_env
+from testkit.support import ApiServer, free_port, unique_instance, wait_for
 
 MISSING_IMAGE = "swarm-manager-test/not-built:1"
 READ_TIMEOUT = 40  # longer than the server's 15 s keep-alive: a silent stream is a broken one

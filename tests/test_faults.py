@@ -1,6 +1,6 @@
 """Fault injection on real parts: a worker killed mid-spawn, Redis restarted under load.
 
-Each test checks the same invariants (tests.faults.check_outcome): every spawn ends ACTIVE
+Each test checks the same invariants (testkit.faults.check_outcome): every spawn ends ACTIVE
 or FAILED, no record is lost, an ACTIVE notebook has exactly one running container and a
 FAILED or REMOVED one has none.
 """
@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from shared.status import Status
-from tests.faults import check_outcome, settle
-from tests.support import BeatProcess, RedisServer, WorkerProcess, wait_for
+from testkit.faults import check_outcome, settle
+from testkit.support import BeatProcess, RedisServer, WorkerProcess, wait_for
 from worker.containers import ContainerEngine
 from worker.readiness import http_status
 from worker.reconciler import Reconciler

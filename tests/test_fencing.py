@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from shared.status import Status
-from tests.support import make_reconciler, wait_for
+from testkit.support import make_reconciler, wait_for
 from worker.containers import ContainerEngine
 from worker.engine import NotebookSpec, Placement
 from worker.readiness import answers_http

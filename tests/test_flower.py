@@ -16,7 +16,7 @@ import requests
 
 from shared.status import Status
 from shared.tasknames import SPAWN_TASK
-from tests.support import VENV_BIN, WorkerProcess, free_port, wait_for
+from testkit.support import VENV_BIN, WorkerProcess, free_port, wait_for
 
 FLOWER_USER, FLOWER_PASSWORD = "ops", "flower-test-password"
 

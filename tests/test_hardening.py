@@ -21,7 +21,7 @@ import pytest
 from shared.errors import EngineError
 from shared.settings import Settings
 from shared.status import Status
-from tests.support import wait_for
+from testkit.support import unreachable_client, wait_for
 from tests.swarm_cluster import SwarmCluster, swarm  # noqa: F401
 from worker.engine import NotebookSpec
 from worker.hardening import container_options, service_resources
@@ -209,11 +209,8 @@ def test_service_spec_is_hardened_without_an_engine() -> None:
 
 
 def test_service_spawn_with_a_disk_limit_fails_at_once() -> None:
-    def no_engine() -> Any:
-        raise AssertionError("the limit is refused before any engine call")
-
     settings = Settings.from_env({"NOTEBOOK_DISK_LIMIT": "10g"})
-    engine = ServiceEngine(no_engine, settings)
+    engine = ServiceEngine(unreachable_client(), settings)  # the limit is refused before any engine call
     with pytest.raises(EngineError, match=r"NOTEBOOK_DISK_LIMIT .* StorageOpt"):
         engine.start(NotebookSpec("h00000000001", "img", "u", "d", 8888, "x"))
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support import ApiServer, wait_for
+from testkit.support import ApiServer, wait_for
 
 
 @pytest.fixture

@@ -22,7 +22,8 @@ import pytest
 from shared.errors import ImageNotAllowed
 from shared.limits import Allowlist, normalize
 from shared.status import Status
-from tests.conftest import Stack
+from testkit.stack import Stack
+from testkit.support import unreachable_client
 from worker.containers import ContainerEngine
 from worker.spawner import Spawner
 
@@ -187,7 +188,7 @@ def test_a_named_id_spawned_through_the_api_runs_nothing_either(named: Stack, in
 )
 def test_both_backends_get_the_canonical_reference(named: Stack, image: str, canonical: str) -> None:
     """worker/containers.py and worker/services.py create from ``spec.image``: the spawner sets it."""
-    engine = ContainerEngine(lambda: pytest.fail("spec_for must not call the engine"), named.settings)
+    engine = ContainerEngine(unreachable_client(), named.settings)  # spec_for must not call the engine
     spawner = Spawner(named.store, engine, named.settings)
     record = named.store.create(image=image, user="spec", domain=named.settings.domain)
     named.created.append(record.hostname)

@@ -25,7 +25,7 @@ import requests
 from shared.errors import EngineError
 from shared.settings import Settings
 from shared.status import Status
-from tests.support import LABEL_INSTANCE, cleanup_engine, unique_instance
+from testkit.support import LABEL_INSTANCE, cleanup_engine, unique_instance
 from worker.containers import ContainerEngine
 from worker.engine import NotebookSpec
 from worker.hardening import ICC_OPTION

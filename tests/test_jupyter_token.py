@@ -1,4 +1,4 @@
-"""Each notebook's own token, against a REAL Jupyter Notebook server (tests/jupyter_image.py).
+"""Each notebook's own token, against a REAL Jupyter Notebook server (testkit/jupyter_image.py).
 
 The image is Debian's Jupyter Notebook 6.4 with no token flag in its CMD, so the server takes
 the token from JUPYTER_TOKEN, which the worker sets from the record's internal ``_token``. The
@@ -22,8 +22,8 @@ import requests
 from api.auth import BEARER, USER, Caller
 from api.routes import public_record
 from shared.status import Status
-from tests.conftest import Stack
-from tests.support import make_reconciler, wait_for
+from testkit.stack import Stack
+from testkit.support import make_reconciler, wait_for
 from worker.activity import last_activity
 
 FINAL = {Status.ACTIVE, Status.FAILED}

@@ -22,8 +22,8 @@ from shared.pool import POOL_USER, Pool
 from shared.settings import Settings
 from shared.status import Status
 from shared.store import Store, connect
-from tests.conftest import Stack, base_env
-from tests.support import ApiServer, RedisServer, unique_instance
+from testkit.stack import Stack, base_env
+from testkit.support import ApiServer, RedisServer, unique_instance
 
 DIGEST = "sha256:" + "ab" * 32
 OTHER_DIGEST = "sha256:" + "cd" * 32

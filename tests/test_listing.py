@@ -15,7 +15,7 @@ from shared.record import Notebook
 from shared.settings import Settings
 from shared.status import Status
 from shared.store import Store
-from tests.support import wait_for
+from testkit.support import wait_for
 
 PREFIX = "listing:"
 

@@ -18,7 +18,7 @@ from shared.locks import RerunLock
 from shared.pool import Pool
 from shared.record import parse_rfc3339
 from shared.status import Status
-from tests.support import BeatProcess, RedisServer, make_reconciler, unique_instance, wait_for
+from testkit.support import BeatProcess, RedisServer, make_reconciler, unique_instance, wait_for
 
 
 @pytest.fixture

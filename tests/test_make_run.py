@@ -28,7 +28,7 @@ import pytest
 import requests
 
 from shared.status import SETTLED, Status
-from tests.support import ROOT, cleanup_engine, free_port, fresh_clone, unique_instance, wait_for
+from testkit.support import ROOT, cleanup_engine, free_port, fresh_clone, unique_instance, wait_for
 from tests.test_dependencies import canonical, pins
 
 #: Packages of the test and lint set (requirements-dev.txt) that must not be in the runtime venv.

@@ -25,12 +25,12 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from api import create_app
-from shared.auth import control_channel, revoked_message
 from shared.settings import Settings
 from shared.status import Status
 from shared.store import Store
-from tests.conftest import base_env
-from tests.support import ROOT, ApiServer, RedisServer, free_port, unique_instance, wait_for
+from shared.tokenstore import control_channel, revoked_message
+from testkit.stack import base_env
+from testkit.support import ROOT, ApiServer, RedisServer, free_port, unique_instance, wait_for
 
 ADMIN_TOKEN = "adm-" + secrets.token_urlsafe(24)
 CSRF_INPUT = re.compile(r'<input type="hidden" name="csrf_token" value="([^"]+)">')

@@ -20,7 +20,7 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Dialog, Page, expect, sync_playwright
 
 from shared.status import Status
-from tests.support import ROOT, ApiServer
+from testkit.support import ROOT, ApiServer
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

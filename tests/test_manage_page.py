@@ -17,8 +17,8 @@ from shared.settings import Settings
 from shared.status import Status
 from shared.store import Store, connect
 from shared.validation import validate_image
-from tests.conftest import base_env
-from tests.support import RedisServer, unique_instance
+from testkit.stack import base_env
+from testkit.support import RedisServer, unique_instance
 
 
 @dataclass

@@ -30,7 +30,7 @@ import redis
 import requests
 from flask.testing import FlaskClient
 
-from tests.support import ApiServer, RedisServer, free_port, wait_for
+from testkit.support import ApiServer, RedisServer, free_port, wait_for
 from tests.test_manage_auth import (
     ADMIN_TOKEN,
     CHROMIUM,

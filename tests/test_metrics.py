@@ -20,8 +20,8 @@ from shared.settings import Settings
 from shared.status import Status
 from shared.store import Store
 from shared.tasknames import QUEUE_NAME
-from tests.conftest import base_env
-from tests.support import free_port, unique_instance
+from testkit.stack import base_env
+from testkit.support import free_port, unique_instance
 
 MISSING_IMAGE = "swarm-manager-test/missing:1"
 

@@ -20,8 +20,8 @@ from werkzeug.test import TestResponse
 from api import create_app
 from shared.settings import Settings
 from shared.store import Store, connect
-from tests.conftest import base_env
-from tests.support import RedisServer, unique_instance
+from testkit.stack import base_env
+from testkit.support import RedisServer, unique_instance
 
 ADMIN_TOKEN = "no-store-admin-" + secrets.token_hex(16)
 AS_ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

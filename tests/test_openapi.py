@@ -16,6 +16,7 @@ import redis
 import schemathesis
 from flask import Flask
 from hypothesis import HealthCheck, given, settings
+from jsonschema_rs import Draft202012Validator
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi.checks import (
@@ -26,13 +27,15 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from api import create_app
-from api.openapi import DOCUMENT, document
-from api.routes import SPAWN_FIELDS
+from api.models import SPAWN_FIELDS
+from api.openapi import DOCUMENT, build, document
 from shared.record import Notebook
 from shared.settings import Settings
 from shared.status import Status
-from tests.conftest import base_env
-from tests.support import RedisServer, unique_instance
+from shared.validation import validate_image
+from testkit.stack import base_env
+from testkit.support import RedisServer, unique_instance
+from tests.test_validation import INVALID_IMAGES, SHA, VALID_IMAGES
 
 #: Routes that are not part of the JSON API: the HTML page and its forms, static files, the document itself.
 UNDOCUMENTED = re.compile(r"^/(manage|static|openapi\.json)(/|$)")
@@ -123,7 +126,7 @@ def test_status_enum_and_record_fields_match_the_code() -> None:
 
 def test_the_documented_ttl_cap_and_no_store_are_the_codes() -> None:
     from api import SECRET_BEARING
-    from api.routes import MAX_LIFETIME
+    from api.models import MAX_LIFETIME
 
     doc = document()
     ttl = doc["components"]["schemas"]["SpawnRequest"]["properties"]["ttl"]
@@ -177,6 +180,48 @@ def test_a_record_as_served_has_the_documented_fields_in_order(app: Flask) -> No
         http.post("/spawn", json={"image": "busybox", "user": "openapi", "ttl": 60.5}, headers=AS_ADMIN).status_code
         == 400
     )
+
+
+def test_the_document_is_what_the_code_makes() -> None:
+    assert DOCUMENT.read_text() == build(), "api/openapi.json is stale: run `make docs`"
+
+
+#: Spellings the API accepts that an earlier, hand-written document refused (a registry with a
+#: port, a digest, a double underscore), and every image reference tests/test_validation.py holds valid.
+ACCEPTED_IMAGES = ["registry.example:5000/x:1", f"python@{SHA}", "a__b", *VALID_IMAGES]
+
+
+def spawn_schemas(doc: dict[str, Any]) -> dict[str, Any]:
+    """The document's request body schemas of POST /spawn, by content type, references resolved."""
+    content = resolve(doc, doc["paths"]["/spawn"])["post"]["requestBody"]["content"]
+    return {mimetype: resolve(doc, body["schema"]) for mimetype, body in content.items()}
+
+
+@pytest.mark.parametrize("image", ACCEPTED_IMAGES)
+def test_the_document_accepts_every_image_the_api_accepts(image: str) -> None:
+    assert validate_image(image) == image
+    for mimetype, schema in spawn_schemas(document()).items():
+        errors = list(Draft202012Validator(schema).iter_errors({"image": image, "user": "alice"}))
+        assert errors == [], (mimetype, [e.message for e in errors])
+
+
+#: What the document cannot say with a pattern, so only the API refuses it (a 400): the engine's
+#: limit on the name part alone.
+NOT_IN_THE_PATTERN = {"name over 255", "name over 255 with path"}
+REFUSED_BY_THE_PATTERN = [(why, image) for why, image in INVALID_IMAGES if why not in NOT_IN_THE_PATTERN]
+
+
+@pytest.mark.parametrize(("why", "image"), REFUSED_BY_THE_PATTERN, ids=[w for w, _ in REFUSED_BY_THE_PATTERN])
+def test_the_document_refuses_images_the_api_refuses(why: str, image: str) -> None:
+    for mimetype, schema in spawn_schemas(document()).items():
+        assert not Draft202012Validator(schema).is_valid({"image": image, "user": "alice"}), mimetype
+
+
+@pytest.mark.parametrize("image", ACCEPTED_IMAGES[:3])
+def test_images_the_document_allows_are_spawned(app: Flask, image: str) -> None:
+    response = app.test_client().post("/spawn", json={"image": image, "user": "openapi"}, headers=AS_ADMIN)
+    assert response.status_code == 202, response.get_data(as_text=True)
+    assert response.get_json()["image"] == image
 
 
 def test_the_document_is_served_as_it_is_kept(app: Flask) -> None:

@@ -21,8 +21,8 @@ from schemathesis.generation.modes import GenerationMode
 from api import create_app
 from shared.settings import Settings
 from shared.status import Status
-from tests.conftest import base_env
-from tests.support import RedisServer, unique_instance
+from testkit.stack import base_env
+from testkit.support import RedisServer, unique_instance
 from tests.test_openapi import CHECKS, _runs
 
 ADMIN_TOKEN = "adm-" + secrets.token_urlsafe(24)

@@ -9,7 +9,7 @@ import requests
 
 from shared.pool import POOL_USER, Pool
 from shared.status import Status
-from tests.support import BeatProcess, make_reconciler, wait_for
+from testkit.support import BeatProcess, make_reconciler, wait_for
 
 
 def test_spawn_takes_a_ready_notebook_and_the_pool_refills(

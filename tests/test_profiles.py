@@ -22,8 +22,8 @@ from shared.profiles import Limits, Profile, load_profiles, parse_cpus, parse_pr
 from shared.settings import Settings
 from shared.status import Status
 from shared.store import Store, connect
-from tests.conftest import base_env
-from tests.support import ROOT, VENV_BIN, RedisServer, unique_instance
+from testkit.stack import base_env
+from testkit.support import ROOT, VENV_BIN, RedisServer, unique_instance, unreachable_client
 from worker.containers import ContainerEngine
 from worker.spawner import Spawner
 
@@ -367,7 +367,7 @@ def test_limits_over_the_maximum_or_not_allowed_are_refused(papi: ProfileApi) ->
 def test_the_worker_builds_the_spec_from_the_profile(papi: ProfileApi, tmp_path: Path) -> None:
     profiles = load_profiles(write(tmp_path, API_PROFILES))
     # spec_for reads only the record and the store: an engine call here would be a bug.
-    engine = ContainerEngine(lambda: pytest.fail("spec_for must not call the engine"), papi.settings)
+    engine = ContainerEngine(unreachable_client(), papi.settings)
     spawner = Spawner(papi.store, engine, papi.settings, profiles=profiles)
 
     code, body = papi.spawn(image="smtest/tensorflow-notebook:1", mem_limit="3g")

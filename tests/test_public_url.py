@@ -13,8 +13,8 @@ from shared.errors import ConfigError
 from shared.public_url import notebook_url, public_url
 from shared.settings import Settings
 from shared.status import Status
-from tests.conftest import base_env
-from tests.support import ROOT, VENV_BIN, free_port
+from testkit.stack import base_env
+from testkit.support import ROOT, VENV_BIN, free_port
 
 BAD = {
     "http://notebooks.example.org/": "has no {hostname}",

@@ -17,7 +17,7 @@ from kombu.transport import redis as kombu_redis
 
 from shared.queue import RedisChannel, SentinelChannel, make_celery
 from shared.settings import Settings
-from tests.support import RedisServer, unique_instance
+from testkit.support import RedisServer, unique_instance
 from tests.test_dependencies import pins
 
 #: What the overrides call or replace on kombu's channel, with the parameters they pass.

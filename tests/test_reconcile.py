@@ -11,8 +11,8 @@ import pytest
 import requests
 
 from shared.status import Status
-from tests.support import BeatProcess, wait_for
-from tests.support import make_reconciler as reconciler
+from testkit.support import BeatProcess, wait_for
+from testkit.support import make_reconciler as reconciler
 from worker.containers import ContainerEngine
 from worker.engine import NotebookSpec
 from worker.spawner import Spawner

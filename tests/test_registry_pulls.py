@@ -1,4 +1,4 @@
-"""Images from a real registry (Debian's docker-registry on loopback, tests/registry.py): a real worker
+"""Images from a real registry (Debian's docker-registry on loopback, testkit/registry.py): a real worker
 pulls them as PULL_POLICY says, with progress events, one pull per image however many spawns ask,
 private-registry credentials that never show anywhere, and the registry's refusals in seconds.
 
@@ -25,8 +25,8 @@ import pytest
 
 from shared.status import Status
 from shared.store import Event
-from tests.registry import Registry
-from tests.support import ApiServer, wait_for
+from testkit.registry import Registry
+from testkit.support import ApiServer, wait_for
 from tests.test_events import Stream
 
 FINAL = {Status.ACTIVE, Status.FAILED}

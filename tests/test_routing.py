@@ -8,63 +8,21 @@ started here with ``--host-routing`` on free loopback ports with its own API tok
 from __future__ import annotations
 
 import os
-import secrets
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from shared.settings import Settings
 from shared.status import Status
-from tests.support import ROOT, free_port, wait_for
+from testkit.chp import CHP_BIN, Chp, running_chp
+from testkit.support import free_port, wait_for
 from worker.containers import ContainerEngine
 from worker.proxy import DATA_HOSTNAME, DATA_INSTANCE, Proxy
 from worker.reconciler import Reconciler
 from worker.spawner import Spawner
 
 FINAL = {Status.ACTIVE, Status.FAILED}
-CHP_BIN = ROOT / ".state" / "chp" / "node_modules" / ".bin" / "configurable-http-proxy"
-
-
-@dataclass
-class Chp:
-    """A running CHP: its public and API URLs and token, and a session that talks to it directly."""
-
-    public_url: str
-    api_url: str
-    token: str
-    log: Path
-    proc: subprocess.Popen[bytes]
-    session: requests.Session
-
-    def env(self) -> dict[str, str]:
-        """The settings that point a stack at this proxy."""
-        return {"PROXY_API_URL": self.api_url, "PROXY_AUTH_TOKEN": self.token, "PROXY_PUBLIC_URL": self.public_url}
-
-    def routes(self) -> dict[str, Any]:
-        response = self.session.get(f"{self.api_url}/api/routes", headers=self._auth(), timeout=5)
-        response.raise_for_status()
-        return dict(response.json())
-
-    def get(self, host: str, path: str = "/") -> requests.Response:
-        """A request to the public side, as a browser would send one for ``http://<host>/``."""
-        return self.session.get(self.public_url + path, headers={"Host": host}, timeout=5, allow_redirects=False)
-
-    def add(self, path: str, data: dict[str, str]) -> None:
-        self.session.post(f"{self.api_url}/api/routes{path}", json=data, headers=self._auth(), timeout=5)
-
-    def delete(self, path: str) -> None:
-        self.session.delete(f"{self.api_url}/api/routes{path}", headers=self._auth(), timeout=5)
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-    def _auth(self) -> dict[str, str]:
-        return {"Authorization": f"token {self.token}"}
 
 
 @pytest.fixture(scope="module")
@@ -75,41 +33,8 @@ def chp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chp]:
             "installs it from the npm registry",
             pytrace=False,
         )
-    port, api_port = free_port(), free_port()
-    token = secrets.token_hex(16)
-    log = tmp_path_factory.mktemp("chp") / "chp.log"
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [
-                *[str(CHP_BIN), "--host-routing", "--ip", "127.0.0.1", "--port", str(port)],
-                *["--api-ip", "127.0.0.1", "--api-port", str(api_port)],
-            ],
-            env={**os.environ, "CONFIGPROXY_AUTH_TOKEN": token},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    session = requests.Session()
-    session.trust_env = False  # straight to loopback, whatever proxy variables the shell has
-    proxy = Chp(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{api_port}", token, log, proc, session)
-    try:
-
-        def answers() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"CHP exited with {proc.returncode}:\n{proxy.log_tail()}")
-            return proxy.routes() is not None
-
-        wait_for(answers, 30, f"CHP's API on port {api_port}", 0.1)
+    with running_chp(tmp_path_factory.mktemp("chp")) as proxy:
         yield proxy
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        session.close()
 
 
 @pytest.fixture(scope="module")

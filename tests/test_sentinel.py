@@ -1,6 +1,6 @@
 """Redis Sentinel: the settings, and every process following a failover on a real cluster.
 
-The cluster (tests/redis_sentinel.py) is Debian's redis-server and redis-sentinel on loopback: a
+The cluster (testkit/redis_sentinel.py) is Debian's redis-server and redis-sentinel on loopback: a
 master, a replica and three sentinels. The fault test runs the API (gunicorn), a Celery worker and
 beat as real processes against the real Docker engine, and SIGKILLs the master in the middle of a
 burst of spawns and kills.
@@ -24,8 +24,8 @@ from shared.settings import RedisTarget, Settings
 from shared.status import Status
 from shared.store import Store, connect
 from shared.streams import StreamSlots
-from tests.redis_sentinel import MASTER_NAME, FailoverStack, SentinelCluster
-from tests.support import unique_instance, wait_for
+from testkit.redis_sentinel import MASTER_NAME, FailoverStack, SentinelCluster
+from testkit.support import unique_instance, wait_for
 
 SENTINELS = {"REDIS_SENTINELS": "s1:26379,s2:26380,s3", "REDIS_MASTER": "mymaster"}
 

@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from shared.status import Status
-from tests.support import wait_for
+from testkit.support import wait_for
 
 FINAL = {Status.ACTIVE, Status.FAILED}
 

@@ -9,7 +9,7 @@ from typing import Any
 import requests
 
 from shared.status import Status
-from tests.support import wait_for
+from testkit.support import wait_for
 
 FINAL = {Status.ACTIVE, Status.FAILED}
 
@@ -149,20 +149,17 @@ def test_a_repeated_start_takes_the_container_an_earlier_attempt_made(stack: Any
 
 def test_an_unreachable_engine_is_a_retryable_error_for_every_call() -> None:
     """docker-py lets requests' ConnectionError through unwrapped: it must still become EngineUnavailable."""
-    import docker
     import pytest
 
     from shared.errors import EngineUnavailable
     from shared.settings import Settings
+    from testkit.support import unreachable_client
     from worker.containers import ContainerEngine
     from worker.engine import NotebookSpec
     from worker.services import ServiceEngine
 
-    settings = Settings.from_env({"DOCKER_HOST": "tcp://127.0.0.1:1"})  # loopback, nothing listens
-
-    def client() -> docker.DockerClient:  # a fixed API version: no request until the first call
-        return docker.DockerClient(base_url=settings.docker_host, version="1.41", timeout=2)
-
+    settings = Settings.from_env({})
+    client = unreachable_client()  # made without asking the engine anything
     spec = NotebookSpec("unreachable1", "img", "u", "nb.test", 8888, settings.instance)
     for engine in (ContainerEngine(client, settings), ServiceEngine(client, settings)):
         with pytest.raises(EngineUnavailable, match="unreachable"):

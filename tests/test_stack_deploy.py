@@ -3,7 +3,7 @@
 The Swarm is tests/swarm_cluster.py's: the main engine as manager on a veth address (10.79.x.1) and
 ``node1``, a dockerd in a network namespace (10.79.x.2), as worker. On the manager run:
 
-- a registry (tests/registry.py, Debian's docker-registry) on the manager's veth address with TLS,
+- a registry (testkit/registry.py, Debian's docker-registry) on the manager's veth address with TLS,
   trusted by both engines through /etc/docker/certs.d; the images of tests/deploy_images.py are
   pushed there and the stack names them there, so node1 gets them only by pulling;
 - the manager's mutual-TLS endpoint the workers use as DOCKER_HOST (a Swarm manager exposes one; the
@@ -34,13 +34,13 @@ import docker
 import docker.errors
 import pytest
 
-from tests import netns
+from testkit import netns
+from testkit.registry import Registry, ensure_packages
+from testkit.support import ROOT, free_port, wait_for
+from testkit.tls_engine import make_certificates
 from tests.deploy_images import DeployImages
 from tests.deployed import Deployed, make_secrets
-from tests.registry import Registry, ensure_packages
-from tests.support import ROOT, free_port, wait_for
 from tests.swarm_cluster import SwarmCluster, SwarmWorker, swarm, swarm_worker  # noqa: F401
-from tests.tls_engine import make_certificates
 
 pytestmark = pytest.mark.timeout(1500)  # the first run on a machine builds the images too
 

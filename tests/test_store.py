@@ -19,7 +19,7 @@ from shared.errors import InvalidTransition, NotFound, StoreUnavailable
 from shared.record import Notebook
 from shared.status import SETTLED, TRANSITIONS, Status
 from shared.store import Store, connect
-from tests.support import free_port
+from testkit.support import free_port
 
 PREFIX = "unit:"
 DOMAIN = "nb.test"

@@ -23,7 +23,7 @@ import requests
 
 from cli.servers import REQUEST_TIMEOUT
 from shared.streams import StreamSlots
-from tests.support import ApiServer, wait_for
+from testkit.support import ApiServer, wait_for
 
 ADMIN_TOKEN = "adm-" + secrets.token_urlsafe(24)
 PER_USER = 20

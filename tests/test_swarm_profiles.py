@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from shared.status import Status
-from tests.support import wait_for
+from testkit.support import wait_for
 from tests.swarm_cluster import SwarmCluster, SwarmWorker, swarm, swarm_worker  # noqa: F401
 from tests.test_swarm_services import answers_200, remove_services, services_of
 

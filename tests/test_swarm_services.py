@@ -28,7 +28,7 @@ from shared.pool import POOL_USER, Pool
 from shared.record import Notebook
 from shared.settings import Settings
 from shared.status import Status
-from tests.support import BeatProcess, wait_for
+from testkit.support import BeatProcess, wait_for
 from tests.swarm_cluster import SwarmCluster, SwarmWorker, swarm, swarm_worker  # noqa: F401
 from worker.backends import AutoEngine, make_engine
 from worker.containers import ContainerEngine
@@ -115,7 +115,7 @@ def spec(stack: Any, image: str, hostname: str, **extra: Any) -> NotebookSpec:
 # -- backend selection without a Swarm ---------------------------------------------------------
 def test_auto_with_the_engine_down_raises_a_retryable_error_and_asks_again(tmp_path: Any) -> None:
     settings = Settings.from_env({"ENGINE_BACKEND": "auto", "DOCKER_HOST": f"unix://{tmp_path}/absent.sock"})
-    engine = make_engine(settings, lambda: make_client(settings))  # talks to nothing yet
+    engine = make_engine(settings, make_client(settings))  # talks to nothing yet
     assert isinstance(engine, AutoEngine)
     with pytest.raises(EngineUnavailable, match="unreachable"):
         engine.inventory()
@@ -240,9 +240,9 @@ def test_auto_detection_picks_services_on_a_manager(
         assert [s["ID"] for s in services_of(swarm.client, auto.settings.instance, h)] == [record.container_id]
         assert auto.containers() and all(c.labels["swarm-manager.hostname"] == h for c in auto.containers())
 
-        engine = make_engine(auto.settings, lambda: swarm.client)
+        engine = make_engine(auto.settings, swarm.client)
         assert isinstance(engine, AutoEngine) and engine.backend == "services"
-        forced = make_engine(replace(auto.settings, engine_backend="containers"), lambda: swarm.client)
+        forced = make_engine(replace(auto.settings, engine_backend="containers"), swarm.client)
         assert isinstance(forced, ContainerEngine)  # the setting overrides what the engine is
     finally:
         remove_services(swarm.client, auto.settings.instance)
@@ -378,7 +378,7 @@ def test_a_swarm_worker_node_is_not_a_services_endpoint(
     swarm_worker: SwarmWorker,  # noqa: F811
 ) -> None:
     # A worker node cannot create services: auto picks plain containers there.
-    engine = make_engine(replace(sstack.settings, engine_backend="auto"), lambda: swarm_worker.client)
+    engine = make_engine(replace(sstack.settings, engine_backend="auto"), swarm_worker.client)
     assert isinstance(engine, AutoEngine) and engine.backend == "containers"
     # Forcing services there is a setting to fix, not an engine outage to retry.
     forced = ServiceEngine(swarm_worker.client, sstack.settings)

@@ -9,6 +9,7 @@ client must verify against DOCKER_CERT_PATH/ca.pem whatever the environment says
 from __future__ import annotations
 
 import time
+from contextlib import closing
 from typing import Any
 
 import pytest
@@ -17,8 +18,8 @@ import requests
 from shared.errors import EngineError
 from shared.settings import Settings
 from shared.status import Status
-from tests.tls_engine import TlsEngine
-from worker.engine import make_client
+from testkit.tls_engine import TlsEngine
+from worker.engine import engine_call, make_client
 
 SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 CA_BUNDLE_ENV = {"REQUESTS_CA_BUNDLE": SYSTEM_BUNDLE, "CURL_CA_BUNDLE": SYSTEM_BUNDLE}
@@ -142,11 +143,11 @@ def test_make_client_rejects_wrong_certificates(
         }
     )
     began = time.monotonic()
-    with pytest.raises(EngineError, match="TLS") as caught:
-        client = make_client(settings)
-        try:
-            client.ping()  # if the client was made without asking the engine anything
-        finally:
-            client.close()
+    with (
+        closing(make_client(settings)) as client,
+        pytest.raises(EngineError, match="TLS") as caught,
+        engine_call("pinging the engine"),
+    ):
+        client.ping()  # the first request: making the client asks the engine nothing
     assert time.monotonic() - began < 15
     assert caught.type is EngineError

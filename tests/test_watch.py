@@ -18,7 +18,7 @@ import pytest
 
 from shared.locks import Lease
 from shared.status import Status
-from tests.support import ROOT, WatchProcess, wait_for
+from testkit.support import ROOT, WatchProcess, wait_for
 from worker.engine import LABEL_HOSTNAME
 
 FAILED = frozenset({Status.FAILED})

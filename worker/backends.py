@@ -9,100 +9,71 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from typing import Any
 
 import docker
-import docker.errors
-import requests
 
 from shared.settings import Settings
 from worker.containers import ContainerEngine
-from worker.engine import Engine, EngineObject, EngineState, NotebookSpec, Placement, classify
-from worker.pulls import Report
+from worker.engine import Engine, engine_call
 from worker.services import ServiceEngine
 
 log = logging.getLogger(__name__)
 
-ClientFactory = Callable[[], docker.DockerClient]
-
 
 def detect_backend(client: docker.DockerClient) -> str:
     """``services`` if the engine is an active Swarm manager, else ``containers``."""
-    try:
+    with engine_call("asking the engine whether it is a Swarm manager"):
         info = client.info()
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-        raise classify(exc, "asking the engine whether it is a Swarm manager") from exc
     swarm = info.get("Swarm") or {}
     if swarm.get("LocalNodeState") == "active" and swarm.get("ControlAvailable"):
         return "services"
     return "containers"
 
 
-def make_engine(settings: Settings, client_factory: ClientFactory) -> Engine:
+def make_engine(settings: Settings, client: docker.DockerClient) -> Engine:
     """The engine for ENGINE_BACKEND. Nothing talks to the engine until the first call."""
     if settings.engine_backend == "containers":
-        return ContainerEngine(client_factory, settings)
+        return ContainerEngine(client, settings)
     if settings.engine_backend == "services":
-        return ServiceEngine(client_factory, settings)
-    return AutoEngine(settings, client_factory)
+        return ServiceEngine(client, settings)
+    return AutoEngine(client, settings)
+
+
+#: What AutoEngine hands on: the Engine protocol's methods, and nothing else (not ``copy``'s or
+#: ``pickle``'s probes, which must not ask the engine anything).
+_ENGINE_METHODS = frozenset(name for name in vars(Engine) if not name.startswith("_"))
 
 
 class AutoEngine:
-    """Decides containers or services on first use, then hands every call to that engine.
+    """The engine ``detect_backend`` picks on first use; every :class:`Engine` call goes to it.
 
     An engine that is down at the first call raises the usual classified error (a retried
     EngineUnavailable) and the question is asked again on the next call.
     """
 
-    def __init__(self, settings: Settings, client_factory: ClientFactory) -> None:
+    def __init__(self, client: docker.DockerClient, settings: Settings) -> None:
+        self.client = client
         self.settings = settings
-        self._factory = client_factory
-        self._client: docker.DockerClient | None = None
-        self._engine: Engine | None = None
-        self._backend = ""
+        self._engine: ContainerEngine | ServiceEngine | None = None
         self._lock = threading.Lock()
+
+    @property
+    def engine(self) -> ContainerEngine | ServiceEngine:
+        with self._lock:  # one engine per process: its puller's single flight covers every spawn
+            if self._engine is None:
+                backend = detect_backend(self.client)
+                log.info("engine backend: %s (ENGINE_BACKEND=auto)", backend)
+                cls = ServiceEngine if backend == "services" else ContainerEngine
+                self._engine = cls(self.client, self.settings)
+            return self._engine
 
     @property
     def backend(self) -> str:
         """``containers`` or ``services`` (asks the engine if not decided yet)."""
-        self.engine  # noqa: B018 - decides
-        return self._backend
+        return "services" if isinstance(self.engine, ServiceEngine) else "containers"
 
-    @property
-    def engine(self) -> Engine:
-        if self._engine is None:
-            with self._lock:
-                if self._engine is None:
-                    if self._client is None:
-                        self._client = self._factory()
-                    backend = detect_backend(self._client)
-                    engine: Engine
-                    if backend == "services":
-                        engine = ServiceEngine(self._client, self.settings)
-                    else:
-                        engine = ContainerEngine(self._client, self.settings)
-                    self._backend = backend
-                    self._engine = engine
-                    log.info("engine backend: %s (ENGINE_BACKEND=auto)", backend)
-        return self._engine
-
-    def inventory(self) -> dict[str, EngineObject]:
-        return self.engine.inventory()
-
-    def pull(self, spec: NotebookSpec, report: Report) -> NotebookSpec:
-        return self.engine.pull(spec, report)
-
-    def start(self, spec: NotebookSpec) -> Placement:
-        return self.engine.start(spec)
-
-    def state(self, spec: NotebookSpec) -> EngineState | None:
-        return self.engine.state(spec)
-
-    def remove(self, spec: NotebookSpec, grace: float | None = None) -> None:
-        self.engine.remove(spec, grace)
-
-    def logs_tail(self, spec: NotebookSpec, lines: int = 20) -> str:
-        return self.engine.logs_tail(spec, lines)
-
-    def changes(self, since: float, until: float) -> Iterator[tuple[str, float]]:
-        return self.engine.changes(since, until)
+    def __getattr__(self, name: str) -> Any:
+        if name not in _ENGINE_METHODS:
+            raise AttributeError(name)
+        return getattr(self.engine, name)

@@ -7,7 +7,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import docker
@@ -22,7 +22,6 @@ from worker.engine import (
     LABEL_INSTANCE,
     EngineObject,
     EngineState,
-    LazyClient,
     NotebookSpec,
     Placement,
     classify,
@@ -47,15 +46,11 @@ WATCHED_EVENTS = ("die", "oom", "destroy")
 
 
 class ContainerEngine:
-    """Notebooks as containers.
+    """Notebooks as containers, on the engine ``client`` talks to (``make_client``'s asks it nothing
+    until the first call)."""
 
-    Takes a Docker client, or a function that makes one: connecting asks the engine for its
-    API version, and an engine that is down (or fails TLS) must surface as an engine error
-    inside a spawn, where it becomes a retry or a FAILED record, not at worker start-up.
-    """
-
-    def __init__(self, client: docker.DockerClient | Callable[[], docker.DockerClient], settings: Settings) -> None:
-        self._client = LazyClient(client)
+    def __init__(self, client: docker.DockerClient, settings: Settings) -> None:
+        self.client = client
         self.settings = settings
         self._probe_host = probe_host(settings)
         # The network notebooks join, found (or made) on the first spawn; "" for the engine's default.
@@ -63,10 +58,6 @@ class ContainerEngine:
         self._network_lock = threading.Lock()
         # Pulls images as PULL_POLICY says, one pull per image at a time in this process.
         self.puller = Puller(lambda: self.client.api, settings.registry_auth)
-
-    @property
-    def client(self) -> docker.DockerClient:
-        return self._client.get()
 
     # -- Engine interface ------------------------------------------------------
     def pull(self, spec: NotebookSpec, report: Report) -> NotebookSpec:
@@ -161,7 +152,7 @@ class ContainerEngine:
         try:
             container = self.client.containers.get(spec.name)
             raw: bytes = container.logs(tail=lines)
-        except (*ENGINE_ERRORS, EngineError, EngineUnavailable):  # the last two: making the client failed
+        except ENGINE_ERRORS:
             return ""
         return raw.decode("utf-8", "replace").strip()
 

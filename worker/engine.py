@@ -9,10 +9,8 @@ the two error classes from ``shared.errors``.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import ssl
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,7 +19,7 @@ from urllib.parse import urlsplit
 
 import docker
 import docker.errors
-import docker.tls
+import docker.utils
 import requests
 
 from shared.errors import EngineError, EngineUnavailable
@@ -73,7 +71,7 @@ class NotebookSpec:
             LABEL_INSTANCE: self.instance,
             LABEL_HOSTNAME: self.hostname,
             LABEL_USER: self.user,
-            # Interlock (the seed's proxy) routes <hostname>.<domain> to this port.
+            # Interlock (the first API's proxy) routes <hostname>.<domain> to this port.
             "interlock.hostname": self.hostname,
             "interlock.domain": self.domain,
             "interlock.port": str(self.port),
@@ -141,83 +139,37 @@ class Engine(Protocol):
         returns at ``until``. A hint only: what happened is asked with :meth:`state`."""
 
 
-def _cert_path(settings: Settings) -> str:
-    return settings.docker_cert_path or os.path.join(os.path.expanduser("~"), ".docker")
-
-
-class _EngineAPIClient(docker.APIClient):  # type: ignore[misc]
-    """docker-py's APIClient with ``trust_env`` always off, from the very first request.
-
-    ``requests.Session.__init__`` sets ``trust_env = True`` and docker-py's constructor then asks
-    the engine for its API version (``version="auto"``), so turning ``trust_env`` off after the
-    constructor is too late for that first request: with REQUESTS_CA_BUNDLE set it verifies the
-    engine against the system bundle and fails with CERTIFICATE_VERIFY_FAILED.
-    """
-
-    @property
-    def trust_env(self) -> bool:
-        return False
-
-    @trust_env.setter
-    def trust_env(self, value: bool) -> None:
-        pass  # requests.Session.__init__ sets it to True; ignore that
-
-
-class _EngineClient(docker.DockerClient):  # type: ignore[misc]
-    def __init__(self, **kwargs: Any) -> None:  # what docker.DockerClient.__init__ does, with our APIClient
-        self.api = _EngineAPIClient(**kwargs)
-
-
-class LazyClient:
-    """A Docker client given as is, or made on first use by a function (thread-safe).
-
-    Connecting asks the engine for its API version, so an engine that is down (or fails TLS)
-    must surface as an engine error inside a spawn, where it becomes a retry or a FAILED
-    record, not when a worker process starts.
-    """
-
-    def __init__(self, client: docker.DockerClient | Callable[[], docker.DockerClient]) -> None:
-        self._client = client if isinstance(client, docker.DockerClient) else None
-        self._factory = None if isinstance(client, docker.DockerClient) else client
-        self._lock = threading.Lock()
-
-    def get(self) -> docker.DockerClient:
-        if self._client is None:
-            with self._lock:
-                if self._client is None and self._factory is not None:
-                    self._client = self._factory()
-        assert self._client is not None
-        return self._client
+#: The Docker API version the client speaks (Docker 20.10's; later engines still accept it).
+#: Fixed rather than asked for (docker-py's ``version="auto"``), so making a client sends no
+#: request: an engine that is down or fails TLS surfaces at the first call, inside a spawn
+#: (a retry or a FAILED record), not when a worker process starts, and ``trust_env`` is off
+#: before the first request.
+ENGINE_API_VERSION = "1.41"
 
 
 def make_client(settings: Settings) -> docker.DockerClient:
-    """A Docker client for DOCKER_HOST / DOCKER_TLS_VERIFY / DOCKER_CERT_PATH.
+    """A Docker client for DOCKER_HOST / DOCKER_TLS_VERIFY / DOCKER_CERT_PATH; asks the engine nothing.
 
-    TLS, when configured, always verifies the engine against ``ca.pem`` and presents the
-    client certificate. The client ignores REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE and proxy
-    variables (``trust_env = False``): requests would otherwise let those override the
-    engine's CA, and verification against the wrong bundle fails (or, worse, passes).
+    Built by docker-py's ``kwargs_from_env`` from the validated settings. TLS, when configured
+    (either variable set), always verifies the engine against ``ca.pem`` and presents the client
+    certificate. The client ignores REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE and proxy variables
+    (``trust_env = False``): requests would otherwise let those override the engine's CA, and
+    verification against the wrong bundle fails (or, worse, passes).
     """
-    base_url = settings.docker_host or "unix:///var/run/docker.sock"
-    tls: docker.tls.TLSConfig | bool = False
-    if settings.tls:
-        path = _cert_path(settings)
-        ca = os.path.join(path, "ca.pem")
-        tls = docker.tls.TLSConfig(
-            client_cert=(os.path.join(path, "cert.pem"), os.path.join(path, "key.pem")),
-            ca_cert=ca,
-            verify=ca,
-        )
-    try:
-        client = _EngineClient(
-            base_url=base_url,
-            tls=tls,
+    environment = {
+        "DOCKER_HOST": settings.docker_host,
+        # docker-py verifies only when DOCKER_TLS_VERIFY is set; a certificate path alone means TLS with it on.
+        "DOCKER_TLS_VERIFY": "1" if settings.tls else "",
+        "DOCKER_CERT_PATH": settings.docker_cert_path,
+    }
+    with engine_call("configuring the engine client"):
+        client = docker.DockerClient(
+            **docker.utils.kwargs_from_env(environment=environment),
+            version=ENGINE_API_VERSION,
             timeout=int(settings.engine_timeout),
             max_pool_size=settings.worker_concurrency + 4,
-            version="auto",
         )
-    except docker.errors.DockerException as exc:
-        raise classify(exc, "connecting to the engine") from exc
+    client.api.trust_env = False
     return client
 
 

@@ -230,7 +230,9 @@ class Prepuller:
             return _state(PRESENT)
         if state in ("rejected", "failed", "shutdown", "orphaned"):
             self._remove_job(engine, job)
-            return _state(FAILED, str(status.get("Err") or status.get("Message") or state))
+            err = str(status.get("Err") or status.get("Message") or state)
+            image = str((job["Spec"].get("Labels") or {}).get(LABEL_PREPULL, ""))
+            return _state(FAILED, err + (engine.pull_refusal(image, err) if image else ""))
         return _state(PULLING)
 
     def _remove_job(self, engine: ServiceEngine, job: dict[str, Any]) -> None:

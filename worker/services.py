@@ -53,7 +53,6 @@ from worker.engine import (
     LABEL_INSTANCE,
     EngineObject,
     EngineState,
-    LazyClient,
     NotebookSpec,
     Placement,
     classify,
@@ -100,21 +99,17 @@ LOCAL_ADDRESSES = frozenset({"", "0.0.0.0", "127.0.0.1", "::", "::1"})
 
 
 class ServiceEngine:
-    """Notebooks as Swarm services; talks to a manager.
-
-    Takes a Docker client, or a function that makes one on first use (see
-    :class:`worker.containers.ContainerEngine` for why).
-    """
+    """Notebooks as Swarm services; ``client`` talks to a manager."""
 
     def __init__(
         self,
-        client: docker.DockerClient | Callable[[], docker.DockerClient],
+        client: docker.DockerClient,
         settings: Settings,
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self._client = LazyClient(client)
+        self.client = client
         self.settings = settings
         self.clock = clock
         self.sleep = sleep
@@ -127,10 +122,6 @@ class ServiceEngine:
         self._pacer = ProbePacer()
         # Asks the registry for a tag's digest (and hands REGISTRY_AUTH to the nodes with each service).
         self.puller = Puller(lambda: self.api, settings.registry_auth)
-
-    @property
-    def client(self) -> docker.DockerClient:
-        return self._client.get()
 
     @property
     def api(self) -> docker.APIClient:
@@ -209,7 +200,10 @@ class ServiceEngine:
                     else:
                         unplaceable_since = None
                     if state == "rejected":
-                        raise EngineError(f"the swarm rejected the notebook's task: {err or status.get('Message', '')}")
+                        raise EngineError(
+                            f"the swarm rejected the notebook's task: {err or status.get('Message', '')}"
+                            + ("" if spec.pull_policy == NEVER else self.pull_refusal(spec.image, err))
+                        )
                     if state not in STARTING_STATES:  # ended, or running but being stopped (node down, removal)
                         reason = self._describe(task).reason
                         raise EngineError(f"the container {reason} before answering" + self._tail_for(spec, task))
@@ -386,6 +380,26 @@ class ServiceEngine:
                 ICC_OPTION,
                 '"icc": false',
             )
+
+    def pull_refusal(self, image: str, err: str) -> str:
+        """Why a node could not pull ``image``, when the registry says so; else empty.
+
+        A node whose pull failed rejects its task (a notebook's, or a pre-pull job's) with
+        "No such image" only: its engine logs the registry's answer, the task does not carry it.
+        That happens when the reference was not pinned (``if-not-present`` and the manager has the
+        image, so pull() asked nothing; a pre-pull job whose digest the manager could not learn),
+        e.g. with wrong REGISTRY_AUTH credentials. The manager then asks the registry, with the
+        credentials the service carried, so the error says "unauthorized", not only "No such image".
+        """
+        if "no such image" not in err.lower():
+            return ""
+        try:
+            self.puller.resolve(image)
+        except EngineError as exc:
+            return f"; asked from the manager, the registry says: {exc}"
+        except EngineUnavailable:
+            pass  # the manager itself did not answer: the Swarm's words stand alone
+        return ""
 
     def _latest_task(self, service: str) -> dict[str, Any] | None:
         """The service's newest task; None if it has none yet, or the service is gone."""

@@ -58,12 +58,12 @@ def store() -> Store:
 def spawner() -> Spawner:
     """One Spawner (one Docker client and connection pool) per worker process.
 
-    The Docker client is made on first use (``make_client`` talks to the engine), so an
-    engine that is down when the worker starts is an ordinary retried engine error; with
-    ENGINE_BACKEND=auto the backend is chosen at that first use too.
+    Making it asks the engine nothing (``make_client``), so an engine that is down when the
+    worker starts is an ordinary retried engine error at the first call; with
+    ENGINE_BACKEND=auto the backend is chosen at that first call too.
     """
     return Spawner(
-        store(), make_engine(settings, lambda: make_client(settings)), settings, pool=pool(), proxy=make_proxy(settings)
+        store(), make_engine(settings, make_client(settings)), settings, pool=pool(), proxy=make_proxy(settings)
     )
 
 

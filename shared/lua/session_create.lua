@@ -1,5 +1,5 @@
 -- Write a /manage session; one signed in with a user token only while the token exists
--- (shared/auth.py, Sessions.create).
+-- (shared/tokenstore.py, Sessions.create).
 -- KEYS[1] session:<id>, the session
 -- KEYS[2] token:<id>, the token (a user token's session only)
 -- KEYS[3] token-sessions:<id>, the token's sessions (a user token's session only)

@@ -1,5 +1,5 @@
 -- Revoke a user token: its record, its lookup key, its index entry and every /manage session
--- signed in with it (shared/auth.py, Tokens.revoke).
+-- signed in with it (shared/tokenstore.py, Tokens.revoke).
 -- KEYS[1] token:<id>, the token
 -- KEYS[2] idx:tokens
 -- KEYS[3] token-sessions:<id>, the sessions signed in with it

@@ -21,7 +21,7 @@ Leftovers of a run that died without its teardown (same ``smtls`` prefix, owner 
 gone) are removed first. Runs that are still alive are left alone: each writes an
 ``owner`` file with its pid and process start time before it creates anything.
 
-The namespace, dockerd, ownership and cleanup helpers are tests/netns.py's, shared with the
+The namespace, dockerd, ownership and cleanup helpers are testkit/netns.py's, shared with the
 Swarm worker of tests/swarm_cluster.py.
 """
 
@@ -40,8 +40,8 @@ import docker.errors
 import docker.models.containers
 import pytest
 
-from tests import netns
-from tests.support import image_ref
+from testkit import netns
+from testkit.support import image_ref
 
 PREFIX = "smtls"
 SUBNETS = "10.78"  # 10.79.x is the Swarm worker's (tests/swarm_cluster.py)

@@ -43,8 +43,8 @@ from typing import Any
 
 import pytest
 
-from tests import netns
-from tests.support import wait_for
+from testkit import netns
+from testkit.support import wait_for
 
 PREFIX = "smreg"
 CERTS_D = Path("/etc/docker/certs.d")
@@ -196,7 +196,7 @@ def _free_port(host: str) -> int:
 
 def _tls(base: Path, host: str) -> tuple[Path, Path, Path]:
     """A CA, and a server certificate for ``host`` (an IP address or a name) signed by it."""
-    from tests.tls_engine import _make_ca, _make_leaf
+    from testkit.tls_engine import _make_ca, _make_leaf
 
     folder = base / "tls"
     folder.mkdir(mode=0o700)

@@ -1,6 +1,6 @@
 """Extra Docker engines for tests, each in its own network namespace: the pieces they share.
 
-Used by tests/tls_engine.py (a mutual-TLS dockerd, prefix ``smtls``, subnets 10.78.x) and
+Used by testkit/tls_engine.py (a mutual-TLS dockerd, prefix ``smtls``, subnets 10.78.x) and
 tests/swarm_cluster.py (a Swarm worker dockerd, prefix ``smsw``, subnets 10.79.x).
 
 A run owns ``/tmp/<prefix>-<tag>`` (``tag``: six hex digits) and writes an ``owner`` file there
@@ -33,7 +33,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.support import wait_for
+from testkit.support import wait_for
 
 TMP = Path("/tmp")
 MAIN_ENGINE = "unix:///var/run/docker.sock"

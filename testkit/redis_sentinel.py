@@ -27,8 +27,8 @@ from shared.record import Notebook
 from shared.settings import Settings
 from shared.status import Status
 from shared.store import Store, connect
-from tests.faults import FINAL, Outcome, check_outcome
-from tests.support import (
+from testkit.faults import FINAL, Outcome, check_outcome
+from testkit.support import (
     ApiServer,
     BeatProcess,
     WorkerProcess,
@@ -272,7 +272,7 @@ class FailoverStack:
     def __init__(
         self, cluster: SentinelCluster, client: docker.DockerClient, workdir: Path, tag: str, **env: Any
     ) -> None:
-        from tests.conftest import base_env
+        from testkit.stack import base_env
 
         self.cluster = cluster
         self.docker = client

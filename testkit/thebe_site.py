@@ -1,6 +1,6 @@
 """thebe in a real browser against swarm-manager: the parts the browser tests and the thebe benchmark share.
 
-- thebe 0.9.3 from the npm registry, installed with ``npm ci`` from ``tests/thebe/package-lock.json``
+- thebe 0.9.3 from the npm registry, installed with ``npm ci`` from ``testkit/thebe/package-lock.json``
   into ``.state/thebe`` (never globally, never into the product), once per machine and again only
   when the lock file changes; two runs installing at once take turns on a lock file.
 - :class:`PageServer`: web pages on a loopback port of their own (so they have an origin of their
@@ -20,7 +20,6 @@ import fcntl
 import hashlib
 import html
 import json
-import os
 import shutil
 import subprocess
 import threading
@@ -31,9 +30,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from tests.support import ROOT
+from testkit.support import ROOT
 
-PACKAGE = ROOT / "tests" / "thebe"
+PACKAGE = ROOT / "testkit" / "thebe"
 INSTALL = ROOT / ".state" / "thebe"
 LIB = INSTALL / "node_modules" / "thebe" / "lib"
 LOCK = Path("/tmp/swarm-manager-thebe-npm.lock")
@@ -307,52 +306,3 @@ def open_page(browser: Any, url: str, timeout: float) -> tuple[Any, Any, dict[st
         context.close()
         raise AssertionError(f"{url}: nothing happened within {timeout}s; the page saw {state}") from exc
     return context, page_, dict(page_.evaluate("window.__t")), refused
-
-
-@contextmanager
-def proxy(logdir: Path) -> Iterator[Any]:
-    """configurable-http-proxy as ``make run`` runs it (tests/test_routing.py's :class:`Chp`), on
-    free loopback ports: notebooks' PUBLIC_URL addresses, ``http://<hostname>.localhost:<port>/``,
-    reach them from the browser (Chromium resolves ``*.localhost`` to loopback by itself)."""
-    import requests
-
-    from tests.support import free_port, wait_for
-    from tests.test_routing import CHP_BIN, Chp
-
-    if not os.access(CHP_BIN, os.X_OK):
-        raise RuntimeError(f"configurable-http-proxy is not installed at {CHP_BIN} (`make test` installs it)")
-    port, api_port = free_port(), free_port()
-    token = hashlib.sha256(os.urandom(16)).hexdigest()[:32]
-    log = logdir / "chp.log"
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [
-                *[str(CHP_BIN), "--host-routing", "--ip", "127.0.0.1", "--port", str(port)],
-                *["--api-ip", "127.0.0.1", "--api-port", str(api_port)],
-            ],
-            env={**os.environ, "CONFIGPROXY_AUTH_TOKEN": token},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    session = requests.Session()
-    session.trust_env = False
-    chp = Chp(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{api_port}", token, log, proc, session)
-    try:
-
-        def answers() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"CHP exited with {proc.returncode}:\n{chp.log_tail()}")
-            return chp.routes() is not None
-
-        wait_for(answers, 30, f"CHP's API on port {api_port}", 0.1)
-        yield chp
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        session.close()

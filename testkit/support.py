@@ -439,6 +439,15 @@ def make_reconciler(stack: Any, clock: Callable[[], float] = time.time, **overri
     return Reconciler(stack.store, engine, spawner, settings, clock=clock)
 
 
+def unreachable_client() -> docker.DockerClient:
+    """The product's client for an engine that is not there (nothing listens on port 1): where no
+    engine call may happen, one that does raises EngineUnavailable ("engine unreachable")."""
+    from shared.settings import Settings
+    from worker.engine import make_client
+
+    return make_client(Settings.from_env({"DOCKER_HOST": "tcp://127.0.0.1:1", "ENGINE_TIMEOUT": "2"}))
+
+
 # -- A fresh clone, as a new user gets it -------------------------------------------------------------
 def fresh_clone(dest: Path) -> Path:
     """``git clone`` of this repository into ``dest``, with the working tree's state laid over it.
