@@ -12,7 +12,7 @@ import redis as redislib
 
 from shared import lua
 from shared.status import GROUPS, TRANSITIONS, Status
-from tests.support import RedisServer
+from testkit.support import RedisServer
 
 SCRIPTS = sorted(p.name[:-4] for p in resources.files("shared.lua").iterdir() if p.name.endswith(".lua"))
 #: Files holding functions for other scripts, not run on their own.
