@@ -31,53 +31,12 @@ from dataclasses import dataclass
 
 import redis
 
+from shared import lua
 from shared.errors import QuotaExceeded, StoreUnavailable
-from shared.limits import COUNTED, RATE_WINDOW
+from shared.limits import RATE_WINDOW
 
 #: Seconds a reservation holds its slot while its launch is written (a launch takes milliseconds).
 RESERVATION_LIFETIME = 30
-
-# KEYS: anon:live:<key>, anon:rate:<key>
-# ARGV: record key prefix, counted statuses as ',A,B,', now (epoch), live limit, rate limit, rate window,
-#       nonce, reservation lapses at (epoch), seconds the keys live
-# Returns {1} with the slot taken, or {0, 'live'|'rate', limit, oldest rate entry's score or ''}.
-_RESERVE = """
-local now = tonumber(ARGV[3])
-local members = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
-for i = 1, #members, 2 do
-  local m, score = members[i], tonumber(members[i + 1])
-  local keep
-  if string.sub(m, 1, 1) == '?' then
-    keep = score > now
-  else
-    local st = redis.call('HGET', ARGV[1] .. m, 'status')
-    keep = st and string.find(ARGV[2], ',' .. st .. ',', 1, true)
-  end
-  if not keep then redis.call('ZREM', KEYS[1], m) end
-end
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return {0, 'live', ARGV[4], ''} end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. tostring(now - tonumber(ARGV[6])))
-if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then
-  local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
-  return {0, 'rate', ARGV[5], oldest[2] or ''}
-end
-redis.call('ZADD', KEYS[1], ARGV[8], '?' .. ARGV[7])
-redis.call('ZADD', KEYS[2], now, ARGV[7])
-redis.call('EXPIRE', KEYS[1], ARGV[9])
-redis.call('EXPIRE', KEYS[2], tonumber(ARGV[6]) + 1)
-return {1}
-"""
-
-# KEYS: anon:live:<key>, anon:rate:<key>; ARGV: nonce, hostname ('' to give the slot back)
-_SETTLE = """
-redis.call('ZREM', KEYS[1], '?' .. ARGV[1])
-if ARGV[2] ~= '' then
-  redis.call('ZADD', KEYS[1], 0, ARGV[2])
-else
-  redis.call('ZREM', KEYS[2], ARGV[1])
-end
-return 1
-"""
 
 
 def client_key(address: str | None) -> str:
@@ -129,8 +88,8 @@ class AnonymousLimits:
         self.per_address = per_address
         self.rate = rate
         self.keys_live = max(60, int(keys_live))  # the longest an anonymous notebook can be counted
-        self._reserve = client.register_script(_RESERVE)
-        self._settle = client.register_script(_SETTLE)
+        self._reserve = lua.register(client, "anonymous_reserve")
+        self._settle = lua.register(client, "anonymous_settle")
 
     def keys(self, key: str) -> list[str]:
         return [f"{self.prefix}anon:live:{key}", f"{self.prefix}anon:rate:{key}"]
@@ -139,10 +98,8 @@ class AnonymousLimits:
         """Take a slot for one launch from client ``key``; raises QuotaExceeded (429) over a limit."""
         now = time.time()
         nonce = secrets.token_hex(8)
-        counted = "," + ",".join(s.value for s in COUNTED) + ","
         args: list[str | int] = [
             f"{self.prefix}nb:",
-            counted,
             repr(now),
             self.per_address,
             self.rate,

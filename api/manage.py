@@ -97,7 +97,7 @@ def page() -> ResponseReturnValue:
             status_filter = ""
     unavailable = False
     try:
-        records = store().list(user=user, status=status, limit=PAGE_LIMIT)
+        records = list(store().records(user=user, status=status, limit=PAGE_LIMIT))
     except StoreUnavailable as exc:
         records, unavailable = [], True
         problems.insert(0, str(exc))

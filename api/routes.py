@@ -33,7 +33,7 @@ from shared.pool import Pool
 from shared.profiles import Limits, Profiles
 from shared.public_url import notebook_url, public_url
 from shared.queue import Queue
-from shared.record import Notebook, rfc3339
+from shared.record import Internal, Notebook, rfc3339
 from shared.settings import Settings
 from shared.status import KILLABLE, TERMINAL, Status
 from shared.store import Store
@@ -157,7 +157,7 @@ def public_rows(rows: list[dict[str, str]], sees: Callable[[str], bool] | None =
     once per listing). Changes the rows in place.
     """
     sees = sees or secrets_visibility()
-    key = f"_{TOKEN_FIELD}"
+    key = TOKEN_FIELD.key
     for row in rows:
         token = row.pop(key, "")
         if sees(row["user"]):
@@ -253,7 +253,7 @@ def start_notebook(
         expires_at=rfc3339(now + life) if life else "",
         profile=chosen,
         internal={
-            "queue_deadline": str(now + settings().start_timeout),
+            Internal.QUEUE_DEADLINE: str(now + settings().start_timeout),
             **limits.internal(),
             **({TOKEN_FIELD: token} if token else {}),
         },

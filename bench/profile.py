@@ -8,7 +8,7 @@ counted at the client:
 
 - ``POST /spawn`` and ``GET /container/<h>`` through the Flask app (the WSGI test client: the
   same request handling gunicorn runs, without the socket);
-- ``GET /containers`` with 10,000 records (``Store.list`` plus JSON);
+- ``GET /containers`` with 10,000 records (``Store.iter_public`` plus JSON);
 - ``Spawner.spawn`` of the httpd test image, what a worker's spawn task runs.
 
 Per operation: wall time (median, mean), Redis round trips (a pipeline or a script is one),
@@ -35,6 +35,7 @@ from pyinstrument import Profiler
 from api import create_app
 from bench.common import RESULTS, delete_keys, remove_containers, remove_everything, stats
 from bench.spawn import seed, template_record
+from shared.record import Internal
 from shared.settings import Settings
 from shared.status import Status
 from shared.store import Store, connect
@@ -169,9 +170,9 @@ def main(argv: list[str] | None = None) -> int:
                 with measured(f"GET /containers ({args.records})", 5, counter, raw, out, profiles, 0.001) as times:
                     for _ in range(5):
                         timed(times, lambda: http.get("/containers"))
-                with measured(f"Store.list ({args.records})", 5, counter, raw, out, profiles, 0.001) as times:
+                with measured(f"Store.records ({args.records})", 5, counter, raw, out, profiles, 0.001) as times:
                     for _ in range(5):
-                        timed(times, store.list)
+                        timed(times, lambda: list(store.records()))
                 delete_keys(raw, settings.key_prefix)
 
                 docker_client = make_client(settings)
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                         image=images["httpd"],
                         user="prof",
                         domain=settings.domain,
-                        internal={"queue_deadline": str(time.time() + 600)},
+                        internal={Internal.QUEUE_DEADLINE: str(time.time() + 600)},
                     ).hostname
                     for _ in range(args.spawns + 1)
                 ]

@@ -218,7 +218,7 @@ class Bench:
         return seen
 
     def binder(self, kind: str, suffix: str = "", count: bool = True) -> None:
-        before = {r.hostname for r in self.store.list(user="_anonymous")}
+        before = {r.hostname for r in self.store.records(user="_anonymous")}
         if kind == "pool":
             if self.pool.ready_count(self.image) < 1:
                 self.queue.refill(self.image)  # a claim queues one too; the first load needs its own
@@ -227,7 +227,7 @@ class Bench:
         repo = "bench/cold" if kind == "cold" else "bench/pooled"
         url = self.page(f"/{kind}{suffix}.html", BINDER, REPO=repo, REF="main")
         self.load(kind + suffix, url, count)
-        for record in self.store.list(user="_anonymous"):
+        for record in self.store.records(user="_anonymous"):
             if record.hostname not in before:
                 if kind == "cold" and count:
                     # The part of a cold load that is ours alone, as raw_ready measures Docker's.

@@ -27,6 +27,7 @@ from redis.connection import parse_url
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
+from shared import lua
 from shared.errors import StoreUnavailable
 from shared.settings import RedisTarget
 
@@ -93,17 +94,6 @@ def sentinel_options(target: RedisTarget) -> dict[str, Any]:
     return options
 
 
-# KEYS: the record, the mark; ARGV: a field, the values it may have as ',A,B,' ('' any), the mark's value
-# Writes the mark only while the record is there with the field as allowed: 1 when written, 0 when not.
-_MARK = """
-local value = redis.call('HGET', KEYS[1], ARGV[1])
-if not value then return 0 end
-if ARGV[2] ~= '' and not string.find(ARGV[2], ',' .. value .. ',', 1, true) then return 0 end
-redis.call('SET', KEYS[2], ARGV[3], 'PX', 60000)
-return 1
-"""
-
-
 class Replication:
     """Confirms that what the API wrote is on ``replicas`` replicas (at most as many as are connected)
     before it answers for it.
@@ -138,10 +128,8 @@ class Replication:
         except redis.RedisError as exc:
             raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
         try:
-            values = "," + ",".join(allowed) + "," if allowed else ""
-            conn.send_packed_command(
-                conn.pack_commands([("EVAL", _MARK, 2, key, self.mark, field, values, key), ("ROLE",)])
-            )
+            mark = ("EVAL", lua.source("mark_replicated"), 2, key, self.mark, field, key, *allowed)
+            conn.send_packed_command(conn.pack_commands([mark, ("ROLE",)]))
             marked, role = conn.read_response(), conn.read_response()
             if role[0] != "master":
                 raise StoreUnavailable("Redis is not the master any more (a failover is under way)")

@@ -55,7 +55,6 @@ import re
 from dataclasses import dataclass
 
 from shared.errors import ImageNotAllowed
-from shared.status import LIVE, Status
 from shared.validation import IMAGE_RE
 
 DOCKER_HUB = "docker.io"
@@ -66,10 +65,6 @@ _PATTERN_CHARS = re.compile(r"^[A-Za-z0-9._:/@*?\[\]!+-]+$")
 # What the engine may read as an image ID rather than a name (see the module doc): any length, as
 # the engine takes a prefix; either case, as refusing one more spelling costs nothing.
 _IMAGE_ID = re.compile(r"(?:sha256:)?[0-9a-fA-F]+", re.ASCII)
-
-#: Statuses in which a notebook takes a quota slot. A kill frees the slot at once (DELETING),
-#: even though removing the container takes a moment longer.
-COUNTED: frozenset[Status] = LIVE - {Status.DELETING}
 
 
 @dataclass(frozen=True)
@@ -224,7 +219,7 @@ FULL_RETRY_AFTER = 30
 class Quota:
     """Limits one spawn is checked against; 0 means no limit.
 
-    ``max_total`` counts every notebook in :data:`COUNTED` statuses, warm-pool members
+    ``max_total`` counts every notebook in :data:`shared.status.COUNTED` statuses, warm-pool members
     included; ``max_per_user`` the user's own; ``rate`` is spawns per user in the last
     ``window`` seconds (a sliding log, one entry per accepted spawn).
     """
@@ -238,33 +233,8 @@ class Quota:
         return [self.max_total, self.max_per_user, self.rate, self.window]
 
 
-# The check both the create script (shared/store.py) and the pool's claim script
-# (shared/pool.py) run before they write anything. Returns nil when the spawn may go ahead,
-# else {-2, which limit, the limit, oldest rate entry's score or ''}.
-QUOTA_LUA = """
-local function quota_refusal(total_key, user_key, rate_key, max_total, max_user, rate, window, now)
-  if max_total > 0 and redis.call('SCARD', total_key) >= max_total then return {-2, 'total', max_total, ''} end
-  if max_user > 0 and redis.call('SCARD', user_key) >= max_user then return {-2, 'user', max_user, ''} end
-  if rate > 0 then
-    redis.call('ZREMRANGEBYSCORE', rate_key, '-inf', '(' .. tostring(now - window))
-    if redis.call('ZCARD', rate_key) >= rate then
-      local oldest = redis.call('ZRANGE', rate_key, 0, 0, 'WITHSCORES')
-      return {-2, 'rate', rate, oldest[2] or ''}
-    end
-  end
-  return nil
-end
-local function quota_record(rate_key, rate, window, now, hostname)
-  if rate > 0 then
-    redis.call('ZADD', rate_key, now, hostname)
-    redis.call('EXPIRE', rate_key, window + 1)
-  end
-end
-"""
-
-
 def quota_error(refusal: list[object], user: str, quota: Quota, now: float) -> Exception:
-    """The QuotaExceeded for a refusal returned by :data:`QUOTA_LUA`."""
+    """The QuotaExceeded for a refusal returned by ``quota_refusal`` (shared/lua/quota.lua)."""
     from shared.errors import QuotaExceeded
 
     kind = str(refusal[1])

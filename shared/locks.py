@@ -32,41 +32,13 @@ from typing import TypeVar
 
 import redis
 
+from shared import lua
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: Seconds a lock lives unless its holder renews it (every TTL / 3 while it works).
 TTL = 30.0
-
-# KEYS: lock, again; ARGV: token, ttl (ms), again's ttl (ms)
-# Takes the lock (1), or asks its holder to run again (0).
-_ACQUIRE = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  redis.call('DEL', KEYS[2])  -- this run serves every request made so far
-  return 1
-end
-redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
-return 0
-"""
-
-# KEYS: lock, again; ARGV: token, ttl (ms)
-# The holder is done: 1 when someone asked to run again (the lock is kept, renewed: run once
-# more), 0 when the lock is released, -1 when it was no longer the holder's (it had expired).
-_FINISH = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-if redis.call('DEL', KEYS[2]) == 1 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-redis.call('DEL', KEYS[1])
-return 0
-"""
-
-# KEYS: lock; ARGV: token, ttl (ms). Renews the lock while it is the holder's.
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
 
 
 class RerunLock:
@@ -77,9 +49,10 @@ class RerunLock:
         self.name = name
         self.ttl_ms = max(1, int(ttl * 1000))
         self.keys = [f"{prefix}lock:{name}", f"{prefix}lock:{name}:again"]
-        self._acquire = client.register_script(_ACQUIRE)
-        self._finish = client.register_script(_FINISH)
-        self._renew = client.register_script(_RENEW)
+        self._acquire = lua.register(client, "lock_acquire")
+        self._finish = lua.register(client, "lock_finish")
+        self._renew = lua.register(client, "lock_renew")
+        self._release_script = lua.register(client, "lock_release")
 
     def run(self, work: Callable[[], T]) -> list[T]:
         """Run ``work`` here, as many times as it was asked for while it ran; or, if another
@@ -114,26 +87,9 @@ class RerunLock:
 
     def _release(self, token: str) -> None:
         try:
-            self.redis.eval(
-                "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
-                1,
-                self.keys[0],
-                token,
-            )
+            self._release_script(keys=self.keys[:1], args=[token])
         except redis.RedisError as exc:
             log.warning("%s: could not release the lock (it expires by itself): %s", self.name, exc)
-
-
-# KEYS: lease; ARGV: token, ttl (ms). Takes the lease, or keeps it for its holder: 1; else 0.
-_HOLD = """
-local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-if not holder then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
 
 
 class Lease:
@@ -148,7 +104,8 @@ class Lease:
         self.ttl = ttl
         self.token = secrets.token_hex(12)
         self.redis = client
-        self._hold = client.register_script(_HOLD)
+        self._hold = lua.register(client, "lease_hold")
+        self._release = lua.register(client, "lock_release")
 
     def hold(self) -> bool:
         """Take the lease or keep it: True while this process holds it."""
@@ -157,11 +114,6 @@ class Lease:
     def release(self) -> None:
         """Give the lease up, if still held, so a stand-by takes over at once."""
         try:
-            self.redis.eval(
-                "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
-                1,
-                self.key,
-                self.token,
-            )
+            self._release(keys=[self.key], args=[self.token])
         except redis.RedisError as exc:
             log.warning("%s: could not release the lease (it expires by itself): %s", self.key, exc)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import redis
 
+from shared import lua
 from shared.errors import EngineError, EngineUnavailable, StoreUnavailable
 from shared.record import Notebook, parse_rfc3339
 from shared.status import Status
@@ -48,25 +49,6 @@ ENGINE_ERROR_KINDS: tuple[str, ...] = (EngineError.code, EngineUnavailable.code)
 # (all our tasks), ``<name>\x06\x16<step>`` for the others.
 _PRIORITY_SEP = "\x06\x16"
 _PRIORITY_STEPS = (3, 6, 9)
-
-# KEYS: record, metrics hash
-# ARGV: outcome, latency in seconds ('' for none), bucket bounds...
-# The record's ``_counted`` field is the once-per-notebook guard: a repeated move (a redelivered
-# task, a retried write) and a later move (ACTIVE, then FAILED or DELETING) count nothing more.
-_SETTLED = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-if redis.call('HSETNX', KEYS[1], '_counted', ARGV[1]) == 0 then return 0 end
-redis.call('HINCRBY', KEYS[2], 'spawns:' .. ARGV[1], 1)
-if ARGV[2] ~= '' then
-  local seconds = tonumber(ARGV[2])
-  for i = 3, #ARGV do
-    if seconds <= tonumber(ARGV[i]) then redis.call('HINCRBY', KEYS[2], 'latency:le:' .. ARGV[i], 1) end
-  end
-  redis.call('HINCRBY', KEYS[2], 'latency:count', 1)
-  redis.call('HINCRBYFLOAT', KEYS[2], 'latency:sum', ARGV[2])
-end
-return 1
-"""
 
 
 def bound_key(bound: float) -> str:
@@ -94,7 +76,7 @@ class Metrics:
         self.redis = client
         self.prefix = prefix
         self.key = f"{prefix}metrics"
-        self._settled = client.register_script(_SETTLED)
+        self._settled = lua.register(client, "spawn_settled")
 
     @property
     def queue_keys(self) -> list[str]:

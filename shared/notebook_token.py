@@ -15,11 +15,12 @@ import secrets
 from dataclasses import dataclass
 
 from shared.profiles import Profile
+from shared.record import Internal
 
 #: The variable Jupyter servers read their token from.
 DEFAULT_ENV = "JUPYTER_TOKEN"
 #: The record's internal field that holds it (``_token`` in Redis).
-FIELD = "token"
+FIELD = Internal.TOKEN
 
 
 def new_token() -> str:

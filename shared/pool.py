@@ -17,60 +17,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.limits import QUOTA_LUA, Quota, quota_error
+from shared import lua
+from shared.limits import Quota, quota_error
 from shared.record import Notebook
-from shared.store import RECORD_EVENT_LUA, Store, _store_errors
+from shared.status import Status
+from shared.store import Store, _store_errors
 
 # Pseudo-users: both fail shared.validation.USER_RE, so no client can spawn, filter or get a token
 # as them by accident.
 POOL_USER = "_pool"  # the warm pool's notebooks, until a spawn claims one
 ANONYMOUS_USER = "_anonymous"  # every anonymous launch's notebook (api/anonymous.py)
-
-# KEYS: ready list, members set, idx:all, idx:user:_pool, idx:status:ACTIVE,
-#       live:user:_pool, live:user:<user>, rate:<user>
-# ARGV: key prefix, user, now (RFC 3339), score (epoch), expires_at, channel,
-#       max per user, spawn rate, rate window (the user's quota; a member already counts in the total)
-# Returns the claimed record as a flat hash, nil when no ready member is left, or {-2, ...}
-# when the user's quota refuses the spawn (QUOTA_LUA in shared/limits.py).
-_CLAIM = (
-    QUOTA_LUA
-    + RECORD_EVENT_LUA
-    + """
-local refusal = quota_refusal(KEYS[6], KEYS[7], KEYS[8], 0, tonumber(ARGV[7]), tonumber(ARGV[8]),
-                              tonumber(ARGV[9]), tonumber(ARGV[4]))
-if refusal then return refusal end
-while true do
-  local h = redis.call('LPOP', KEYS[1])
-  if not h then return nil end
-  local key = ARGV[1] .. 'nb:' .. h
-  -- A member that died, was culled or killed since it was offered is skipped (and dropped).
-  if redis.call('HGET', key, 'status') == 'ACTIVE' and redis.call('HGET', key, 'user') == '_pool' then
-    redis.call('SREM', KEYS[2], h)
-    redis.call('HDEL', key, '_pool')
-    redis.call('HSET', key, 'user', ARGV[2], 'start_time', ARGV[3], 'updated_at', ARGV[3],
-               'expires_at', ARGV[5])
-    redis.call('ZREM', KEYS[4], h)
-    redis.call('ZADD', ARGV[1] .. 'idx:user:' .. ARGV[2], ARGV[4], h)
-    redis.call('ZADD', KEYS[3], ARGV[4], h)
-    redis.call('ZADD', KEYS[5], ARGV[4], h)
-    redis.call('SREM', KEYS[6], h)
-    redis.call('SADD', KEYS[7], h)
-    quota_record(KEYS[8], tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[4]), h)
-    local flat = redis.call('HGETALL', key)
-    redis.call('PUBLISH', ARGV[6], record_event(flat))
-    return flat
-  end
-end
-"""
-)
-
-# KEYS: ready list. ARGV: hostname. Appends it unless it is already there (LPOS), so the list
-# never holds a member twice and its length is the number of members ready.
-_OFFER = """
-if not redis.call('LPOS', KEYS[1], ARGV[1]) then
-  redis.call('RPUSH', KEYS[1], ARGV[1])
-end
-"""
 
 
 class Pool:
@@ -80,8 +36,8 @@ class Pool:
         self.store = store
         self.redis = store.redis
         self.sizes = sizes
-        self._claim = self.redis.register_script(_CLAIM)
-        self._offer = self.redis.register_script(_OFFER)
+        self._claim = lua.register(self.redis, "pool_claim")
+        self._offer = lua.register(self.redis, "pool_offer")
 
     def _key(self, image: str, kind: str) -> str:
         return f"{self.store.prefix}pool:{image}:{kind}"
@@ -105,14 +61,15 @@ class Pool:
             self._key(image, "members"),
             f"{self.store.prefix}idx:all",
             f"{self.store.prefix}idx:user:{POOL_USER}",
-            f"{self.store.prefix}idx:status:ACTIVE",
+            f"{self.store.prefix}idx:status:{Status.ACTIVE.value}",
             self.store.quota_keys(POOL_USER)[1],
             *self.store.quota_keys(user)[1:],
+            f"{self.store.prefix}idx:user:{user}",
         ]
         flat: Any = self._claim(
             keys=keys,
             args=[
-                self.store.prefix,
+                self.store.key_for(""),
                 user,
                 now,
                 repr(score),
@@ -121,6 +78,7 @@ class Pool:
                 quota.max_per_user,
                 quota.rate,
                 quota.window,
+                POOL_USER,
             ],
         )
         if not flat:

@@ -42,6 +42,7 @@ import yaml
 from shared.errors import ConfigError, InvalidInput
 from shared.limits import ImageRef, normalize, parse_pattern
 from shared.limits import matches as image_matches
+from shared.record import Internal
 from shared.registries import parse_pull_policy
 from shared.validation import DECIMAL, IMAGE_RE, parse_decimal, validate_image
 
@@ -226,13 +227,13 @@ class Limits:
     mem_limit: int | None = None
     cpu_limit: float | None = None
 
-    def internal(self) -> dict[str, str]:
+    def internal(self) -> dict[Internal, str]:
         """As the record's internal fields (``_mem_limit``, ``_cpu_limit``): only what was asked for."""
         out = {}
         if self.mem_limit is not None:
-            out["mem_limit"] = str(self.mem_limit)
+            out[Internal.MEM_LIMIT] = str(self.mem_limit)
         if self.cpu_limit is not None:
-            out["cpu_limit"] = repr(self.cpu_limit)
+            out[Internal.CPU_LIMIT] = repr(self.cpu_limit)
         return out
 
     @classmethod

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
+from enum import Enum
 from typing import Any
 
 from shared.status import SETTLED, Status
@@ -87,3 +88,42 @@ class Notebook:
 UNSTORED = frozenset({"url"})
 #: Extra fields whose empty value is not stored (reading gives "" back).
 OMITTED_WHEN_EMPTY = frozenset({"container_id", "error", "address", "node", "expires_at", "profile"})
+#: What the public record shows for a field its hash lacks (a record written before the field existed).
+PUBLIC_DEFAULTS: dict[str, str] = {
+    f.name: str(getattr(f.default, "value", f.default)) for f in fields(Notebook) if isinstance(f.default, str)
+}
+
+
+class Internal(str, Enum):
+    """The record's internal fields: in its hash as ``_<name>`` (:attr:`key`), never in the public
+    record nor in an event. Each is defined here once, for the API, the spawner, the reconciler and
+    the store's scripts (which get them as ``INTERNAL.<NAME>``, shared/lua/__init__.py)."""
+
+    TOKEN = "token"  # the notebook's own token (shared/notebook_token.py), shown only to its owner
+    QUEUE_DEADLINE = "queue_deadline"  # epoch by which a spawn must have started (the reconciler resends, then fails)
+    READY_DEADLINE = "ready_deadline"  # epoch by which a started notebook must answer
+    RESENT = "resent"  # "1" once the reconciler sent a PENDING record's spawn task again
+    MEM_LIMIT = "mem_limit"  # limits the user asked for (shared/profiles.py Limits), within the profile's
+    CPU_LIMIT = "cpu_limit"
+    POOL = "pool"  # a warm-pool member's POOL entry (the image as written there), until a spawn claims it
+    ATTEMPT = "attempt"  # the record's current spawn attempt (Store.claim_spawn); a fencing move ends them all
+    SPAWNING = "spawning"  # the attempt between claiming the record and recording its container
+    COUNTED = "counted"  # the outcome the spawn was counted under in /metrics (once per notebook)
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def key(self) -> str:
+        """The field's name in the record's hash."""
+        return f"_{self.value}"
+
+
+#: What a spawn is, between the API and the spawner, that the public record does not show: its
+#: deadlines and the attempt's marks go once the spawn is over (the record lives on for days).
+SPAWN_INTERNALS: tuple[Internal, ...] = (
+    Internal.QUEUE_DEADLINE,
+    Internal.READY_DEADLINE,
+    Internal.SPAWNING,
+    Internal.ATTEMPT,
+)

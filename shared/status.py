@@ -44,6 +44,25 @@ LIVE: frozenset[Status] = frozenset({Status.PENDING, Status.STARTING, Status.ACT
 KILLABLE: frozenset[Status] = frozenset(s for s, nxt in TRANSITIONS.items() if Status.DELETING in nxt)
 
 
+#: States in which a notebook takes a quota slot (shared/limits.py). A kill frees the slot at once
+#: (DELETING), even though removing the container takes a moment longer.
+COUNTED: frozenset[Status] = LIVE - {Status.DELETING}
+
+#: States a spawn task may (still) work on (the store's claim_spawn).
+SPAWNABLE: frozenset[Status] = frozenset({Status.PENDING, Status.STARTING})
+
+#: The named groups above, by name: the store's Lua scripts get each as a set of the same name
+#: (shared/lua/__init__.py), so no script spells a status list of its own.
+GROUPS: dict[str, frozenset[Status]] = {
+    "TERMINAL": TERMINAL,
+    "SETTLED": SETTLED,
+    "LIVE": LIVE,
+    "KILLABLE": KILLABLE,
+    "COUNTED": COUNTED,
+    "SPAWNABLE": SPAWNABLE,
+}
+
+
 def can_transition(current: Status, new: Status) -> bool:
     return new in TRANSITIONS[current]
 

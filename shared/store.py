@@ -20,14 +20,18 @@ Layout (every key starts with the instance prefix, e.g. ``swarm-manager:``):
 - ``metrics``              hash: counters for /metrics (``shared/metrics.py``); a spawn's outcome is
                            counted when its record first enters ACTIVE, FAILED or DELETING
 
-Every write is one Lua script, so a record, its indexes and its event change together
-or not at all, and a status move checks the current status in the same atomic step
-(no read-modify-write races between the API and any number of workers).
+Every write is one Lua script (``shared/lua/<name>.lua``, each naming its KEYS and ARGV at the
+top), so a record, its indexes and its event change together or not at all, and a status move
+checks the current status against the status machine (generated into the script from
+shared/status.py) in the same atomic step (no read-modify-write races between the API and any
+number of workers). Internal fields are :class:`shared.record.Internal`'s.
+
+Reads: :meth:`Store.get` (one record), :meth:`Store.records` (Notebooks, newest first, filtered)
+and :meth:`Store.iter_public` (the same as rows, in chunks: the listing's fast path).
 """
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import functools
 import json
@@ -43,13 +47,14 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from shared import lua
 from shared.errors import InvalidTransition, NotFound, StoreUnavailable, Superseded
 from shared.failover import KEEPALIVE, sentinel_client
-from shared.limits import COUNTED, QUOTA_LUA, Quota, quota_error
+from shared.limits import Quota, quota_error
 from shared.metrics import OUTCOME_OF, Metrics
-from shared.record import UNSTORED, Notebook, derived_url, now_rfc3339
+from shared.record import PUBLIC_DEFAULTS, UNSTORED, Internal, Notebook, derived_url, now_rfc3339
 from shared.settings import RedisTarget
-from shared.status import TERMINAL, Status, sources_of
+from shared.status import Status
 from shared.validation import HOSTNAME_ALPHABET, HOSTNAME_LENGTH
 
 log = logging.getLogger(__name__)
@@ -57,228 +62,29 @@ log = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 
-#: Statuses a spawn task may (still) work on: :meth:`Store.claim_spawn`'s argument.
-_SPAWNABLE = "," + ",".join(s.value for s in (Status.PENDING, Status.STARTING)) + ","
-
 #: The public record's fields in the seed's order (``Notebook.to_json``'s keys).
 PUBLIC_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Notebook))
 #: What listings read of each hash: the public fields that are stored (``url`` is derived).
 _STORED_PUBLIC: tuple[str, ...] = tuple(f for f in PUBLIC_FIELDS if f not in UNSTORED)
-assert _STORED_PUBLIC[0] == "hostname", "_PUBLIC_VALUES tells a vanished record by its first field"
+assert _STORED_PUBLIC[0] == "hostname", "public_values.lua tells a vanished record by its first field"
 # Where ``url`` goes back into a row, and where what it is made of is read from (derived_url).
 _URL_AT = PUBLIC_FIELDS.index("url")
 _HOSTNAME_AT, _DOMAIN_AT = _STORED_PUBLIC.index("hostname"), _STORED_PUBLIC.index("domainname")
-# What ``Notebook.to_json`` shows for a field the hash lacks (a record written before the field existed).
-_PUBLIC_DEFAULTS: dict[str, str] = {
-    f.name: str(getattr(f.default, "value", f.default)) for f in fields(Notebook) if isinstance(f.default, str)
-}
-
-# RECORD_EVENT_LUA: ``record_event(flat)``, the record event (the public record as JSON) of a
-# record's flat HGETALL-style field list. The hash leaves out ``url`` and empty extra fields
-# (shared/record.py); the event has them all, as ``GET /container/<hostname>`` shows them.
-RECORD_EVENT_LUA = (
-    "local PUBLIC_DEFAULTS = {"
-    + ", ".join(f"[{json.dumps(k)}] = {json.dumps(v)}" for k, v in _PUBLIC_DEFAULTS.items())
-    + """}
-local function record_event(flat)
-  local rec = {}
-  for i = 1, #flat, 2 do
-    if string.sub(flat[i], 1, 1) ~= '_' then rec[flat[i]] = flat[i + 1] end
-  end
-  for k, v in pairs(PUBLIC_DEFAULTS) do
-    if rec[k] == nil then rec[k] = v end
-  end
-  if not rec['url'] or rec['url'] == '' then
-    rec['url'] = (rec['hostname'] or '') .. '.' .. (rec['domainname'] or '')
-  end
-  return cjson.encode(rec)
-end
-"""
-)
 
 #: Records as plain dicts, as ``Notebook.to_json`` gives them.
 Rows: TypeAlias = list[dict[str, str]]
-# (Aliases because inside Store ``list`` is the method.) Hostnames; field values of many records.
-_Names: TypeAlias = list[str]
-_Values: TypeAlias = list[list[str]]
 
 #: The ``event`` field of a progress event on the events channel (record events have none).
 PROGRESS_EVENT = "progress"
 
-# KEYS: record, idx:all, idx:user:<u>, idx:status:<s>, live:all, live:user:<u>, rate:<u>
-# ARGV: score, hostname, channel, max total, max per user, spawn rate, rate window, now (epoch),
-#       field1, value1, ...
-# Returns 1 when written, 0 when the hostname is taken, {-2, ...} when a quota refuses it
-# (QUOTA_LUA in shared/limits.py); the check and the write are one atomic step.
-_CREATE = (
-    QUOTA_LUA
-    + RECORD_EVENT_LUA
-    + """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local refusal = quota_refusal(KEYS[5], KEYS[6], KEYS[7], tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
-                              tonumber(ARGV[7]), tonumber(ARGV[8]))
-if refusal then return refusal end
-redis.call('HSET', KEYS[1], unpack(ARGV, 9))
-redis.call('ZADD', KEYS[2], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[3], ARGV[1], ARGV[2])
-redis.call('ZADD', KEYS[4], ARGV[1], ARGV[2])
-redis.call('SADD', KEYS[5], ARGV[2])
-redis.call('SADD', KEYS[6], ARGV[2])
-quota_record(KEYS[7], tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[2])
-redis.call('PUBLISH', ARGV[3], record_event({unpack(ARGV, 9)}))
-return 1
-"""
-)
-
-# KEYS: record, idx:all, idx:ended
-# ARGV: key prefix, new status ('' keeps it), allowed statuses as ',A,B,', updated_at, channel,
-#       terminal statuses as ',A,B,', now (epoch), statuses that take no quota slot as ',A,B,',
-#       the spawn attempt the caller is ('' for none: see Store.claim_spawn), '1' to fence (end
-#       every attempt in flight: the record's attempt number goes up), field1, value1, ...
-# Returns {1, flat hash} on success, {2, flat hash} when the record already has the new status
-# (nothing written: a retried or repeated move is a no-op), {0} when missing, {-1, current
-# status} when not allowed, {-3, current attempt} when the caller's attempt is no longer the
-# record's (nothing written: a later attempt, or a fencing move, took over).
-# (The status index keys are derived here from the current status, which is only known
-# inside the script; fine on a single Redis, which is what this project uses.)
-_TRANSITION = (
-    RECORD_EVENT_LUA
-    + """
-local cur = redis.call('HGET', KEYS[1], 'status')
-if not cur then return {0} end
-if ARGV[9] ~= '' then
-  local attempt = redis.call('HGET', KEYS[1], '_attempt') or ''
-  if attempt ~= ARGV[9] then return {-3, attempt} end
-end
-if cur == ARGV[2] then return {2, redis.call('HGETALL', KEYS[1])} end
-if not string.find(ARGV[3], ',' .. cur .. ',', 1, true) then return {-1, cur} end
-local new = ARGV[2]
-if new == '' then new = cur end
-redis.call('HSET', KEYS[1], 'status', new, 'updated_at', ARGV[4])
-if ARGV[10] == '1' then redis.call('HINCRBY', KEYS[1], '_attempt', 1) end
-if #ARGV >= 11 then redis.call('HSET', KEYS[1], unpack(ARGV, 11)) end
-if new ~= cur then
-  local hostname = redis.call('HGET', KEYS[1], 'hostname')
-  local score = redis.call('ZSCORE', KEYS[2], hostname)
-  redis.call('ZREM', ARGV[1] .. 'idx:status:' .. cur, hostname)
-  if score then redis.call('ZADD', ARGV[1] .. 'idx:status:' .. new, score, hostname) end
-  -- Terminal records are kept for RECORD_RETENTION from the moment they ended.
-  if string.find(ARGV[6], ',' .. new .. ',', 1, true) then redis.call('ZADD', KEYS[3], ARGV[7], hostname) end
-  -- Leaving the counted statuses frees the notebook's quota slot (live:all, live:user:<u>).
-  if string.find(ARGV[8], ',' .. new .. ',', 1, true) then
-    redis.call('SREM', ARGV[1] .. 'live:all', hostname)
-    redis.call('SREM', ARGV[1] .. 'live:user:' .. (redis.call('HGET', KEYS[1], 'user') or ''), hostname)
-  end
-end
-local flat = redis.call('HGETALL', KEYS[1])
-redis.call('PUBLISH', ARGV[5], record_event(flat))
-return {1, flat}
-"""
-)
-
-
-# KEYS: record; ARGV: the statuses a spawn may start from, as ',A,B,'
-# A spawn task's first step: it becomes the record's current attempt (the number goes up, so an
-# earlier attempt still in flight is superseded: Store.transition refuses its moves) and marks it
-# as between claiming and recording its container (``_spawning``, the attempt's number: a kill
-# task then leaves the removal to it, see worker/spawner.py). Returns {1, flat hash} with the new
-# ``_attempt``, {0} when missing, {-1, current status} when the record is past spawning.
-_CLAIM_SPAWN = """
-local cur = redis.call('HGET', KEYS[1], 'status')
-if not cur then return {0} end
-if not string.find(ARGV[1], ',' .. cur .. ',', 1, true) then return {-1, cur} end
-local attempt = redis.call('HINCRBY', KEYS[1], '_attempt', 1)
-redis.call('HSET', KEYS[1], '_spawning', attempt)
-return {1, redis.call('HGETALL', KEYS[1])}
-"""
-
-# KEYS: record; ARGV: attempt, internal field names...
-# Deletes the fields only while ``attempt`` is still the record's (an attempt ending: its marks go).
-_END_ATTEMPT = """
-if redis.call('HGET', KEYS[1], '_attempt') ~= ARGV[1] then return 0 end
-return redis.call('HDEL', KEYS[1], unpack(ARGV, 2))
-"""
-
-# KEYS: record; ARGV: attempt, field, value, field, value...
-# Sets internal fields only while ``attempt`` is still the record's (a long step keeping its
-# deadline ahead of it); publishes nothing, the record's public fields are unchanged.
-_KEEP_ATTEMPT = """
-if redis.call('HGET', KEYS[1], '_attempt') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-return 1
-"""
-
-# KEYS: live:all; ARGV: key prefix, counted statuses as ',A,B,', hostnames of live records...
-# Makes the quota sets agree with the records: drops members that no longer take a slot and
-# adds the given hostnames whose record does (each checked here, atomically). Returns
-# {removed, added}.
-_SYNC_LIVE = """
-local removed, added = 0, 0
-for _, h in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local key = ARGV[1] .. 'nb:' .. h
-  local st = redis.call('HGET', key, 'status')
-  if not st or not string.find(ARGV[2], ',' .. st .. ',', 1, true) then
-    redis.call('SREM', KEYS[1], h)
-    local user = redis.call('HGET', key, 'user')
-    if user then redis.call('SREM', ARGV[1] .. 'live:user:' .. user, h) end
-    removed = removed + 1
-  end
-end
-for i = 3, #ARGV do
-  local key = ARGV[1] .. 'nb:' .. ARGV[i]
-  local st = redis.call('HGET', key, 'status')
-  if st and string.find(ARGV[2], ',' .. st .. ',', 1, true) then
-    local user = redis.call('HGET', key, 'user') or ''
-    added = added + redis.call('SADD', KEYS[1], ARGV[i])
-    redis.call('SADD', ARGV[1] .. 'live:user:' .. user, ARGV[i])
-  end
-end
-return {removed, added}
-"""
-
-# KEYS: record, idx:all, idx:ended; ARGV: key prefix, hostname
-_PURGE = """
-local user = redis.call('HGET', KEYS[1], 'user')
-local status = redis.call('HGET', KEYS[1], 'status')
-redis.call('ZREM', KEYS[2], ARGV[2])
-redis.call('ZREM', KEYS[3], ARGV[2])
-if user then redis.call('ZREM', ARGV[1] .. 'idx:user:' .. user, ARGV[2]) end
-if status then redis.call('ZREM', ARGV[1] .. 'idx:status:' .. status, ARGV[2]) end
-return redis.call('DEL', KEYS[1])
-"""
-
-# ARGV: key prefix, n, field1..fieldn, hostnames joined by commas
-# Returns, as one JSON string, [[value1..valuen], ...] per hostname, in the fields' order.
-# Listings read thousands of records: one script call per chunk instead of one command each
-# (redis-py's per-command cost was most of GET /containers), and one JSON string to decode
-# instead of a value each (the pure-Python reply parser's per-value cost was the rest). The
-# hostnames come as one argument: packing (and Redis parsing) 250 arguments per call cost more
-# than the split. A missing field is "" (every stored field's default but the status's, and the
-# status is always stored), and a record whose first field is missing (it vanished between
-# reading the index and the hash: retention) is left out, so the values need no checking per
-# field in Python (that was a third of a 10,000-record listing's time). (Record keys are built
-# here, as _TRANSITION does: fine on a single Redis.)
-_PUBLIC_VALUES = """
-local n = tonumber(ARGV[2])
-local fields = {unpack(ARGV, 3, 2 + n)}
-local out = {}
-for h in string.gmatch(ARGV[3 + n], '[^,]+') do
-  local v = redis.call('HMGET', ARGV[1] .. h, unpack(fields))
-  if v[1] then
-    for j = 2, n do
-      if not v[j] then v[j] = '' end
-    end
-    out[#out + 1] = v
-  end
-end
-return cjson.encode(out)
-"""
-#: Records per _PUBLIC_VALUES call: Redis runs nothing else meanwhile, so keep each call short (~1 ms).
+#: Records per public_values.lua call: Redis runs nothing else meanwhile, so keep each call short (~1 ms).
 HMGET_CHUNK = 250
 
-# KEYS: index; ARGV: start, stop. ZREVRANGE as one string, the hostnames joined by commas (for
-# the same reason: one value to read, split in C).
-_ZREVRANGE_JOINED = "return table.concat(redis.call('ZREVRANGE', KEYS[1], ARGV[1], ARGV[2]), ',')"
+
+def _key(name: Internal) -> str:
+    """An internal field's name in the hash. (``str``: a name :class:`Internal` does not define, as
+    tests use, works the same.)"""
+    return f"_{name}"
 
 
 def _as_store_error(exc: redis.RedisError) -> StoreUnavailable | None:
@@ -448,16 +254,19 @@ class Store:
     def __init__(self, client: redis.Redis, prefix: str = "swarm-manager:") -> None:
         self.redis = client
         self.prefix = prefix
-        self._create = client.register_script(_CREATE)
-        self._transition = client.register_script(_TRANSITION)
-        self._claim_spawn = client.register_script(_CLAIM_SPAWN)
-        self._end_attempt = client.register_script(_END_ATTEMPT)
-        self._keep_attempt = client.register_script(_KEEP_ATTEMPT)
-        self._purge = client.register_script(_PURGE)
-        self._sync_live = client.register_script(_SYNC_LIVE)
-        self._public_values = client.register_script(_PUBLIC_VALUES)
-        self._zrevrange_joined = client.register_script(_ZREVRANGE_JOINED)
+        self._create = lua.register(client, "create")
+        self._transition = lua.register(client, "transition")
+        self._claim_spawn = lua.register(client, "claim_spawn")
+        self._end_attempt = lua.register(client, "end_attempt")
+        self._keep_attempt = lua.register(client, "keep_attempt")
+        self._purge = lua.register(client, "purge")
+        self._sync_live = lua.register(client, "sync_live")
+        self._public_values = lua.register(client, "public_values")
+        self._zrevrange_joined = lua.register(client, "zrevrange_joined")
         self.metrics = Metrics(client, prefix)
+        #: idx:status:<s> for every status, in Status's order: how the scripts that move a record
+        #: between them get those keys (shared/lua/transition.lua).
+        self._status_indexes = [self._idx("status", s.value) for s in Status]
 
     # -- keys ---------------------------------------------------------------
     def key_for(self, hostname: str) -> str:
@@ -536,7 +345,8 @@ class Store:
 
     @_store_errors
     def get_with_internal(self, hostname: str) -> tuple[Notebook, dict[str, str]] | None:
-        """The record and its internal fields (names without the ``_``), from one HGETALL.
+        """The record and its internal fields (names without the ``_``: look them up by
+        :class:`Internal`), from one HGETALL.
 
         For a spawn, which needs both: the internal fields come with the record instead of
         one more round trip each (``internal``).
@@ -555,29 +365,29 @@ class Store:
     @_store_errors
     def status_and_attempt(self, hostname: str) -> tuple[Status | None, str]:
         """The record's status (None: gone) and its current spawn attempt ("" when none), in one read."""
-        status, attempt = self.redis.hmget(self.key_for(hostname), ["status", "_attempt"])
+        status, attempt = self.redis.hmget(self.key_for(hostname), ["status", Internal.ATTEMPT.key])
         return (Status(status) if status else None), str(attempt or "")
 
     @_store_errors
-    def internal(self, hostname: str, name: str) -> str | None:
+    def internal(self, hostname: str, name: Internal) -> str | None:
         """An internal (``_``-prefixed) field the public record does not show."""
-        value = self.redis.hget(self.key_for(hostname), f"_{name}")
+        value = self.redis.hget(self.key_for(hostname), _key(name))
         return None if value is None else str(value)
 
     @_store_errors
-    def drop_internal(self, hostname: str, *names: str) -> None:
+    def drop_internal(self, hostname: str, *names: Internal) -> None:
         """Delete internal fields no longer needed, e.g. a spawn's deadlines once it is ACTIVE.
 
         A record lives for days after its spawn; two unused fields were ~128 of its ~710 bytes
         (the hash then fits the allocator's next smaller size class).
         """
-        self.redis.hdel(self.key_for(hostname), *(f"_{name}" for name in names))
+        self.redis.hdel(self.key_for(hostname), *(_key(name) for name in names))
 
     @_store_errors
-    def internals(self, hostnames: Iterable[str], name: str) -> dict[str, str]:
+    def internals(self, hostnames: Iterable[str], name: Internal) -> dict[str, str]:
         """One internal field of many records, read like a listing; records without it (or with it
         empty) are left out."""
-        found = self._chunks_of(builtins.list(hostnames), ("hostname", f"_{name}"))
+        found = self._chunks_of(list(hostnames), ("hostname", _key(name)))
         return {h: v for chunk in found for h, v in chunk if v}
 
     @_store_errors
@@ -586,41 +396,19 @@ class Store:
         key = self.quota_keys(user)[1] if user is not None else self.quota_keys("")[0]
         return int(self.redis.scard(key))
 
-    @_store_errors
-    def list(
+    @_store_errors_iter
+    def records(
         self,
         *,
         user: str | None = None,
         status: Status | None = None,
         offset: int = 0,
         limit: int | None = None,
-    ) -> list[Notebook]:
-        """Records newest first, optionally filtered (:meth:`iter_public`'s rows as Notebooks)."""
-        rows = self.list_public(user=user, status=status, offset=offset, limit=limit)
-        return [Notebook.from_hash(row) for row in rows]
-
-    @_store_errors
-    def list_public(
-        self,
-        *,
-        user: str | None = None,
-        status: Status | None = None,
-        offset: int = 0,
-        limit: int | None = None,
-        internal: Sequence[str] = (),
-    ) -> Rows:
-        """What ``[r.to_json() for r in list(...)]`` gives, without building a Notebook per record.
-
-        Where the per-record cost is all there is: the public fields only, read by a script in
-        chunks (:data:`_PUBLIC_VALUES`), as plain dicts in the seed's field order. ``internal``
-        names internal fields to read in the same pass; each row then also has them under
-        ``_<name>`` ("" when missing), for the caller to pop.
-        """
-        return [
-            row
-            for chunk in self.iter_public(user=user, status=status, offset=offset, limit=limit, internal=internal)
-            for row in chunk
-        ]
+    ) -> Iterator[Notebook]:
+        """Records newest first, optionally filtered, one by one as :meth:`iter_public` reads them."""
+        for chunk in self.iter_public(user=user, status=status, offset=offset, limit=limit):
+            for row in chunk:
+                yield Notebook.from_hash(row)
 
     @_store_errors_iter
     def iter_public(
@@ -630,16 +418,21 @@ class Store:
         status: Status | None = None,
         offset: int = 0,
         limit: int | None = None,
-        internal: Sequence[str] = (),
+        internal: Sequence[Internal] = (),
     ) -> Iterator[Rows]:
-        """:meth:`list_public`'s rows in chunks, each as soon as Redis has it (:meth:`_chunks_of`).
+        """The public records newest first, optionally filtered, as rows (``Notebook.to_json``'s
+        dicts, without building a Notebook per record), in chunks, each as soon as Redis has it
+        (:meth:`_chunks_of`).
 
-        A caller with work to do per row (``GET /containers`` shapes and encodes them) does it
-        while Redis reads the next chunk.
+        Where the per-record cost is all there is: the public fields only, read by a script in
+        chunks (shared/lua/public_values.lua), as plain dicts in the seed's field order. ``internal``
+        names internal fields to read in the same pass; each row then also has them under
+        ``_<name>`` ("" when missing), for the caller to pop. A caller with work to do per row
+        (``GET /containers`` shapes and encodes them) does it while Redis reads the next chunk.
         """
         if limit is not None and limit <= 0:
             return
-        extra = tuple(f"_{name}" for name in internal)
+        extra = tuple(_key(name) for name in internal)
         if user:
             index, post_filter = self._idx("user", user), status
         elif status:
@@ -657,13 +450,13 @@ class Store:
         records = [r for r in self._fetch(self._index_range(index, 0, -1), extra) if r["status"] == post_filter.value]
         yield records[offset:] if limit is None else records[offset : offset + limit]
 
-    def _index_range(self, index: str, start: int, stop: int) -> _Names:
+    def _index_range(self, index: str, start: int, stop: int) -> list[str]:
         """ZREVRANGE as one JSON string: thousands of names decode in C, not one by one in Python."""
         joined = str(self._zrevrange_joined(keys=[index], args=[start, stop]))
         return joined.split(",") if joined else []
 
-    def _chunks_of(self, names: Sequence[str], wanted: Sequence[str]) -> Iterator[_Values]:
-        """``wanted`` of each record in ``names`` (:data:`_PUBLIC_VALUES`) in chunks of
+    def _chunks_of(self, names: Sequence[str], wanted: Sequence[str]) -> Iterator[list[list[str]]]:
+        """``wanted`` of each record in ``names`` (shared/lua/public_values.lua) in chunks of
         :data:`HMGET_CHUNK` records, each as soon as Redis has it.
 
         Every chunk's script call is sent at once on one connection and the replies are read
@@ -708,18 +501,18 @@ class Store:
                 pool.release(conn)
 
     @_store_errors
-    def row(self, hostname: str, internal: Sequence[str] = ()) -> dict[str, str] | None:
-        """One record as :meth:`list_public` gives it (one HMGET of just those fields); None if missing.
+    def row(self, hostname: str, internal: Sequence[Internal] = ()) -> dict[str, str] | None:
+        """One record as a row of :meth:`iter_public` (one HMGET of just those fields); None if missing.
 
         For ``GET /container/<h>``: a fifth of the request's own time less than HGETALL (twice the
         values to parse, internal ones included), ``Notebook.from_hash`` and ``to_json``.
         """
-        extra = tuple(f"_{name}" for name in internal)
+        extra = tuple(_key(name) for name in internal)
         wanted = _STORED_PUBLIC + extra
         values = cast(list[str | None], self.redis.hmget(self.key_for(hostname), wanted))
         if values[_HOSTNAME_AT] is None:
             return None
-        filled = [_PUBLIC_DEFAULTS.get(k, "") if v is None else v for k, v in zip(wanted, values, strict=True)]
+        filled = [PUBLIC_DEFAULTS.get(k, "") if v is None else v for k, v in zip(wanted, values, strict=True)]
         return self._rows(extra, [filled])[0]
 
     def _fetch(self, names: Sequence[str], extra: tuple[str, ...]) -> Rows:
@@ -728,9 +521,9 @@ class Store:
             out.extend(self._rows(extra, chunk))
         return out
 
-    def _rows(self, extra: tuple[str, ...], found: Iterable[builtins.list[Any]]) -> Rows:
+    def _rows(self, extra: tuple[str, ...], found: Iterable[list[Any]]) -> Rows:
         """Public rows from the values of :data:`_STORED_PUBLIC` + ``extra``, in that order, with
-        every field there (:data:`_PUBLIC_VALUES`): ``url`` goes back where the public record has it."""
+        every field there (shared/lua/public_values.lua): ``url`` goes back where the public record has it."""
         names = PUBLIC_FIELDS + extra
         out: Rows = []
         for values in found:
@@ -750,22 +543,21 @@ class Store:
         Adds ``hostnames`` whose record takes a slot (records written before the sets existed)
         and drops members whose record does not (or is gone); every check is in one script.
         """
-        counted = "," + ",".join(s.value for s in COUNTED) + ","
-        removed, added = self._sync_live(keys=[self.quota_keys("")[0]], args=[self.prefix, counted, *hostnames])
+        removed, added = self._sync_live(
+            keys=[self.quota_keys("")[0]], args=[self.key_for(""), self.quota_keys("")[1], *hostnames]
+        )
         return int(removed), int(added)
 
     @_store_errors
-    def purge_ended(self, older_than: float, batch: int = 1000) -> builtins.list[str]:
+    def purge_ended(self, older_than: float, batch: int = 1000) -> list[str]:
         """Delete records that ended (FAILED/REMOVED) before ``older_than`` (epoch), with their index entries."""
-        names = cast(
-            builtins.list[str], self.redis.zrangebyscore(self._idx("ended"), "-inf", older_than, start=0, num=batch)
-        )
+        names = cast(list[str], self.redis.zrangebyscore(self._idx("ended"), "-inf", older_than, start=0, num=batch))
         if not names:
             return []
         pipe = self.redis.pipeline(transaction=False)  # one round trip for the batch, not one each
         for hostname in names:
-            keys = [self.key_for(hostname), self._idx(), self._idx("ended")]
-            self._purge(keys=keys, args=[self.prefix, hostname], client=pipe)
+            keys = [self.key_for(hostname), self._idx(), self._idx("ended"), *self._status_indexes]
+            self._purge(keys=keys, args=[self._idx("user") + ":", hostname], client=pipe)
         return [h for h, deleted in zip(names, pipe.execute(), strict=True) if deleted]
 
     @_store_errors
@@ -777,7 +569,7 @@ class Store:
         domain: str,
         expires_at: str = "",
         profile: str = "",
-        internal: dict[str, str] | None = None,
+        internal: Mapping[Internal, str] | None = None,
         quota: Quota | None = None,
     ) -> Notebook:
         """Write a new PENDING record under a fresh random hostname (unique, checked atomically).
@@ -803,7 +595,7 @@ class Store:
                 profile=profile,
             )
             mapping = record.to_hash()
-            mapping.update({f"_{k}": v for k, v in (internal or {}).items()})
+            mapping.update({_key(k): v for k, v in (internal or {}).items()})
             epoch = time.time()
             argv: list[Any] = [epoch, hostname, self.events_channel, *quota.args(), repr(epoch)]
             for k, v in mapping.items():
@@ -825,10 +617,10 @@ class Store:
 
     @_store_errors
     def claim_spawn(self, hostname: str) -> tuple[Notebook, dict[str, str]] | Status | None:
-        """Become the record's current spawn attempt (``_CLAIM_SPAWN``): the record and its internal
+        """Become the record's current spawn attempt (shared/lua/claim_spawn.lua): the record and its internal
         fields (``attempt`` among them: pass it to every later move), in one round trip; the status
         when the record is past spawning; None when it does not exist."""
-        result = self._claim_spawn(keys=[self.key_for(hostname)], args=[_SPAWNABLE])
+        result = self._claim_spawn(keys=[self.key_for(hostname)])
         if result[0] == 0:
             return None
         if result[0] == -1:
@@ -837,16 +629,16 @@ class Store:
         return Notebook.from_hash(data), {k[1:]: v for k, v in data.items() if k.startswith("_")}
 
     @_store_errors
-    def end_attempt(self, hostname: str, attempt: int, *names: str) -> bool:
+    def end_attempt(self, hostname: str, attempt: int, *names: Internal) -> bool:
         """Delete internal fields ``names`` while ``attempt`` is still the record's; False if not."""
-        return bool(self._end_attempt(keys=[self.key_for(hostname)], args=[attempt, *(f"_{n}" for n in names)]))
+        return bool(self._end_attempt(keys=[self.key_for(hostname)], args=[attempt, *(_key(n) for n in names)]))
 
     @_store_errors
-    def keep_attempt(self, hostname: str, attempt: int, **fields: str) -> bool:
-        """Set internal ``fields`` while ``attempt`` is still the record's; False if not (nothing set)."""
+    def keep_attempt(self, hostname: str, attempt: int, internal: Mapping[Internal, str]) -> bool:
+        """Set ``internal`` fields while ``attempt`` is still the record's; False if not (nothing set)."""
         args: list[str | int] = [attempt]
-        for name, value in fields.items():
-            args += [f"_{name}", value]
+        for name, value in internal.items():
+            args += [_key(name), value]
         return bool(self._keep_attempt(keys=[self.key_for(hostname)], args=args))
 
     @_store_errors
@@ -856,7 +648,7 @@ class Store:
         new: Status | None,
         *,
         allowed: Iterable[Status] | None = None,
-        internal: dict[str, str] | None = None,
+        internal: Mapping[Internal, str] | None = None,
         attempt: int | None = None,
         fence: bool = False,
         **fields: str,
@@ -876,27 +668,26 @@ class Store:
         ``fence``: the move also ends every attempt in flight (the reconciler's moves: a spawn
         paused somewhere can then never undo them, nor remove the notebook's container).
         """
-        if new is None:
-            permitted = frozenset(allowed or ())
-        else:
-            permitted = sources_of(new) if allowed is None else sources_of(new) & frozenset(allowed)
+        # The script checks the move against the status machine (TRANSITIONS, generated into it);
+        # ``allowed`` only narrows it. No new status and no ``allowed``: allowed from nowhere.
+        narrowed = [s.value for s in (allowed or ())] if allowed is not None or new is None else None
         argv: list[Any] = [
-            self.prefix,
+            self.quota_keys("")[1],  # live:user: (the script adds the record's user)
             new.value if new is not None else "",
-            "," + ",".join(s.value for s in permitted) + ",",
             now_rfc3339(),
             self.events_channel,
-            "," + ",".join(s.value for s in TERMINAL) + ",",
             repr(time.time()),
-            "," + ",".join(s.value for s in Status if s not in COUNTED) + ",",
             "" if attempt is None else str(attempt),
             "1" if fence else "",
+            -1 if narrowed is None else len(narrowed),
+            *(narrowed or ()),
         ]
         for k, v in fields.items():
             argv.extend((k, v))
         for k, v in (internal or {}).items():
-            argv.extend((f"_{k}", v))
-        result = self._transition(keys=[self.key_for(hostname), self._idx(), self._idx("ended")], args=argv)
+            argv.extend((_key(k), v))
+        keys = [self.key_for(hostname), self._idx(), self._idx("ended"), self.quota_keys("")[0], *self._status_indexes]
+        result = self._transition(keys=keys, args=argv)
         if result[0] == 0:
             raise NotFound(f"no notebook with hostname {hostname!r}")
         if result[0] == -1:

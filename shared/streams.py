@@ -18,32 +18,10 @@ import socket
 
 import redis
 
+from shared import lua
+
 #: Seconds a process's slots count without its heartbeat; it renews it every LEASE / 4.
 LEASE = 60.0
-
-# KEYS: streams:<who>; ARGV: this process's id, the heartbeat keys' prefix, cap, lease (ms)
-# Returns 1 when the slot is taken, 0 when the caller already holds ``cap`` live ones.
-_ACQUIRE = """
-local total = 0
-local counts = redis.call('HGETALL', KEYS[1])
-for i = 1, #counts, 2 do
-  if counts[i] == ARGV[1] or redis.call('EXISTS', ARGV[2] .. counts[i]) == 1 then
-    total = total + tonumber(counts[i + 1])
-  else
-    redis.call('HDEL', KEYS[1], counts[i])  -- a process that died: its streams are gone with it
-  end
-end
-if total >= tonumber(ARGV[3]) then return 0 end
-redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
-redis.call('SET', ARGV[2] .. ARGV[1], '1', 'PX', ARGV[4])
-return 1
-"""
-
-# KEYS: streams:<who>; ARGV: this process's id
-_RELEASE = """
-if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
-return 1
-"""
 
 
 class StreamSlots:
@@ -54,8 +32,8 @@ class StreamSlots:
         self.prefix = prefix
         self.lease = lease
         self.process = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
-        self._acquire = client.register_script(_ACQUIRE)
-        self._release = client.register_script(_RELEASE)
+        self._acquire = lua.register(client, "stream_acquire")
+        self._release = lua.register(client, "stream_release")
 
     def key(self, who: str) -> str:
         return f"{self.prefix}streams:{who}"

@@ -37,6 +37,7 @@ from typing import Any
 
 import redis
 
+from shared import lua
 from shared.errors import NotFound
 from shared.record import now_rfc3339, rfc3339
 from shared.store import _store_errors
@@ -84,37 +85,6 @@ def is_admin_token(presented: str, admin_token: str) -> bool:
     return hmac.compare_digest(digest(presented), digest(admin_token))
 
 
-# KEYS: token:<id>, idx:tokens, token-sessions:<id>
-# ARGV: token id, the lookup keys' prefix, the session keys' prefix, control channel, control message
-# Returns 0 when the token is already gone, else 1.
-_REVOKE = """
-local sha = redis.call('HGET', KEYS[1], 'sha256')
-if not sha then return 0 end
-redis.call('DEL', KEYS[1], ARGV[2] .. sha)
-redis.call('ZREM', KEYS[2], ARGV[1])
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[3])) do
-  redis.call('DEL', ARGV[3] .. id)
-end
-redis.call('DEL', KEYS[3])
-redis.call('PUBLISH', ARGV[4], ARGV[5])
-return 1
-"""
-
-# KEYS: session:<id>, and for a user token also token:<id> and token-sessions:<id>
-# ARGV: seconds to live, session id, then the session's fields and values
-# Returns 0 (and writes nothing) when the token is gone, else 1.
-_CREATE_SESSION = """
-if #KEYS > 1 then
-  if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
-  redis.call('SADD', KEYS[3], ARGV[2])
-  redis.call('EXPIRE', KEYS[3], ARGV[1])
-end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-return 1
-"""
-
-
 @dataclass(frozen=True)
 class Token:
     """A user token as listed: never its secret."""
@@ -139,7 +109,7 @@ class Tokens:
         self.redis = client
         self.prefix = prefix
         self.sessions = Sessions(client, prefix)
-        self._revoke = client.register_script(_REVOKE)
+        self._revoke = lua.register(client, "token_revoke")
 
     def _key(self, token_id: str) -> str:
         return token_key(self.prefix, token_id)
@@ -236,7 +206,7 @@ class Sessions:
         self.redis = client
         self.prefix = prefix
         self.lifetime = lifetime
-        self._create = client.register_script(_CREATE_SESSION)
+        self._create = lua.register(client, "session_create")
 
     def key(self, session_id: str) -> str:
         return f"{self.prefix}session:{session_id}"

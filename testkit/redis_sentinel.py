@@ -373,7 +373,7 @@ class FailoverStack:
         run.first_accept_seconds = min(after) if after else None
         # Every record the instance has, the 202 ones and any left by a spawn the client was told 503.
         wait_for(lambda: self._settled(), 180, "every record to settle (ACTIVE, FAILED or REMOVED)")
-        records = self.store.list()
+        records = list(self.store.records())
         known = set(run.accepted)
         run.unasked = [r for r in records if r.hostname not in known]
         run.records = [self.store.get(h) for h in run.accepted] + list(run.unasked)
@@ -381,4 +381,4 @@ class FailoverStack:
         return run
 
     def _settled(self) -> bool:
-        return all(r.status in FINAL for r in self.store.list())
+        return all(r.status in FINAL for r in self.store.records())

@@ -166,7 +166,7 @@ def test_per_address_launch_rate_with_retry_after(clean: Anon) -> None:
 
 
 def test_a_total_cap_on_anonymous_notebooks(clean: Anon) -> None:
-    live = len([r for r in clean.stack.store.list(user=ANONYMOUS_USER) if r.status is Status.PENDING])
+    live = len([r for r in clean.stack.store.records(user=ANONYMOUS_USER) if r.status is Status.PENDING])
     sources = iter(f"127.0.1.{i}" for i in range(1, 50))
     for _ in range(TOTAL - live):
         assert clean.launch(next(sources)).status == 202
@@ -265,7 +265,9 @@ def test_a_launch_never_ready_is_killed_when_its_client_gives_up_or_leaves(clean
         sock.close()
     assert b'"phase": "built"' in seen
     hostname = wait_for(
-        lambda: [r for r in clean.stack.store.list(user=ANONYMOUS_USER) if r.error.startswith("abandoned: its launch")],
+        lambda: [
+            r for r in clean.stack.store.records(user=ANONYMOUS_USER) if r.error.startswith("abandoned: its launch")
+        ],
         10,
         "the abandoned launch to be killed",
     )[0].hostname

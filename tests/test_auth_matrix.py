@@ -225,14 +225,14 @@ def test_a_user_lists_only_its_own_notebooks(secured: Secured) -> None:
 
 
 def test_a_spawn_for_someone_else_is_refused_and_writes_nothing(secured: Secured) -> None:
-    before = {r.hostname for r in secured.stack.store.list()}
+    before = {r.hostname for r in secured.stack.store.records()}
     for body in ({"user": B}, {"user": "nobody-at-all"}, {"user": f" {B} "}):
         response = secured.call("POST", "/spawn", "A", json={"image": secured.image, **body})
         assert response.status_code == 403, response.get_data(as_text=True)
         assert response.get_json() == {"error": "a user token spawns only for its own user", "code": "forbidden"}
     form = secured.call("POST", "/spawn", "A", data={"image": secured.image, "user": B})
     assert form.status_code == 403
-    assert {r.hostname for r in secured.stack.store.list()} == before
+    assert {r.hostname for r in secured.stack.store.records()} == before
 
 
 def test_a_user_token_spawns_a_real_notebook_for_itself(secured: Secured) -> None:

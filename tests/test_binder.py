@@ -73,7 +73,7 @@ class Site:
         return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
     def anonymous(self) -> list[Any]:
-        return self.stack.store.list(user=ANONYMOUS_USER)
+        return list(self.stack.store.records(user=ANONYMOUS_USER))
 
     def kill(self, hostname: str) -> None:
         requests.delete(f"{self.api.url}/container/{hostname}", headers=self.admin(), timeout=10)
@@ -184,7 +184,7 @@ def test_binder_mode_from_the_warm_pool(site: Site) -> None:
     ids=["unknown-spec", "disallowed-image"],
 )
 def test_binder_mode_failures_show_in_thebe_with_the_reason(site: Site, repo: str, reason: str) -> None:
-    before = {r.hostname for r in site.stack.store.list()}
+    before = {r.hostname for r in site.stack.store.records()}
     url = site.url(f"/{repo.split('/')[1]}.html", BINDER, REPO=repo, REF="main")
     context, tab, seen, refused = open_page(site.browser, url, 60)
     try:
@@ -196,7 +196,7 @@ def test_binder_mode_failures_show_in_thebe_with_the_reason(site: Site, repo: st
         assert refused == []
     finally:
         context.close()
-    assert {r.hostname for r in site.stack.store.list()} == before, "a refused launch wrote a record"
+    assert {r.hostname for r in site.stack.store.records()} == before, "a refused launch wrote a record"
 
 
 def test_server_mode_after_an_anonymous_spawn_followed_with_an_event_source(site: Site) -> None:

@@ -89,14 +89,14 @@ def test_last_activity_is_unknown_for_servers_that_do_not_report_it(open_stack: 
 def test_ended_records_expire_after_retention(stack: Any, images: dict[str, str]) -> None:
     h = stack.spawn("swarm-manager-test/never-built:1", user="retired")
     assert stack.wait(h, {Status.FAILED}, timeout=30).status == Status.FAILED
-    assert h in [r.hostname for r in stack.store.list(user="retired")]
+    assert h in [r.hostname for r in stack.store.records(user="retired")]
     assert h not in make_reconciler(stack).run(lock=False).purged  # 7 days by default
     report = make_reconciler(stack, clock=lambda: time.time() + 8 * 86400).run(lock=False)
     assert h in report.purged
     assert stack.store.get(h) is None
-    assert h not in [r.hostname for r in stack.store.list(user="retired")]
-    assert h not in [r.hostname for r in stack.store.list(status=Status.FAILED)]
-    assert h not in [r.hostname for r in stack.store.list()]
+    assert h not in [r.hostname for r in stack.store.records(user="retired")]
+    assert h not in [r.hostname for r in stack.store.records(status=Status.FAILED)]
+    assert h not in [r.hostname for r in stack.store.records()]
     assert wait_for(lambda: stack.http.get(f"/container/{h}").status_code == 404, 5, "404 after purge")
 
 

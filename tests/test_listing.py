@@ -1,4 +1,4 @@
-"""The store's fast paths give what the slow ones gave: listing (Store.list_public, GET /containers
+"""The store's fast paths give what the slow ones gave: listing (Store.iter_public, GET /containers
 paging), the spawn's one read (get_with_internal), deadlines dropped once a notebook is ACTIVE."""
 
 from __future__ import annotations
@@ -31,6 +31,11 @@ class NoQueue:
 
     def refill(self, image: str) -> None:
         pass
+
+
+def public_rows(store: Store, **query: Any) -> list[dict[str, str]]:
+    """:meth:`Store.iter_public`'s rows, its chunks joined."""
+    return [row for chunk in store.iter_public(**query) for row in chunk]
 
 
 @pytest.fixture
@@ -73,40 +78,40 @@ def test_list_public_is_what_to_json_gives(store: Store, client: fakeredis.FakeR
     # The reference: every record read whole (HGETALL), as Notebook, serialised by to_json.
     names = client.zrevrange(f"{PREFIX}idx:all", 0, -1)
     whole = {h: Notebook.from_hash(client.hgetall(store.key_for(h))) for h in names}
-    expected = [whole[r.hostname].to_json() for r in store.list(**query)]
-    rows = store.list_public(**query)
+    expected = [whole[r.hostname].to_json() for r in store.records(**query)]
+    rows = public_rows(store, **query)
     assert rows == expected
     assert [list(row) for row in rows] == [list(e) for e in expected]  # the seed's field order too
     assert all(not k.startswith("_") for row in rows for k in row)
 
 
 def test_list_public_fills_fields_a_hash_lacks_and_skips_vanished_ones(store: Store, client: Any) -> None:
-    first, second, *_ = store.list()
+    first, second, *_ = list(store.records())
     client.hdel(store.key_for(first.hostname), "profile", "error")  # written before those fields existed
     client.delete(store.key_for(second.hostname))  # expired between the index read and the fetch
-    rows = store.list_public()
+    rows = public_rows(store)
     assert second.hostname not in [r["hostname"] for r in rows]
     assert rows[0] == {**first.to_json(), "profile": "", "error": ""}
 
 
 def test_list_public_reads_asked_internal_fields_in_the_same_pass(store: Store, client: Any) -> None:
-    first = store.list()[0]
+    first = next(store.records())
     client.hdel(store.key_for(first.hostname), "_x")
-    rows = store.list_public(internal=["x"])
+    rows = public_rows(store, internal=["x"])
     assert rows[0]["_x"] == "" and all(row["_x"] == "1" for row in rows[1:])
-    assert [{k: v for k, v in row.items() if k != "_x"} for row in rows] == store.list_public()
+    assert [{k: v for k, v in row.items() if k != "_x"} for row in rows] == public_rows(store)
 
 
 def test_row_is_the_listed_row(store: Store, client: Any) -> None:
-    first = store.list()[0]
+    first = next(store.records())
     client.hdel(store.key_for(first.hostname), "profile")
-    for row in store.list_public(internal=["x"]):
+    for row in public_rows(store, internal=["x"]):
         assert store.row(row["hostname"], internal=["x"]) == row
     assert store.row("000000000000") is None
 
 
 def test_get_with_internal_reads_both_at_once(store: Store) -> None:
-    record = store.list()[0]
+    record = next(store.records())
     got = store.get_with_internal(record.hostname)
     assert got is not None
     assert got[0] == store.get(record.hostname)
@@ -147,7 +152,7 @@ def test_containers_pages_link_to_the_next_page(http: FlaskClient, store: Store)
 
 
 def test_drop_internal(store: Store) -> None:
-    record = store.list()[0]
+    record = next(store.records())
     store.drop_internal(record.hostname, "x", "never-set")
     assert store.internal(record.hostname, "x") is None
     assert store.get(record.hostname) == record
@@ -168,23 +173,23 @@ def test_an_active_notebook_keeps_no_spawn_deadlines(stack: Any, images: dict[st
 
 # -- the stored form, and listings in chunks on a real Redis --------------------------------------
 def test_the_hash_leaves_out_url_and_empty_extras_that_reading_puts_back(store: Store, client: Any) -> None:
-    record = store.list(status=Status.PENDING)[0]
+    record = next(store.records(status=Status.PENDING))
     stored = client.hgetall(store.key_for(record.hostname))
     assert "url" not in stored and "error" not in stored and "container_id" not in stored
     assert stored["hostname"] == record.hostname and stored["status"] == "PENDING"
     assert record.url == f"{record.hostname}.nb.test"
     assert store.row(record.hostname) == record.to_json()
-    active = store.list(status=Status.ACTIVE)[0]
+    active = next(store.records(status=Status.ACTIVE))
     assert client.hget(store.key_for(active.hostname), "container_id") == "c1"
 
 
 def test_a_record_stored_whole_by_an_older_version_reads_the_same(store: Store, client: Any) -> None:
-    record = store.list()[0]
+    record = next(store.records())
     key = store.key_for(record.hostname)
     client.hset(key, mapping={"url": record.url, "error": "", "profile": "", "node": "", "address": ""})
     assert store.get(record.hostname) == record
     assert store.row(record.hostname) == record.to_json()
-    assert store.list_public()[0] == record.to_json()
+    assert public_rows(store)[0] == record.to_json()
 
 
 @pytest.fixture
@@ -214,19 +219,19 @@ def test_a_listing_longer_than_a_chunk_is_streamed_in_order_and_survives_a_scrip
 
     # Redis lost its scripts (a restart, SCRIPT FLUSH): the listing loads them again and answers.
     real_store.redis.script_flush()
-    assert real_store.list_public() == expected
-    assert real_store.list_public(offset=HMGET_CHUNK - 1, limit=3) == expected[HMGET_CHUNK - 1 : HMGET_CHUNK + 2]
+    assert public_rows(real_store) == expected
+    assert public_rows(real_store, offset=HMGET_CHUNK - 1, limit=3) == expected[HMGET_CHUNK - 1 : HMGET_CHUNK + 2]
 
 
 def test_json_goes_through_orjson_with_the_same_meaning(http: FlaskClient, store: Store) -> None:
-    failed = store.list(status=Status.FAILED)[0]
+    failed = next(store.records(status=Status.FAILED))
     body = http.get(f"/container/{failed.hostname}")
     assert body.get_json()["error"] == 'boom "quoted" ünïcode'
     assert "ünïcode".encode() in body.data  # UTF-8, not \u escapes
     assert body.data.endswith(b"}\n")
     listing = http.get("/containers")
     assert listing.mimetype == "application/json" and listing.data.endswith(b"]\n")
-    assert [r["hostname"] for r in listing.get_json()] == [r.hostname for r in store.list()]
+    assert [r["hostname"] for r in listing.get_json()] == [r.hostname for r in store.records()]
     assert http.get("/containers?user=nobody").data == b"[]\n"
     bad = http.post("/spawn", data=b'{"image": NaN}', content_type="application/json")
     assert bad.status_code == 400 and bad.is_json

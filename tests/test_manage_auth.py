@@ -201,10 +201,10 @@ def test_spawn_through_the_page_needs_the_csrf_token(site: Site) -> None:
     browser, csrf = signed_in(site)
     form = {"image": "busybox", "user": "alice"}
     assert browser.post("/manage/spawn", data=form).status_code == 403
-    assert site.store.list() == []
+    assert list(site.store.records()) == []
     done = browser.post("/manage/spawn", data={**form, "csrf_token": csrf})
     assert done.status_code == 303
-    assert [r.user for r in site.store.list()] == ["alice"]
+    assert [r.user for r in site.store.records()] == ["alice"]
 
 
 def test_the_json_api_through_the_cookie_needs_the_csrf_token_too(site: Site) -> None:
@@ -251,7 +251,7 @@ def test_a_user_session_sees_and_spawns_only_its_own(site: Site) -> None:
     assert for_bob.status_code == 303 and "error=" in for_bob.headers["Location"]
     own = browser.post("/manage/spawn", data={"image": "busybox", "csrf_token": csrf})
     assert own.status_code == 303 and "message=" in own.headers["Location"]
-    assert sorted(r.user for r in site.store.list()) == ["alice", "alice", "bob"]
+    assert sorted(r.user for r in site.store.records()) == ["alice", "alice", "bob"]
     # The page's admin-only neighbours stay closed to the session too, with its CSRF token.
     for path in ("/metrics", "/tokens"):
         refused = browser.get(path, headers={"X-CSRF-Token": csrf})

@@ -173,7 +173,7 @@ def test_manage_spawn_redirects_and_creates_a_record(ui: Page) -> None:
     assert response.status_code == 303
     location = urlsplit(response.headers["Location"])
     assert location.path == "/manage"
-    records = ui.store.list()
+    records = list(ui.store.records())
     assert len(records) == 1
     record = records[0]
     assert record.image == "jupyter/minimal-notebook" and record.user == "alice"

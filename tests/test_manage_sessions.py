@@ -297,7 +297,7 @@ def test_the_cookie_alone_is_refused_except_for_the_page(served: Served) -> None
     listed = requests.get(f"{served.url}/containers?csrf={signed.csrf}", headers=signed.header, timeout=5)
     assert listed.status_code == 403
     assert served.site.store.require(hostname).status.value == "PENDING"
-    assert served.site.store.list(user="mallory") == []
+    assert list(served.site.store.records(user="mallory")) == []
 
     # The page itself renders with the cookie alone (a top-level navigation sends no header)...
     assert requests.get(served.url + "/manage", headers=signed.header, timeout=5).status_code == 200

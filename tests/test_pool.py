@@ -32,7 +32,7 @@ def test_spawn_takes_a_ready_notebook_and_the_pool_refills(
         assert body["hostname"] in members and body["expires_at"]
         assert response.headers["Location"].endswith(body["hostname"])
         assert requests.get(body["address"], timeout=5).ok  # and it really answers
-        assert [r.hostname for r in st.store.list(user="alice")] == [body["hostname"]]
+        assert [r.hostname for r in st.store.records(user="alice")] == [body["hostname"]]
 
         # A replacement is started; the claimed one is no longer a member.
         wait_for(
@@ -40,7 +40,7 @@ def test_spawn_takes_a_ready_notebook_and_the_pool_refills(
             60,
             "the pool to refill",
         )
-        assert len({r.hostname for r in st.store.list(user=POOL_USER, status=Status.ACTIVE)}) == 2
+        assert len({r.hostname for r in st.store.records(user=POOL_USER, status=Status.ACTIVE)}) == 2
 
         # Another image is not pooled: a cold start as usual.
         other = st.http.post("/spawn", data={"image": images["slow3"], "user": "bob"}).get_json()

@@ -223,7 +223,7 @@ def test_a_spawn_that_the_replica_cannot_confirm_is_refused_and_failed(
     try:
         assert response.status_code == 503, response.get_json()
         assert "replicas" in response.get_json()["error"]
-        (record,) = store.list()
+        (record,) = list(store.records())
         assert record.status == Status.FAILED and "replicas" in record.error
         ok = app.test_client().post("/spawn", data={"image": "busybox", "user": "alice"})
         assert ok.status_code == 202, ok.get_json()

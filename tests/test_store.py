@@ -339,7 +339,7 @@ def test_purge_ended_deletes_old_ended_records_and_their_index_entries(
     assert store.get(old.hostname) is None
     for key in client.scan_iter(match=f"{PREFIX}idx:*"):
         assert client.zscore(key, old.hostname) is None, key
-    assert names(store.list()) == [live.hostname, recent.hostname]
+    assert names(list(store.records())) == [live.hostname, recent.hostname]
     assert store.purge_ended(cutoff) == []  # nothing left that old
     assert store.require(recent.hostname).status is Status.REMOVED
 
@@ -433,57 +433,57 @@ def names(records: list[Notebook]) -> list[str]:
 
 
 def test_list_newest_first(store: Store, population: list[Notebook]) -> None:
-    assert names(store.list()) == names(population[::-1])
-    assert store.list() == population[::-1]
+    assert names(list(store.records())) == names(population[::-1])
+    assert list(store.records()) == population[::-1]
     assert store.count() == 6
 
 
 def test_list_by_user(store: Store, population: list[Notebook]) -> None:
-    assert names(store.list(user="alice")) == names([population[4], population[2], population[0]])
-    assert names(store.list(user="bob")) == names([population[5], population[3], population[1]])
-    assert store.list(user="nobody") == []
+    assert names(list(store.records(user="alice"))) == names([population[4], population[2], population[0]])
+    assert names(list(store.records(user="bob"))) == names([population[5], population[3], population[1]])
+    assert list(store.records(user="nobody")) == []
 
 
 def test_list_by_status(store: Store, population: list[Notebook]) -> None:
-    assert names(store.list(status=Status.STARTING)) == names([population[2], population[1]])
-    assert names(store.list(status=Status.ACTIVE)) == names([population[4]])
-    assert names(store.list(status=Status.PENDING)) == names([population[5], population[3], population[0]])
-    assert store.list(status=Status.REMOVED) == []
+    assert names(list(store.records(status=Status.STARTING))) == names([population[2], population[1]])
+    assert names(list(store.records(status=Status.ACTIVE))) == names([population[4]])
+    assert names(list(store.records(status=Status.PENDING))) == names([population[5], population[3], population[0]])
+    assert list(store.records(status=Status.REMOVED)) == []
 
 
 def test_list_by_user_and_status(store: Store, population: list[Notebook]) -> None:
-    assert names(store.list(user="alice", status=Status.STARTING)) == names([population[2]])
-    assert names(store.list(user="bob", status=Status.STARTING)) == names([population[1]])
-    assert names(store.list(user="bob", status=Status.PENDING)) == names([population[5], population[3]])
-    assert store.list(user="bob", status=Status.ACTIVE) == []
+    assert names(list(store.records(user="alice", status=Status.STARTING))) == names([population[2]])
+    assert names(list(store.records(user="bob", status=Status.STARTING))) == names([population[1]])
+    assert names(list(store.records(user="bob", status=Status.PENDING))) == names([population[5], population[3]])
+    assert list(store.records(user="bob", status=Status.ACTIVE)) == []
 
 
 def test_list_offset_and_limit(store: Store, population: list[Notebook]) -> None:
     newest_first = names(population[::-1])
-    assert names(store.list(limit=2)) == newest_first[:2]
-    assert names(store.list(offset=2, limit=2)) == newest_first[2:4]
-    assert names(store.list(offset=4)) == newest_first[4:]
-    assert names(store.list(offset=5, limit=10)) == newest_first[5:]
-    assert store.list(offset=6) == []
-    assert store.list(offset=100, limit=1) == []
+    assert names(list(store.records(limit=2))) == newest_first[:2]
+    assert names(list(store.records(offset=2, limit=2))) == newest_first[2:4]
+    assert names(list(store.records(offset=4))) == newest_first[4:]
+    assert names(list(store.records(offset=5, limit=10))) == newest_first[5:]
+    assert list(store.records(offset=6)) == []
+    assert list(store.records(offset=100, limit=1)) == []
     # The same with one filter (read from the index) and with both (filtered after the read).
-    assert names(store.list(user="alice", offset=1, limit=1)) == names([population[2]])
-    assert names(store.list(status=Status.PENDING, offset=1, limit=5)) == names([population[3], population[0]])
-    assert names(store.list(user="bob", status=Status.PENDING, offset=1)) == names([population[3]])
-    assert names(store.list(user="bob", status=Status.PENDING, limit=1)) == names([population[5]])
+    assert names(list(store.records(user="alice", offset=1, limit=1))) == names([population[2]])
+    assert names(list(store.records(status=Status.PENDING, offset=1, limit=5))) == names([population[3], population[0]])
+    assert names(list(store.records(user="bob", status=Status.PENDING, offset=1))) == names([population[3]])
+    assert names(list(store.records(user="bob", status=Status.PENDING, limit=1))) == names([population[5]])
 
 
 def test_list_limit_zero_returns_nothing(store: Store, population: list[Notebook]) -> None:
     # limit=0 must mean "no records" on every path, as it does when both filters are given.
-    assert store.list(user="bob", status=Status.PENDING, limit=0) == []
-    assert store.list(limit=0) == []
-    assert store.list(user="alice", limit=0) == []
+    assert list(store.records(user="bob", status=Status.PENDING, limit=0)) == []
+    assert list(store.records(limit=0)) == []
+    assert list(store.records(user="alice", limit=0)) == []
 
 
 def test_list_skips_a_record_whose_hash_vanished(store: Store, client: fakeredis.FakeRedis) -> None:
     a, b = make(store), make(store)
     client.delete(store.key_for(a.hostname))  # e.g. expired by retention between the two reads
-    assert names(store.list()) == [b.hostname]
+    assert names(list(store.records())) == [b.hostname]
 
 
 def test_get_and_require_missing(store: Store) -> None:
@@ -498,7 +498,7 @@ def test_keys_are_built_from_the_prefix(client: fakeredis.FakeRedis) -> None:
     assert one.key_for(record.hostname) == f"one:nb:{record.hostname}"
     assert one.events_channel == "one:events"
     assert two.get(record.hostname) is None
-    assert two.list() == [] and two.count() == 0
+    assert list(two.records()) == [] and two.count() == 0
     with pytest.raises(NotFound):
         two.transition(record.hostname, Status.DELETING)
     assert one.require(record.hostname).status is Status.PENDING
@@ -546,8 +546,8 @@ def test_store_on_a_closed_port_raises_store_unavailable() -> None:
         lambda: store.get("000000000000"),
         lambda: store.require("000000000000"),
         lambda: store.internal("000000000000", "x"),
-        lambda: store.list(),
-        lambda: store.list(user="alice", status=Status.PENDING),
+        lambda: list(store.records()),
+        lambda: list(store.records(user="alice", status=Status.PENDING)),
         lambda: make(store),
         lambda: store.transition("000000000000", Status.DELETING),
     ]

@@ -216,7 +216,7 @@ def test_the_warm_pool_hands_out_ready_services(
         assert response.status_code == 202 and body["status"] == "ACTIVE", body  # at once, no engine call
         assert body["hostname"] == member and body["user"] == "sam" and body["node"] == swarm.manager_hostname
         assert answers_200(body["address"])
-        assert [r.hostname for r in st.store.list(user="sam")] == [member]
+        assert [r.hostname for r in st.store.records(user="sam")] == [member]
 
         wait_for(lambda: pool.ready_count(image) == 1 and member not in pool.members(image), 120, "the pool to refill")
         st.kill(member)

@@ -13,6 +13,7 @@ from shared.notebook_token import new_token, wanted
 from shared.pool import POOL_USER, Pool
 from shared.profiles import Profiles, load_profiles
 from shared.queue import Queue
+from shared.record import Internal
 from shared.settings import Settings
 from shared.status import LIVE
 from shared.store import Store
@@ -66,8 +67,8 @@ class Refiller:
                     domain=self.settings.domain,
                     profile=profile.name if profile else "",
                     internal={
-                        "pool": image,
-                        "queue_deadline": str(time.time() + self.settings.start_timeout),
+                        Internal.POOL: image,
+                        Internal.QUEUE_DEADLINE: str(time.time() + self.settings.start_timeout),
                         **({TOKEN_FIELD: token} if token else {}),
                     },
                     # Members count against MAX_NOTEBOOKS: the pool never fills the last slots.

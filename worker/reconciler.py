@@ -40,7 +40,7 @@ from shared.locks import RerunLock
 from shared.notebook_token import FIELD as TOKEN_FIELD
 from shared.pool import ANONYMOUS_USER, POOL_USER
 from shared.queue import Queue
-from shared.record import Notebook, parse_rfc3339
+from shared.record import SPAWN_INTERNALS, Internal, Notebook, parse_rfc3339
 from shared.settings import Settings
 from shared.status import Status
 from shared.store import Store
@@ -113,7 +113,7 @@ class Reconciler:
         routes = self._routes()  # before the records: see _sync_routes
         live: dict[str, Notebook] = {}
         for status in (Status.PENDING, Status.STARTING, Status.ACTIVE, Status.DELETING):
-            for record in self.store.list(status=status):
+            for record in self.store.records(status=status):
                 live[record.hostname] = record
         now = self.clock()
 
@@ -284,7 +284,7 @@ class Reconciler:
         except (InvalidTransition, NotFound):
             return False
         try:
-            self.store.drop_internal(record.hostname, "queue_deadline", "ready_deadline", "spawning", "attempt")
+            self.store.drop_internal(record.hostname, *SPAWN_INTERNALS)
         except StoreUnavailable as exc:
             log.warning("%s: could not drop the spawn's deadlines: %s", record.hostname, exc)
         log.warning("%s: adopted as ACTIVE (its server answers; its spawn task was lost)", record.hostname)
@@ -344,9 +344,9 @@ class Reconciler:
         hand it out again after the visibility timeout, so the reconciler sends it once more
         (spawns are idempotent: a duplicate finds the record moved on and does nothing).
         """
-        if self.queue is None or self.store.internal(record.hostname, "resent"):
+        if self.queue is None or self.store.internal(record.hostname, Internal.RESENT):
             return False
-        raw = self.store.internal(record.hostname, "queue_deadline")
+        raw = self.store.internal(record.hostname, Internal.QUEUE_DEADLINE)
         try:
             return bool(raw) and now > float(raw or 0)
         except ValueError:
@@ -355,7 +355,7 @@ class Reconciler:
     def _resend(self, report: Report, hostname: str) -> None:
         assert self.queue is not None
         try:
-            self.store.transition(hostname, None, allowed={Status.PENDING}, internal={"resent": "1"})
+            self.store.transition(hostname, None, allowed={Status.PENDING}, internal={Internal.RESENT: "1"})
             self.queue.spawn(hostname)
         except (InvalidTransition, NotFound, QueueUnavailable) as exc:
             log.info("%s: not sent again: %s", hostname, exc)
@@ -375,9 +375,9 @@ class Reconciler:
         start timeout, since a spawn taken from a long queue only then begins to wait.
         """
         if record.status == Status.STARTING:
-            name, extra = "ready_deadline", 0.0
+            name, extra = Internal.READY_DEADLINE, 0.0
         else:
-            name, extra = "queue_deadline", self.settings.start_timeout
+            name, extra = Internal.QUEUE_DEADLINE, self.settings.start_timeout
         raw = self.store.internal(record.hostname, name)
         try:
             deadline = float(raw) if raw else 0.0

@@ -32,7 +32,7 @@ from shared.notebook_token import FIELD as TOKEN_FIELD
 from shared.notebook_token import Delivery
 from shared.pool import POOL_USER, Pool
 from shared.profiles import ORIGIN_ENV, Limits, Profile, Profiles, allowed_origins, load_profiles, origin_arguments
-from shared.record import Notebook
+from shared.record import SPAWN_INTERNALS, Internal, Notebook
 from shared.settings import Settings
 from shared.status import Status
 from shared.store import Store
@@ -166,7 +166,7 @@ class Spawner:
             log.info("%s: spawn skipped, record is %s", hostname, claimed)
             return claimed
         record, internal = claimed
-        attempt = int(internal["attempt"])
+        attempt = int(internal[Internal.ATTEMPT])
         spec = self.spec_for(record, internal)
         if record.profile and record.profile not in self.profiles:
             return self.fail(spec, f"profile {record.profile!r} is not in this worker's PROFILES_FILE", attempt=attempt)
@@ -182,9 +182,9 @@ class Spawner:
             placement = self.engine.start(spec)
         except EngineUnavailable as exc:
             self.store.metrics.engine_error(exc)
-            if self.clock() < self._deadline(hostname, "queue_deadline", internal):
+            if self.clock() < self._deadline(hostname, Internal.QUEUE_DEADLINE, internal):
                 # Retried: the retry is a new attempt. A kill meanwhile is this one's to finish.
-                self.store.end_attempt(hostname, attempt, "spawning")
+                self.store.end_attempt(hostname, attempt, Internal.SPAWNING)
                 raise
             return self.fail(spec, f"{exc} (gave up after {self.settings.start_timeout:g}s)", attempt=attempt)
         except EngineError as exc:
@@ -199,19 +199,19 @@ class Spawner:
                     hostname,
                     Status.STARTING,
                     attempt=attempt,
-                    internal={"spawning": "", "ready_deadline": str(ready_deadline)},
+                    internal={Internal.SPAWNING: "", Internal.READY_DEADLINE: str(ready_deadline)},
                     container_id=placement.object_id,
                     address=placement.address,
                     node=placement.node,
                 )
             else:  # a redelivered spawn that had got this far: keep its original deadline
-                ready_deadline = self._deadline(hostname, "ready_deadline", internal)
+                ready_deadline = self._deadline(hostname, Internal.READY_DEADLINE, internal)
                 record = self.store.transition(
                     hostname,
                     None,
                     allowed={Status.STARTING},
                     attempt=attempt,
-                    internal={"spawning": ""},
+                    internal={Internal.SPAWNING: ""},
                     container_id=placement.object_id,
                     address=placement.address,
                     node=placement.node,
@@ -239,7 +239,7 @@ class Spawner:
             if now - kept >= KEEP_DEADLINE_EVERY:
                 kept = now
                 deadline = str(now + self.settings.start_timeout)
-                self.store.keep_attempt(spec.hostname, attempt, queue_deadline=deadline)
+                self.store.keep_attempt(spec.hostname, attempt, {Internal.QUEUE_DEADLINE: deadline})
 
         return report
 
@@ -321,7 +321,7 @@ class Spawner:
             # Read only while PENDING/STARTING (here and by the reconciler): not worth keeping for
             # the hours or days an ACTIVE record lives. After the move, so not on the client's path.
             # Without ``_attempt`` every attempt that might still wake up is refused.
-            self.store.drop_internal(hostname, "queue_deadline", "ready_deadline", "spawning", "attempt")
+            self.store.drop_internal(hostname, *SPAWN_INTERNALS)
         except StoreUnavailable as exc:
             log.warning("%s: could not drop the spawn's deadlines: %s", hostname, exc)
         self.offer_to_pool(spec)
@@ -339,7 +339,7 @@ class Spawner:
         if self.pool is not None and spec.user == POOL_USER:
             # The pool is keyed by the POOL entry as written, which the member's record keeps
             # (worker/pool.py); spec.image is the canonical reference.
-            image = self.store.internal(spec.hostname, "pool")
+            image = self.store.internal(spec.hostname, Internal.POOL)
             if image:
                 self.pool.offer(image, spec.hostname)
 
@@ -371,7 +371,7 @@ class Spawner:
             raise  # the task retries an unavailable engine
         finally:
             unroute()
-        if internal.get("spawning") and not force:
+        if internal.get(Internal.SPAWNING) and not force:
             log.info("%s: a spawn attempt is creating its container; it finishes the kill", hostname)
             return Status.DELETING
         try:
@@ -421,7 +421,7 @@ class Spawner:
         record = self.store.get(hostname)
         return record.status if record else None
 
-    def _deadline(self, hostname: str, name: str, internal: Mapping[str, str] | None = None) -> float:
+    def _deadline(self, hostname: str, name: Internal, internal: Mapping[str, str] | None = None) -> float:
         """The record's internal deadline ``name`` (epoch), from ``internal`` if given, else read.
 
         A record without it gets now + START_TIMEOUT.
@@ -444,8 +444,10 @@ class Spawner:
         asked = Limits()
         if profile.user_limits:  # only then can the record hold asked-for limits
             if internal is None:
-                internal = {n: self.store.internal(spec.hostname, n) or "" for n in ("mem_limit", "cpu_limit")}
-            asked = Limits.from_internal(internal.get("mem_limit"), internal.get("cpu_limit"))
+                internal = {
+                    n: self.store.internal(spec.hostname, n) or "" for n in (Internal.MEM_LIMIT, Internal.CPU_LIMIT)
+                }
+            asked = Limits.from_internal(internal.get(Internal.MEM_LIMIT), internal.get(Internal.CPU_LIMIT))
         return replace(
             spec,
             port=profile.port or spec.port,
