@@ -62,7 +62,7 @@ log = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 
-#: The public record's fields in the seed's order (``Notebook.to_json``'s keys).
+#: The public record's fields in the first API's order (``Notebook.to_json``'s keys).
 PUBLIC_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Notebook))
 #: What listings read of each hash: the public fields that are stored (``url`` is derived).
 _STORED_PUBLIC: tuple[str, ...] = tuple(f for f in PUBLIC_FIELDS if f not in UNSTORED)
@@ -425,7 +425,7 @@ class Store:
         (:meth:`_chunks_of`).
 
         Where the per-record cost is all there is: the public fields only, read by a script in
-        chunks (shared/lua/public_values.lua), as plain dicts in the seed's field order. ``internal``
+        chunks (shared/lua/public_values.lua), as plain dicts in the first API's field order. ``internal``
         names internal fields to read in the same pass; each row then also has them under
         ``_<name>`` ("" when missing), for the caller to pop. A caller with work to do per row
         (``GET /containers`` shapes and encodes them) does it while Redis reads the next chunk.
