@@ -3,7 +3,7 @@ node, a private registry's credentials handed to the node that runs the notebook
 registry's refusals within seconds.
 
 The cluster is tests/swarm_cluster.py's: the main engine as manager, ``node1`` in a network
-namespace as a worker. The registries (tests/registry.py) serve TLS on the manager's veth address,
+namespace as a worker. The registries (testkit/registry.py) serve TLS on the manager's veth address,
 which both engines trust and reach. Test images are the httpd test image pushed under new names,
 the local tag removed: the registry holds the only reference, so a node that has the image under
 that name pulled it (its layers may already be there under the test image's own name: the pull
