@@ -20,8 +20,9 @@ each per round, so drift on a shared machine hits them all:
   the floor of a cold page.
 - ``cold_prewarmed``, ``pool_prewarmed``: the same two with the image's profile starting a kernel as
   the server starts (:data:`PREWARM`: a command that opens thebe's session, path ``/``, which
-  Jupyter then hands to thebe instead of starting a kernel of its own). A profile any operator can
-  write today; what a worker-side "warm a kernel before offering a pool member" would give.
+  Jupyter then hands to thebe instead of starting a kernel of its own).
+- ``pool_warm_kernel``: the pooled load with the profile's ``warm_kernel: python3`` instead: the
+  worker opens that session in each pool member before offering it (worker/spawner.py).
 
 Goals (the issue's): ``pool`` median <= 1.0 s; ``cold`` median <= ``raw_ready`` median + 0.5 s.
 Figures go to stdout and ``bench/results/thebe-<tag>.json``; containers and keys are removed after.
@@ -67,13 +68,23 @@ from testkit.thebe_site import BINDER, PageServer, chromium, install_thebe, open
 
 ADMIN_TOKEN = "adm-" + secrets.token_urlsafe(24)
 TARGETS = {"pool_median": 1.0, "cold_over_raw": 0.5}
-KINDS = ("cold", "active", "raw_ready", "raw_thebe", "pool", "cold_prewarmed", "active_prewarmed", "pool_prewarmed")
+KINDS = (
+    "cold",
+    "active",
+    "raw_ready",
+    "raw_thebe",
+    "pool",
+    "cold_prewarmed",
+    "active_prewarmed",
+    "pool_prewarmed",
+    "pool_warm_kernel",
+)
 PROFILES = """
 profiles:
   - name: jupyter
     images: ["swarm-manager-test/jupyter:*"]
     command: {command}
-binder:
+{extra}binder:
   - spec: gh/bench/pooled/*
     image: {image}
   - spec: gh/bench/cold/*
@@ -145,18 +156,24 @@ class Bench:
         try:
             with running_chp(self.workdir) as chp, chromium() as browser:
                 self.pages, self.browser, self.origin = pages, browser, pages.origin
-                for command, suffix in ((CMD, ""), (PREWARM, "_prewarmed")):
-                    self.configuration(chp, command, suffix, n)
+                for command, suffix, extra in (
+                    (CMD, "", ""),
+                    (PREWARM, "_prewarmed", ""),
+                    (CMD, "_warm_kernel", "    warm_kernel: python3\n"),
+                ):
+                    self.configuration(chp, command, suffix, n, extra)
         finally:
             pages.stop()
         return self.result(n)
 
-    def configuration(self, chp: Any, command: list[str], suffix: str, n: int) -> None:
-        """One API, worker and store with the image's profile running ``command``; ``n`` rounds."""
+    def configuration(self, chp: Any, command: list[str], suffix: str, n: int, extra: str = "") -> None:
+        """One API, worker and store with the image's profile running ``command`` (plus ``extra``
+        profile lines); ``n`` rounds. With ``warm_kernel`` only pooled loads count (it warms pool
+        members only)."""
         instance = unique_instance("benchthebe")
         store = Store(connect(self.redis_url), f"{instance}:")
         profiles = self.workdir / f"profiles{suffix}.yml"
-        profiles.write_text(PROFILES.format(command=json.dumps(command), image=self.image))
+        profiles.write_text(PROFILES.format(command=json.dumps(command), image=self.image, extra=extra))
         port = urlsplit(chp.public_url).port
         env = base_env(
             self.redis_url,
@@ -192,7 +209,8 @@ class Bench:
                 self.raw_ready(count=False)
             for i in range(n):
                 log(f"  round {i + 1} of {n}")
-                self.binder("cold", suffix)
+                if suffix != "_warm_kernel":
+                    self.binder("cold", suffix)
                 if not suffix:
                     self.raw_ready()
                     self.raw_thebe()
@@ -359,6 +377,14 @@ def rows(result: dict[str, Any]) -> list[list[str]]:
             split("pool_prewarmed"),
             "<= 1000 ms",
             "yes" if median("pool_prewarmed") <= TARGETS["pool_median"] else "no",
+        ],
+        [
+            "the same, warm pool, its members' kernel started by the worker (`warm_kernel`, median)",
+            ms(median("pool_warm_kernel")),
+            "",
+            split("pool_warm_kernel"),
+            "<= 1000 ms",
+            "yes" if median("pool_warm_kernel") <= TARGETS["pool_median"] else "no",
         ],
         [
             "the same, cold, the profile starting a kernel with the server (median)",

@@ -84,6 +84,7 @@ FIELDS = (
     "origin_arg",
     "pull_policy",
     "prepull",
+    "warm_kernel",
 )
 #: The keys of one entry of the file's ``binder`` list.
 BINDER_FIELDS = ("spec", "image", "profile")
@@ -169,6 +170,10 @@ class Profile:
     # engine or node ahead of demand.
     pull_policy: str = ""
     prepull: bool = False
+    # A kernel (its name, e.g. python3) each warm-pool member of these images starts before it is
+    # offered, as the session at path "/" that thebe asks for: a page handed the member finds its
+    # kernel running instead of starting one (~0.7 s). Jupyter servers only; "" for none.
+    warm_kernel: str = ""
     _patterns: tuple[ImageRef, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -493,6 +498,13 @@ def _binder_entries(value: object, profiles: Mapping[str, Profile], problems: li
     return entries
 
 
+def _kernel_name(value: object) -> str:
+    # A Jupyter kernelspec's name, as the server's /api/kernelspecs lists them.
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise ValueError(f"expected a kernel name such as python3, got {value!r}")
+    return value
+
+
 def _kind(value: object) -> str:
     return {dict: "a mapping", list: "a list", str: "a string", bool: "true/false"}.get(
         type(value), type(value).__name__
@@ -541,6 +553,7 @@ def _profile(item: object, problems: list[str]) -> Profile | None:
         "origin_arg": check("origin_arg", _origin_arg) or "",
         "pull_policy": check("pull_policy", _pull_policy) or "",
         "prepull": bool(check("prepull", _flag)),
+        "warm_kernel": check("warm_kernel", _kernel_name) or "",
     }
     # The maxima only mean something when users may choose, and must allow the profile's own limits.
     for limit in ("mem_limit", "cpu_limit"):

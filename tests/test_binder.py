@@ -29,6 +29,7 @@ import pytest
 import requests
 
 from shared.pool import ANONYMOUS_USER, Pool
+from shared.record import Internal
 from shared.status import Status
 from testkit.chp import running_chp
 from testkit.stack import Stack
@@ -45,6 +46,8 @@ profiles:
     images: ["swarm-manager-test/jupyter:*"]
     # The image's own CMD: the worker adds the allowed origins (CORS_ORIGINS) to it.
     command: ["jupyter", "notebook", "--ip=0.0.0.0", "--port=8888", "--no-browser", "--allow-root"]
+    # Pool members start thebe's kernel before they are offered.
+    warm_kernel: python3
 binder:
   - spec: gh/swarm-manager/thebe-demo/*
     image: {image}
@@ -154,6 +157,10 @@ def test_binder_mode_from_the_warm_pool(site: Site) -> None:
     site.stack.app.extensions["queue"].refill(site.image)  # no beat here: fill it now
     wait_for(lambda: pool.ready_count(site.image) == 1, 120, "the warm pool to fill")
     members = pool.members(site.image)
+    # The profile's warm_kernel: the member was offered with thebe's session and its kernel running.
+    [member] = members
+    warmed = sessions(site, member)
+    assert [(s["path"], s["kernel"]["name"]) for s in warmed] == [("/", "python3")], warmed
     before = {r.hostname for r in site.anonymous()}
     url = site.url("/pooled.html", BINDER, REPO="swarm-manager/thebe-demo", REF="main")
     context, _tab, seen, refused = open_page(site.browser, url, PAGE_TIMEOUT)
@@ -165,7 +172,22 @@ def test_binder_mode_from_the_warm_pool(site: Site) -> None:
         context.close()
     record = launched(site, before)
     assert record.hostname in members and record.status is Status.ACTIVE
+    # thebe ran the reader's code in that kernel: it was handed the session, it started no other.
+    after = sessions(site, member)
+    assert [s["kernel"]["id"] for s in after] == [warmed[0]["kernel"]["id"]], (warmed, after)
     site.kill(record.hostname)
+
+
+def sessions(site: Site, hostname: str) -> list[dict[str, Any]]:
+    """The notebook server's sessions, asked with its own token at its published address."""
+    found = site.stack.store.get_with_internal(hostname)
+    assert found is not None
+    record, internal = found
+    response = requests.get(
+        f"{record.address}/api/sessions", headers={"Authorization": f"token {internal[Internal.TOKEN]}"}, timeout=10
+    )
+    assert response.status_code == 200, (response.status_code, response.text)
+    return list(response.json())
 
 
 @pytest.mark.parametrize(

@@ -129,6 +129,8 @@ def test_no_file_configured_means_no_profiles() -> None:
         ("- name: a\n  images: [1, 2]\n", "profile 'a': images: expected a list of image patterns"),
         ("- name: a\n  constraints: [gpu]\n", "profile 'a': constraints: 'gpu' is not a Swarm constraint"),
         ("- name: a\n  user_limits: 'yes'\n", "profile 'a': user_limits: expected true or false, got 'yes'"),
+        ("- name: a\n  warm_kernel: 'python 3'\n", "profile 'a': warm_kernel: expected a kernel name such as python3"),
+        ("- name: a\n  warm_kernel: [python3]\n", "profile 'a': warm_kernel: expected a kernel name such as python3"),
         # limits that do not fit together
         ("- name: a\n  max_mem_limit: 4g\n", "profile 'a': max_mem_limit: only applies with user_limits: true"),
         ("- name: a\n  user_limits: true\n", "profile 'a': user_limits: true needs max_mem_limit and/or max_cpu_limit"),

@@ -7,6 +7,7 @@ the answers of Jupyter's REST API (``/api/status``) with and without the noteboo
 from __future__ import annotations
 
 import http.client
+import json
 import threading
 from urllib.parse import urlsplit
 
@@ -46,6 +47,38 @@ def http_status(address: str, path: str = "/", headers: dict[str, str] | None = 
         return response.status
     except (OSError, http.client.HTTPException, ValueError):
         return 0
+    finally:
+        conn.close()
+
+
+#: The session path thebe (0.9, thebe-core) opens its kernel at; Jupyter hands a client the session
+#: that already exists at a path instead of starting another kernel.
+WARM_SESSION_PATH = "/"
+
+
+def start_kernel(address: str, token: str, kernel: str, timeout: float = 30.0) -> str:
+    """Open the session at WARM_SESSION_PATH with a ``kernel`` kernel on the Jupyter server at
+    ``address`` (its own token); return the kernel's id. Raises OSError (ConnectionError) with the
+    server's answer when it does not make one."""
+    parts = urlsplit(address)
+    if not parts.hostname or not parts.port:
+        raise ConnectionError(f"no host and port in {address!r}")
+    body = json.dumps({"path": WARM_SESSION_PATH, "name": "", "type": "notebook", "kernel": {"name": kernel}}).encode()
+    headers = {
+        "User-Agent": USER_AGENT,
+        "Authorization": f"token {token}",
+        "Content-Type": "application/json",
+    }
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        conn.request("POST", "/api/sessions", body=body, headers=headers)
+        response = conn.getresponse()
+        text = response.read(64 * 1024)
+        if response.status not in (200, 201):
+            raise ConnectionError(f"POST /api/sessions answered {response.status}: {text[:200]!r}")
+        return str(json.loads(text)["kernel"]["id"])
+    except (http.client.HTTPException, ValueError, KeyError, TypeError) as exc:
+        raise ConnectionError(f"POST /api/sessions: {exc}") from exc
     finally:
         conn.close()
 

@@ -38,7 +38,7 @@ from shared.status import Status
 from shared.store import Store
 from worker.engine import Engine, NotebookSpec
 from worker.proxy import Proxy
-from worker.readiness import Pace, ProbePacer, answers_http, token_problem
+from worker.readiness import Pace, ProbePacer, answers_http, start_kernel, token_problem
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +63,14 @@ class Spawner:
         proxy: Proxy | None = None,
         pool: Pool | None = None,
         pacer: ProbePacer | None = None,
+        start_kernel: Callable[[str, str, str], str] = start_kernel,
     ) -> None:
         self.store = store
         self.engine = engine
         self.settings = settings
         self.probe = probe
         self.token_check = token_check
+        self.start_kernel = start_kernel
         self.clock = clock
         self.sleep = sleep
         # The profiles are PROFILES_FILE's unless given; the proxy (CHP routes) only when given.
@@ -341,7 +343,27 @@ class Spawner:
             # (worker/pool.py); spec.image is the canonical reference.
             image = self.store.internal(spec.hostname, Internal.POOL)
             if image:
+                self._warm_kernel(spec.hostname)
                 self.pool.offer(image, spec.hostname)
+
+    def _warm_kernel(self, hostname: str) -> None:
+        """Start the profile's ``warm_kernel`` in a pool member before it is offered (see
+        shared/profiles.py). A member whose kernel would not start is offered all the same: its
+        page starts one, as it would without."""
+        found = self.store.get_with_internal(hostname)
+        if found is None:
+            return
+        record, internal = found
+        profile = self.profiles.get(record.profile) if record.profile else None
+        token = internal.get(Internal.TOKEN, "")
+        if profile is None or not profile.warm_kernel or not record.address or not token:
+            return
+        try:
+            kernel = self.start_kernel(record.address, token, profile.warm_kernel)
+        except OSError as exc:
+            log.warning("%s: could not start its %s kernel ahead: %s", hostname, profile.warm_kernel, exc)
+            return
+        log.info("%s: %s kernel %s started ahead", hostname, profile.warm_kernel, kernel)
 
     # -- kill --------------------------------------------------------------------
     def kill(self, hostname: str, *, force: bool = False) -> Status | None:
