@@ -28,7 +28,6 @@ import json
 import re
 import secrets
 import textwrap
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,7 @@ from testkit.registry import Registry, running_registry
 from testkit.support import ApiServer, BeatProcess, free_port, wait_for
 from tests.swarm_cluster import SwarmCluster, SwarmWorker, swarm, swarm_worker  # noqa: F401
 from tests.test_cli import run_cli
-from tests.test_registry_pulls import docker_config, remove_images
+from tests.test_registry_pulls import collect, docker_config, remove_images
 from tests.test_swarm_services import remove_services, services_of
 from worker.prepull import LABEL_PREPULL
 
@@ -125,29 +124,6 @@ def only_in_registry(
 def remove_from_node(worker: SwarmWorker | None, refs: list[str]) -> None:
     if worker is not None and worker.engine_running():
         remove_images(worker.client, refs)
-
-
-def collect(stack: Any) -> tuple[list[Event], Callable[[], None]]:
-    """Every event on the stack's channel from now on, until the returned stop is called."""
-    subscription = stack.store.subscribe()
-    seen: list[Event] = []
-    stop = threading.Event()
-
-    def run() -> None:
-        while not stop.is_set():
-            event = subscription.get(0.2)
-            if event is not None:
-                seen.append(event)
-        subscription.close()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-
-    def finish() -> None:
-        stop.set()
-        thread.join(10)
-
-    return seen, finish
 
 
 # -- pre-pull --------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from docker.types import Placement as SwarmPlacement
 
 from shared.errors import EngineError, EngineUnavailable
 from shared.nodes import FAILED, MISSING, PRESENT, PULLING, NodeBook
-from shared.record import parse_rfc3339
+from shared.record import now_rfc3339, parse_rfc3339
 from shared.registries import pinned
 from shared.settings import Settings
 from worker.backends import AutoEngine
@@ -243,8 +243,6 @@ class Prepuller:
 
 
 def _state(state: str, reason: str = "") -> dict[str, Any]:
-    from shared.record import now_rfc3339
-
     return {"state": state, "reason": reason, "at": now_rfc3339()}
 
 

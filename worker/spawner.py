@@ -338,26 +338,27 @@ class Spawner:
 
     def offer_to_pool(self, spec: NotebookSpec) -> None:
         """A warm-pool member that became ACTIVE can now be claimed by a spawn."""
-        if self.pool is not None and spec.user == POOL_USER:
-            # The pool is keyed by the POOL entry as written, which the member's record keeps
-            # (worker/pool.py); spec.image is the canonical reference.
-            image = self.store.internal(spec.hostname, Internal.POOL)
-            if image:
-                self._warm_kernel(spec.hostname)
-                self.pool.offer(image, spec.hostname)
-
-    def _warm_kernel(self, hostname: str) -> None:
-        """Start the profile's ``warm_kernel`` in a pool member before it is offered (see
-        shared/profiles.py). A member whose kernel would not start is offered all the same: its
-        page starts one, as it would without."""
-        found = self.store.get_with_internal(hostname)
+        if self.pool is None or spec.user != POOL_USER:
+            return
+        found = self.store.get_with_internal(spec.hostname)
         if found is None:
             return
         record, internal = found
+        # The pool is keyed by the POOL entry as written, which the member's record keeps
+        # (worker/pool.py); spec.image is the canonical reference.
+        image = internal.get(Internal.POOL)
+        if image:
+            self._warm_kernel(record, internal.get(Internal.TOKEN, ""))
+            self.pool.offer(image, spec.hostname)
+
+    def _warm_kernel(self, record: Notebook, token: str) -> None:
+        """Start the profile's ``warm_kernel`` in a pool member before it is offered (see
+        shared/profiles.py). A member whose kernel would not start is offered all the same: its
+        page starts one, as it would without."""
         profile = self.profiles.get(record.profile) if record.profile else None
-        token = internal.get(Internal.TOKEN, "")
         if profile is None or not profile.warm_kernel or not record.address or not token:
             return
+        hostname = record.hostname
         try:
             kernel = self.start_kernel(record.address, token, profile.warm_kernel)
         except OSError as exc:
