@@ -28,7 +28,7 @@ from api import create_app
 from shared.settings import Settings
 from shared.status import Status
 from shared.store import Store
-from shared.tokenstore import control_channel, revoked_message
+from shared.tokenstore import control_channel, new_secret, revoked_message
 from testkit.stack import base_env
 from testkit.support import ROOT, ApiServer, RedisServer, free_port, unique_instance, wait_for
 
@@ -436,3 +436,10 @@ def test_the_page_reloads_the_list_after_a_reconnect_with_the_csrf_token(served_
             expect(page.locator("#live-error")).to_be_hidden()
         finally:
             browser.close()
+
+
+def test_a_user_token_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A token passed as `--token T` must not read as an option (tests/test_cli.py passes one so).
+    draws = iter(["-starts-with-a-dash", "_fine"])
+    monkeypatch.setattr(secrets, "token_urlsafe", lambda _n: next(draws))
+    assert new_secret() == "_fine"
