@@ -200,3 +200,37 @@ def test_a_kill_left_to_an_attempt_that_died_is_finished_by_the_next_task(fstack
     spawner = Spawner(fstack.store, ContainerEngine(fstack.docker, fstack.settings), fstack.settings)
     assert spawner.kill(h) == Status.DELETING  # the kill task leaves it to that attempt...
     assert spawner.spawn(h) == Status.REMOVED  # ...the spawn's redelivery finishes it
+
+
+class PausingAfterCreate(ContainerEngine):
+    """The containers backend with a pause between creating the container and starting it."""
+
+    def __init__(self, client: Any, settings: Any, gate: Gate) -> None:
+        super().__init__(client, settings)
+        self.gate = gate
+
+    def _create(self, spec: NotebookSpec) -> Any:
+        container = super()._create(spec)
+        self.gate.pause()
+        return container
+
+
+def test_a_kill_between_create_and_start_is_finished_by_the_attempt_whose_start_failed(
+    fstack: Any, images: dict[str, str]
+) -> None:
+    # The kill task removes the container the attempt has just created, so the attempt's start
+    # fails ("marked for removal", or no such container). The attempt cannot mark the record
+    # FAILED (it is DELETING), and the kill task left the end to it: it must finish the kill.
+    h = pending(fstack, images["httpd"], "killed-before-start")
+    gate = Gate()
+    spawning = Spawner(fstack.store, PausingAfterCreate(fstack.docker, fstack.settings, gate), fstack.settings)
+    thread, result = in_thread(lambda: spawning.spawn(h))
+    assert gate.reached.wait(30)  # the container exists, not started
+    assert containers_of(fstack, h)
+    fstack.store.transition(h, Status.DELETING)
+    killer = Spawner(fstack.store, ContainerEngine(fstack.docker, fstack.settings), fstack.settings)
+    assert killer.kill(h) == Status.DELETING  # it removed the container, and left the end to the attempt
+    gate.release.set()
+    thread.join(60)
+    assert result == [Status.REMOVED]
+    assert fstack.record(h).status == Status.REMOVED and not containers_of(fstack, h)
