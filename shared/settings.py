@@ -661,7 +661,8 @@ class Settings:
         "NOTEBOOK_ISOLATION",
         "on",
         _bool,
-        "on: notebooks cannot reach each other. Without NOTEBOOK_NETWORK they join the bridge network "
+        "on: notebooks cannot reach each other. Without NOTEBOOK_NETWORK they join the engine's default bridge "
+        "if it keeps containers apart (dockerd --icc=false, the fastest start), else the bridge network "
         "<INSTANCE>-notebooks, which the worker creates with traffic between its containers off (the worker "
         "and proxies reach them through PUBLISH_IP, or by address from the engine host); a NOTEBOOK_NETWORK "
         "that lets containers talk is used as named, with a WARNING. off: the engine's default bridge.",

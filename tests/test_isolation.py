@@ -26,6 +26,7 @@ from shared.errors import EngineError
 from shared.settings import Settings
 from shared.status import Status
 from testkit.support import LABEL_INSTANCE, cleanup_engine, unique_instance
+from testkit.tls_engine import TlsEngine
 from worker.containers import ContainerEngine
 from worker.engine import NotebookSpec
 from worker.hardening import ICC_OPTION
@@ -145,3 +146,30 @@ def test_ports_published_on_every_host_address_are_open_to_other_notebooks(
     _, _, gateway = address(other)
     published = urlsplit(placement.address).port
     assert published and connects(other, gateway, published)
+
+
+def test_an_engine_whose_default_bridge_keeps_containers_apart_isolates_notebooks_there(
+    tls_engine: TlsEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    # dockerd --icc=false: the default bridge isolates already, and a container starts faster on
+    # it than on a network of its own (no embedded DNS to set up): the worker makes none.
+    instance = unique_instance("iccoff")
+    settings = Settings.from_env({"INSTANCE": instance, "ENGINE_BACKEND": "containers", "PUBLISH_IP": "0.0.0.0"})
+    tls_engine.stop_engine()
+    tls_engine.start_engine("--icc=false")
+    try:
+        engine = ContainerEngine(tls_engine.client, settings)
+        with caplog.at_level(logging.INFO, logger="worker.containers"):
+            for n in (1, 2):
+                engine.start(spec(tls_engine.image, f"iccoff00000{n}", instance))
+        ca, cb = (tls_engine.client.containers.get(f"{instance}-iccoff00000{n}") for n in (1, 2))
+        assert address(ca)[0] == address(cb)[0] == "bridge"
+        assert not [n for n in tls_engine.client.networks.list() if n.name == f"{instance}-notebooks"]
+        assert any("default bridge keeps containers apart" in r.getMessage() for r in caplog.records)
+        assert not connects(ca, address(cb)[1], PORT)
+        assert connects(ca, "127.0.0.1", PORT)  # the probe works: it is the bridge that refuses
+    finally:
+        for c in tls_engine.containers(instance):
+            c.remove(force=True)
+        tls_engine.stop_engine()
+        tls_engine.start_engine()  # as the other tests expect it: inter-container traffic on
