@@ -48,7 +48,8 @@ lint:
 	$(VENV)/bin/mypy
 
 # The lock files, with hashes, from the *.in files (uv, one of the test tools): the runtime set
-# (requirements.txt), then the test tools and the benchmark tools with the runtime pins as constraints.
+# (requirements.txt), then the test tools and the benchmark tools with the runtime pins as constraints;
+# JupyterHub, which bench/jupyterhub.py runs beside swarm-manager in a virtualenv of its own, alone.
 UV_COMPILE = $(VENV)/bin/uv pip compile --quiet --generate-hashes --python-version 3.11 --custom-compile-command "make lock"
 
 lock:
@@ -56,6 +57,7 @@ lock:
 	$(UV_COMPILE) requirements.in -o requirements.txt
 	$(UV_COMPILE) requirements-dev.in -o requirements-dev.txt
 	$(UV_COMPILE) requirements-bench.in -o requirements-bench.txt
+	$(UV_COMPILE) requirements-jupyterhub.in -o requirements-jupyterhub.txt
 
 clean:
 	rm -rf .venv .state .pytest_cache .mypy_cache .ruff_cache

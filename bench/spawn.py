@@ -26,6 +26,9 @@ default worker settings, the real Docker engine, gunicorn on loopback):
 - ``streams``: POST /spawn and GET /healthz p99 with 5,000 open event streams and 1,000 silent
   sockets against the same without them, and how fast a closed stream's slot comes back
   (bench/streams.py, also runnable on its own).
+- ``jupyterhub``: single spawns, kills, bursts and reads beside JupyterHub 6.1.1 + DockerSpawner
+  14.0.0 and raw Docker on the same engine and images, from outside (bench/jupyterhub.py, also
+  runnable on its own; bench/results/jupyterhub-latest.json).
 - ``thebe``: a reader's page load to the first output with thebe in Binder mode, cold and from the
   warm pool, beside raw Docker spawns of the same image (bench/thebe.py, also runnable on its own).
 
@@ -80,7 +83,7 @@ from testkit.stack import base_env
 from testkit.support import VENV_BIN, RedisServer, WorkerProcess, build_images, unique_instance
 from worker.engine import EngineState, Placement
 
-ALL_SECTIONS = ("cold", "kill", "burst", "api", "store", "pool", "streams", "thebe", "scale", "swarm")
+ALL_SECTIONS = ("cold", "kill", "burst", "api", "store", "pool", "streams", "thebe", "scale", "swarm", "jupyterhub")
 
 #: Raw Docker's readiness probe interval: a tight loop a script would write (the physical limit
 #: our readiness has to approach), not the worker's setting.
@@ -1027,6 +1030,12 @@ def main(argv: list[str] | None = None) -> int:
 
                 swarm.main([])
                 results["swarm"] = {"results": str(RESULTS / "swarm-latest.json")}
+            if "jupyterhub" in sections:
+                log("beside JupyterHub + DockerSpawner and raw Docker, from outside (bench/jupyterhub.py)")
+                from bench import jupyterhub
+
+                jupyterhub.main([])
+                results["jupyterhub"] = {"results": str(RESULTS / "jupyterhub-latest.json")}
             if "pool" in sections:
                 if pool_available():
                     log("warm pool")

@@ -76,6 +76,7 @@ def test_every_third_party_import_is_a_declared_runtime_dependency() -> None:
         ("requirements.in", "requirements.txt"),
         ("requirements-dev.in", "requirements-dev.txt"),
         ("requirements-bench.in", "requirements-bench.txt"),
+        ("requirements-jupyterhub.in", "requirements-jupyterhub.txt"),
     ],
 )
 def test_each_lock_pins_what_its_source_asks_for(source: str, lock: str) -> None:
