@@ -73,10 +73,11 @@ def raw_spawn(
     interval: float,
     timeout: float = 120,
     network: str | None = None,
+    host: str = "127.0.0.1",
 ) -> float:
     """Create + start + wait until the port answers HTTP, as directly as the SDK allows; seconds taken.
 
-    The same work a spawn does on the engine (a container with a published port on 127.0.0.1,
+    The same work a spawn does on the engine (a container with a published port on ``host``,
     labelled for cleanup; on ``network`` if given), an HTTP probe every ``interval``, and nothing
     else: no record, no queue, no existence check, no inspect before the start.
     """
@@ -88,14 +89,14 @@ def raw_spawn(
         hostname=name[-12:],
         labels={LABEL_INSTANCE: instance},
         ports=[NOTEBOOK_PORT],
-        host_config=api.create_host_config(port_bindings={NOTEBOOK_PORT: ("127.0.0.1",)}, network_mode=network),
+        host_config=api.create_host_config(port_bindings={NOTEBOOK_PORT: (host,)}, network_mode=network),
         networking_config=api.create_networking_config({network: api.create_endpoint_config()}) if network else None,
         detach=True,
     )
     api.start(created["Id"])
     # The published port is known only after start.
     port = api.inspect_container(created["Id"])["NetworkSettings"]["Ports"][f"{NOTEBOOK_PORT}/tcp"][0]["HostPort"]
-    address = f"http://127.0.0.1:{port}"
+    address = f"http://{host}:{port}"
     deadline = started + timeout
     while not answers_http(address):
         if time.perf_counter() > deadline:

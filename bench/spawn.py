@@ -29,6 +29,9 @@ default worker settings, the real Docker engine, gunicorn on loopback):
 - ``jupyterhub``: single spawns, kills, bursts and reads beside JupyterHub 6.1.1 + DockerSpawner
   14.0.0 and raw Docker on the same engine and images, from outside (bench/jupyterhub.py, also
   runnable on its own; bench/results/jupyterhub-latest.json).
+- ``icc``: spawn-to-ACTIVE of isolated notebooks on an engine whose default bridge keeps containers
+  apart (dockerd ``--icc=false``, in a namespace), beside raw (bench/icc.py, also runnable on its own;
+  bench/results/icc-latest.json).
 - ``thebe``: a reader's page load to the first output with thebe in Binder mode, cold and from the
   warm pool, beside raw Docker spawns of the same image (bench/thebe.py, also runnable on its own).
 
@@ -83,7 +86,10 @@ from testkit.stack import base_env
 from testkit.support import VENV_BIN, RedisServer, WorkerProcess, build_images, unique_instance
 from worker.engine import EngineState, Placement
 
-ALL_SECTIONS = ("cold", "kill", "burst", "api", "store", "pool", "streams", "thebe", "scale", "swarm", "jupyterhub")
+ALL_SECTIONS = (
+    *("cold", "kill", "burst", "api", "store", "pool", "streams", "thebe", "scale", "swarm"),
+    *("jupyterhub", "icc"),
+)
 
 #: Raw Docker's readiness probe interval: a tight loop a script would write (the physical limit
 #: our readiness has to approach), not the worker's setting.
@@ -1036,6 +1042,12 @@ def main(argv: list[str] | None = None) -> int:
 
                 jupyterhub.main([])
                 results["jupyterhub"] = {"results": str(RESULTS / "jupyterhub-latest.json")}
+            if "icc" in sections:
+                log("isolated notebooks on an engine started with --icc=false (bench/icc.py)")
+                from bench import icc
+
+                icc.main([])
+                results["icc"] = {"results": str(RESULTS / "icc-latest.json")}
             if "pool" in sections:
                 if pool_available():
                     log("warm pool")
