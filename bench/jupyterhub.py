@@ -24,7 +24,8 @@ same test images. Both products are driven over HTTP on loopback as a client wou
 Rows: a single spawn of an image that answers at once (httpd) and of one that answers after 3 s
 (slow3), a kill until the container is gone, a burst of ``--burst`` concurrent slow3 spawns until
 all answer, and reading one notebook's state (p50 of 200 sequential GETs). Each as a ratio to raw
-in the same run. Figures go to stdout and ``bench/results/jupyterhub-<tag>.json``; every container
+in the same run. Single spawns and kills take one of each per round, in an order that rotates from
+round to round. Figures go to stdout and ``bench/results/jupyterhub-<tag>.json``; every container
 (by name prefix), key and process is removed at the end, also on failure.
 """
 
@@ -296,25 +297,36 @@ class Run:
         samples: dict[str, list[float]] = {"ours": [], "ours_isolation_off": [], "jupyterhub": [], "raw": []}
         users = [self.user() for _ in range(self.args.warmup + n)]
         hub.add_users(users)
+        ends: list[Callable[[], Any]] = []
+
+        def spawn(kind: str, user: str) -> float:
+            if kind == "jupyterhub":
+                ends.append(lambda: hub.kill(user))
+                return hub.spawn(user, image)
+            if kind == "raw":
+                ends.append(self.remove_raw)
+                return self.raw(image)[0]
+            system = ours if kind == "ours" else open_ours
+            took, hostname = system.spawn(user, self.images[image])
+            ends.append(lambda: system.kill(hostname))
+            return took
+
+        kinds = list(samples)
         for i, user in enumerate(users):
-            # One of each in turn: drift on the shared machine hits all alike.
+            # One of each in turn, in an order that rotates each round: drift on the shared
+            # machine, and whatever the engine still does after the last round's removals,
+            # hit all alike.
             took: dict[str, float] = {}
-            took["ours"], hostname = ours.spawn(user, self.images[image])
+            for kind in kinds[i % len(kinds) :] + kinds[: i % len(kinds)]:
+                took[kind] = spawn(kind, user)
+                time.sleep(self.args.pause)
+            while ends:
+                ends.pop()()
             time.sleep(self.args.pause)
-            took["ours_isolation_off"], open_hostname = open_ours.spawn(user, self.images[image])
-            time.sleep(self.args.pause)
-            took["jupyterhub"] = hub.spawn(user, image)
-            time.sleep(self.args.pause)
-            took["raw"], _ = self.raw(image)
-            time.sleep(self.args.pause)
-            ours.kill(hostname)
-            open_ours.kill(open_hostname)
-            hub.kill(user)
-            self.remove_raw()
             if i >= self.args.warmup:
                 for kind, value in took.items():
                     samples[kind].append(value)
-                figures = "  ".join(f"{k} {ms(v):>9}" for k, v in took.items())
+                figures = "  ".join(f"{k} {ms(took[k]):>9}" for k in kinds)
                 log(f"  {image} #{i - self.args.warmup + 1:>2}: {figures}")
         return summarize(samples)
 
@@ -322,26 +334,32 @@ class Run:
         samples: dict[str, list[float]] = {"ours": [], "jupyterhub": [], "raw": []}
         users = [self.user() for _ in range(self.args.warmup + n)]
         hub.add_users(users)
+        kinds = list(samples)
         for i, user in enumerate(users):
             _, hostname = ours.spawn(user, self.images["httpd"])
             hub.spawn(user, "httpd")
             _, name = self.raw("httpd")
             time.sleep(self.args.pause)
-            took_ours = ours.kill(hostname)
-            time.sleep(self.args.pause)
-            took_hub = hub.kill(user)
-            time.sleep(self.args.pause)
-            started = time.perf_counter()
-            self.docker.api.remove_container(name, force=True)
-            took_raw = time.perf_counter() - started
-            time.sleep(self.args.pause)
+
+            def raw_kill(name: str = name) -> float:
+                started = time.perf_counter()
+                self.docker.api.remove_container(name, force=True)
+                return time.perf_counter() - started
+
+            kills: dict[str, Callable[[], float]] = {
+                "ours": lambda hostname=hostname: ours.kill(hostname),
+                "jupyterhub": lambda user=user: hub.kill(user),
+                "raw": raw_kill,
+            }
+            took: dict[str, float] = {}
+            for kind in kinds[i % len(kinds) :] + kinds[: i % len(kinds)]:  # the order rotates
+                took[kind] = kills[kind]()
+                time.sleep(self.args.pause)
             if i >= self.args.warmup:
-                for kind, took in (("ours", took_ours), ("jupyterhub", took_hub), ("raw", took_raw)):
-                    samples[kind].append(took)
-                log(
-                    f"  kill #{i - self.args.warmup + 1:>2}: ours {ms(took_ours):>9}  "
-                    f"JupyterHub {ms(took_hub):>9}  raw {ms(took_raw):>9}"
-                )
+                for kind, value in took.items():
+                    samples[kind].append(value)
+                figures = "  ".join(f"{k} {ms(took[k]):>9}" for k in kinds)
+                log(f"  kill #{i - self.args.warmup + 1:>2}: {figures}")
         return summarize(samples)
 
     def burst(self, ours: Ours, hub: JupyterHub, size: int, rounds: int) -> dict[str, Any]:
