@@ -18,6 +18,9 @@ each per round, so drift on a shared machine hits them all:
 - ``raw_thebe``: raw Docker and thebe in server mode: the container is created and started as the
   navigation begins, and the page connects as soon as its server answers (no API, no queue, no proxy):
   the floor of a cold page.
+- ``raw_thebe_request``: the same, with the container started when the page's script asks for it
+  (a request to the page's own server), the moment thebe in Binder mode sends its launch request:
+  a cold page with raw Docker in swarm-manager's place.
 - ``cold_prewarmed``, ``pool_prewarmed``: the same two with the image's profile starting a kernel as
   the server starts (:data:`PREWARM`: a command that opens thebe's session, path ``/``, which
   Jupyter then hands to thebe instead of starting a kernel of its own).
@@ -73,6 +76,7 @@ KINDS = (
     "active",
     "raw_ready",
     "raw_thebe",
+    "raw_thebe_request",
     "pool",
     "cold_prewarmed",
     "active_prewarmed",
@@ -118,13 +122,17 @@ PREWARM = [
 
 #: thebe in server mode on a raw container that starts as the page loads: it connects once the
 #: server answers (a refused or reset connection is "not yet").
-RAW = """
+SERVER_UP = """
 async function serverUp() {
   for (;;) {
     try { if ((await fetch(SERVER + 'api/status?token=' + TOKEN)).ok) return; } catch (e) {}
     await new Promise((done) => setTimeout(done, 50));
   }
 }
+"""
+RAW = (
+    SERVER_UP
+    + """
 document.addEventListener('DOMContentLoaded', async () => {
   try {
     await serverUp();
@@ -133,6 +141,23 @@ document.addEventListener('DOMContentLoaded', async () => {
   } catch (e) { fail(e); }
 });
 """
+)
+
+#: The same, with the container started when the page asks for it (its own back end, LAUNCH), at
+#: the moment thebe in Binder mode sends its /build request: raw Docker in our place.
+RAW_ON_REQUEST = (
+    SERVER_UP
+    + """
+document.addEventListener('DOMContentLoaded', async () => {
+  try {
+    await fetch(LAUNCH);
+    await serverUp();
+    mark('ready');
+    await runCells({useBinder: false, serverSettings: {baseUrl: SERVER, token: TOKEN, appendToken: true}});
+  } catch (e) { fail(e); }
+});
+"""
+)
 
 
 def log(text: str) -> None:
@@ -214,6 +239,7 @@ class Bench:
                 if not suffix:
                     self.raw_ready()
                     self.raw_thebe()
+                    self.raw_thebe(on_request=True)
                 self.binder("pool", suffix)
         finally:
             api.stop()
@@ -264,9 +290,14 @@ class Bench:
             self.samples["raw_ready"].append(seconds)
         log(f"    raw_ready: {seconds * 1000:.0f} ms")
 
-    def raw_thebe(self) -> None:
+    def raw_thebe(self, on_request: bool = False) -> None:
         name, port, token = f"{self.raw_instance}-{secrets.token_hex(4)}", free_port(), secrets.token_urlsafe(24)
-        url = self.page("/raw.html", RAW, SERVER=f"http://127.0.0.1:{port}/", TOKEN=token)
+        server = f"http://127.0.0.1:{port}/"
+        launch = f"/launch-{name}"
+        if on_request:
+            url = self.page("/raw-request.html", RAW_ON_REQUEST, SERVER=server, TOKEN=token, LAUNCH=launch)
+        else:
+            url = self.page("/raw.html", RAW, SERVER=server, TOKEN=token)
 
         def start() -> None:
             self.client.containers.run(
@@ -280,11 +311,16 @@ class Bench:
             )
 
         starter = threading.Thread(target=start)
-        starter.start()  # as the navigation begins
+        if on_request:
+            self.pages.hooks[launch] = starter.start  # when the page's script asks
+        else:
+            starter.start()  # as the navigation begins
         try:
-            self.load("raw_thebe", url, True)
+            self.load("raw_thebe_request" if on_request else "raw_thebe", url, True)
         finally:
-            starter.join(60)
+            self.pages.hooks.pop(launch, None)
+            if starter.is_alive() or starter.ident is not None:
+                starter.join(60)
             remove_one(self.client, name)
 
     # -- helpers ---------------------------------------------------------------------------
@@ -358,7 +394,8 @@ def rows(result: dict[str, Any]) -> list[list[str]]:
             f"thebe Binder page to `42`, cold (median of {s['cold'].get('n', 0)})",
             ms(median("cold")),
             ms(median("raw_ready")),
-            f"raw page+server {ms(median('raw_thebe'))}; {split('cold')}",
+            f"raw page+server {ms(median('raw_thebe'))}, started on the page's request "
+            f"{ms(median('raw_thebe_request'))} ({split('raw_thebe_request')}); {split('cold')}",
             "<= raw spawn-to-ready + 500 ms",
             "yes" if result["met"]["cold"] else "no",
         ],

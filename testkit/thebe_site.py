@@ -23,7 +23,7 @@ import json
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -208,11 +208,19 @@ class PageServer:
     def __init__(self, lib: Path) -> None:
         self.lib = lib.resolve()
         self.pages: dict[str, str] = {}
+        # Paths that run a function (in the request's thread) and answer 204: a page's own back end.
+        self.hooks: dict[str, Callable[[], None]] = {}
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 path = urlsplit(self.path).path
+                hook = server.hooks.get(path)
+                if hook is not None:
+                    hook()
+                    self.send_response(204)
+                    self.end_headers()
+                    return
                 body, kind = server.lookup(path)
                 if body is None:
                     self.send_error(404)
