@@ -16,7 +16,7 @@ set -euo pipefail
 dir=${1:-secrets}
 mkdir -p "$dir"
 chmod 0700 "$dir"
-token() { python3 -c 'import secrets; print(secrets.token_urlsafe(32))'; }
+token() { python3 "$(dirname "$0")/new-secret"; }
 for name in admin_token secret_key proxy_auth_token flower_basic_auth registry_auth; do
   file=$dir/$name
   [ -s "$file" ] && continue

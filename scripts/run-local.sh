@@ -32,7 +32,7 @@ secret_file() {  # NAME FILE [GENERATE]
     printenv "${name}_FILE"; return
   fi
   if [ -z "$from_env" ] && [ -n "${3:-}" ]; then
-    from_env=$("$venv/bin/python" -c "import secrets; print(secrets.token_urlsafe(32))")
+    from_env=$("$venv/bin/python" scripts/new-secret)
   fi
   [ -n "$from_env" ] || return 0
   (umask 077 && printf '%s\n' "$from_env" > "$file")
@@ -160,7 +160,7 @@ case "$(echo "$AUTH" | tr '[:upper:]' '[:lower:]')" in
     else
       # Generated once and reused, so the operator's copy stays valid across runs.
       if [ ! -s "$state/admin-token" ]; then
-        (umask 077 && "$venv/bin/python" -c "import secrets; print(secrets.token_urlsafe(32))" > "$state/admin-token")
+        (umask 077 && "$venv/bin/python" scripts/new-secret > "$state/admin-token")
       fi
       chmod 0600 "$state/admin-token"
       admin_token=$state/admin-token
