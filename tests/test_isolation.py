@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -27,7 +28,7 @@ from shared.settings import Settings
 from shared.status import Status
 from testkit.support import LABEL_INSTANCE, cleanup_engine, unique_instance
 from testkit.tls_engine import TlsEngine
-from worker.containers import ContainerEngine
+from worker.containers import BRIDGE_RECHECK, ContainerEngine
 from worker.engine import NotebookSpec
 from worker.hardening import ICC_OPTION
 
@@ -168,6 +169,17 @@ def test_an_engine_whose_default_bridge_keeps_containers_apart_isolates_notebook
         assert any("default bridge keeps containers apart" in r.getMessage() for r in caplog.records)
         assert not connects(ca, address(cb)[1], PORT)
         assert connects(ca, "127.0.0.1", PORT)  # the probe works: it is the bridge that refuses
+
+        # The engine restarted with inter-container traffic on: once the worker's finding is
+        # BRIDGE_RECHECK old, the next notebook goes on a network of its own again.
+        tls_engine.stop_engine()
+        tls_engine.start_engine()
+        engine._bridge_checked_at = time.monotonic() - BRIDGE_RECHECK - 1
+        with caplog.at_level(logging.WARNING, logger="worker.containers"):
+            engine.start(spec(tls_engine.image, "iccoff000003", instance))
+        cc = tls_engine.client.containers.get(f"{instance}-iccoff000003")
+        assert address(cc)[0] == f"{instance}-notebooks"
+        assert any("lets containers talk now" in r.getMessage() for r in caplog.records)
     finally:
         for c in tls_engine.containers(instance):
             c.remove(force=True)

@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 #: The engine's events after which a running notebook may be running no longer.
 WATCHED_EVENTS = ("die", "oom", "destroy")
+# How long the finding that the engine's default bridge keeps containers apart is trusted: an engine
+# restarted with inter-container traffic on must not get isolated notebooks there for long.
+BRIDGE_RECHECK = 30.0
 
 
 class ContainerEngine:
@@ -57,6 +60,7 @@ class ContainerEngine:
         # The network notebooks join, found (or made) on the first spawn; "" for the engine's default.
         self._network: str | None = None
         self._network_lock = threading.Lock()
+        self._bridge_checked_at: float | None = None  # when the default bridge was found isolating
         # Pulls images as PULL_POLICY says, one pull per image at a time in this process.
         self.puller = Puller(lambda: self.client.api, settings.registry_auth)
 
@@ -281,6 +285,9 @@ class ContainerEngine:
         missing (its ID); else the default bridge.
         """
         with self._network_lock:
+            checked = self._bridge_checked_at
+            if checked is not None and time.monotonic() - checked > BRIDGE_RECHECK:
+                self._network = self._isolating_network()  # look again: one engine call each BRIDGE_RECHECK
             if self._network is None:
                 if self.settings.notebook_isolation and self.settings.publish_ip in ("0.0.0.0", "::"):
                     # Published on every host address, a port is also on the bridge's gateway, which
@@ -296,20 +303,30 @@ class ContainerEngine:
                         self._warn_unless_isolated(self.settings.notebook_network)
                     self._network = self.settings.notebook_network
                 elif self.settings.notebook_isolation:
-                    # An engine whose default bridge keeps containers apart (dockerd --icc=false)
-                    # isolates notebooks there already, and starts a container on it faster: a
-                    # network of one's own costs each start the engine's embedded DNS set-up.
-                    self._network = "" if self._default_bridge_isolates() else self._isolated_network()
+                    self._network = self._isolating_network()
                 else:
                     self._network = ""
             return self._network or None
+
+    def _isolating_network(self) -> str:
+        """ "" (the default bridge) when the engine's keeps containers apart (dockerd --icc=false):
+        notebooks are isolated there already, and a container starts on it faster (a network of
+        one's own costs each start the engine's embedded DNS set-up). Else the worker's own."""
+        if self._default_bridge_isolates():
+            self._bridge_checked_at = time.monotonic()
+            return ""
+        self._bridge_checked_at = None
+        return self._isolated_network()
 
     def _default_bridge_isolates(self) -> bool:
         with engine_call("looking up the default bridge"):
             found = self._networks_named("bridge")
         if found and isolates(found[0]):
-            log.info("the engine's default bridge keeps containers apart (icc false): notebooks join it")
+            if self._bridge_checked_at is None:  # said once, not at every look again
+                log.info("the engine's default bridge keeps containers apart (icc false): notebooks join it")
             return True
+        if self._bridge_checked_at is not None:
+            log.warning("the engine's default bridge lets containers talk now: notebooks join a network of their own")
         return False
 
     def _networks_named(self, name: str) -> list[dict[str, Any]]:
