@@ -1,6 +1,6 @@
 """swarm-manager beside JupyterHub + DockerSpawner and raw Docker, from outside, in one interleaved run.
 
-    .venv/bin/python -m bench.jupyterhub [--n 10] [--burst 20] [--tag latest]
+    .venv/bin/python -m bench.jupyterhub [--n 10] [--burst 20] [--tag latest] [--icc-engine]
 
 The peer most operators would otherwise run: JupyterHub 6.1.1 with DockerSpawner 14.0.0
 (requirements-jupyterhub.txt, installed into its own virtualenv, .state/jupyterhub-venv, on first
@@ -20,6 +20,11 @@ same test images. Both products are driven over HTTP on loopback as a client wou
   (``remove = True``; containers made with ``StopTimeout`` 0, as our ``KILL_GRACE=0``).
 - raw: the SDK's create + start + an HTTP probe every 20 ms (bench/common.py ``raw_spawn``), and
   ``docker rm -f`` for the kill.
+
+With ``--icc-engine`` all three run on a second dockerd, started with ``--icc=false`` in a network
+namespace of its own (testkit/tls_engine.py's; the host's engine is not touched), reached on its
+unix socket, its ports on the namespace's address: the engine an operator configures for isolated
+notebooks (docs/deployment.md). Results then go to ``jupyterhub-icc-<tag>.json``.
 
 Rows: a single spawn of an image that answers at once (httpd) and of one that answers after 3 s
 (slow3), a kill until the container is gone, a burst of ``--burst`` concurrent slow3 spawns until
@@ -44,7 +49,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +59,11 @@ import redis as redis_lib
 import requests
 
 from bench.common import RESULTS, Gunicorn, delete_keys, ms, raw_spawn, remove_everything, stats
+from testkit import netns
 from testkit.chp import CHP_BIN, running_chp
 from testkit.stack import base_env
 from testkit.support import ROOT, RedisServer, WorkerProcess, build_images, free_port, unique_instance, wait_for
+from testkit.tls_engine import running_tls_engine
 
 LOCK = ROOT / "requirements-jupyterhub.txt"
 VENV = ROOT / ".state" / "jupyterhub-venv"
@@ -71,6 +79,28 @@ def session() -> requests.Session:
     s = requests.Session()
     s.trust_env = False  # straight to loopback, whatever proxy variables the shell has
     return s
+
+
+@dataclass
+class Engine:
+    """The engine all three use: the host's, or with --icc-engine one started with --icc=false."""
+
+    client: docker.DockerClient
+    url: str = ""  # DOCKER_HOST for ours and DockerSpawner; "" for the host's engine
+    host: str = "127.0.0.1"  # where its published ports are reached
+
+
+@contextmanager
+def icc_engine(images: dict[str, str], workdir: Path) -> Iterator[Engine]:
+    """A dockerd in a network namespace of its own (testkit/tls_engine.py's) restarted with
+    --icc=false, the test images loaded: ours isolates notebooks on its default bridge."""
+    with running_tls_engine(images, workdir / "certs") as engine:
+        engine.stop_engine()
+        engine.start_engine("--icc=false")
+        for ref in images.values():
+            if ref != engine.image:
+                netns.load_image(engine.socket_url, ref, engine.base / "cli")
+        yield Engine(engine.client, engine.socket_url, engine.engine_ip)
 
 
 # -- JupyterHub ----------------------------------------------------------------------------------
@@ -112,7 +142,8 @@ c.JupyterHub.spawner_class = "dockerspawner.DockerSpawner"
 c.DockerSpawner.allowed_images = {images!r}
 c.DockerSpawner.prefix = {prefix!r}
 c.DockerSpawner.port = 8888
-c.DockerSpawner.host_ip = "127.0.0.1"
+c.DockerSpawner.host_ip = {host!r}
+c.DockerSpawner.client_kwargs = {client_kwargs!r}
 c.DockerSpawner.use_internal_ip = False
 c.DockerSpawner.remove = True
 c.DockerSpawner.pull_policy = "never"
@@ -125,7 +156,7 @@ c.Spawner.http_timeout = 60
 class JupyterHub:
     """A running JupyterHub (its own CHP, DockerSpawner) on free loopback ports."""
 
-    def __init__(self, workdir: Path, images: dict[str, str], prefix: str) -> None:
+    def __init__(self, workdir: Path, images: dict[str, str], prefix: str, engine: Engine) -> None:
         self.workdir = workdir
         self.token = secrets.token_hex(24)
         self.public_port = free_port()
@@ -139,6 +170,8 @@ class JupyterHub:
             token=self.token,
             images=images,
             prefix=prefix,
+            host=engine.host,
+            client_kwargs={"base_url": engine.url} if engine.url else {},
         )
         (workdir / "jupyterhub_config.py").write_text(config)
         self.logfile = workdir / "jupyterhub.log"
@@ -273,9 +306,10 @@ class Ours:
 
 # -- the rows ------------------------------------------------------------------------------------
 class Run:
-    def __init__(self, args: argparse.Namespace, client: docker.DockerClient, images: dict[str, str]) -> None:
+    def __init__(self, args: argparse.Namespace, engine: Engine, images: dict[str, str]) -> None:
         self.args = args
-        self.docker = client
+        self.engine = engine
+        self.docker = engine.client
         self.images = images
         self.raw_instance = unique_instance("jhraw")
         self.count = 0
@@ -286,7 +320,10 @@ class Run:
 
     def raw(self, image: str) -> tuple[float, str]:
         name = f"{self.raw_instance}-{secrets.token_hex(6)}"
-        return raw_spawn(self.docker, self.images[image], name, self.raw_instance, RAW_PROBE_INTERVAL), name
+        took = raw_spawn(
+            self.docker, self.images[image], name, self.raw_instance, RAW_PROBE_INTERVAL, host=self.engine.host
+        )
+        return took, name
 
     def remove_raw(self) -> None:
         remove_everything(self.docker, self.raw_instance)
@@ -440,9 +477,12 @@ def summarize(samples: dict[str, list[float]]) -> dict[str, Any]:
 
 
 @contextmanager
-def our_stack(redis: RedisServer, workdir: Path, chp: Any, tag: str, **overrides: Any) -> Iterator[Ours]:
+def our_stack(
+    redis: RedisServer, workdir: Path, chp: Any, engine: Engine, tag: str, **overrides: Any
+) -> Iterator[Ours]:
     instance = unique_instance(tag)
-    env = base_env(redis.url, instance, START_TIMEOUT=60, KILL_GRACE=0, **chp.env(), **overrides)
+    where = {"DOCKER_HOST": engine.url, "PUBLISH_IP": engine.host} if engine.url else {}
+    env = base_env(redis.url, instance, START_TIMEOUT=60, KILL_GRACE=0, **chp.env(), **where, **overrides)
     worker = WorkerProcess(env, workdir / f"worker-{tag}.log", name=tag)
     api = Gunicorn(env, workdir / f"gunicorn-{tag}.log")
     try:
@@ -453,7 +493,7 @@ def our_stack(redis: RedisServer, workdir: Path, chp: Any, tag: str, **overrides
         api.stop()
         worker.stop()
         delete_keys(redis_lib.Redis.from_url(redis.url), instance)
-        remove_everything(docker.DockerClient(base_url="unix:///var/run/docker.sock"), instance)
+        remove_everything(engine.client, instance)
 
 
 def rows(result: dict[str, Any]) -> list[list[str]]:
@@ -486,6 +526,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--tag", default="latest")
+    parser.add_argument(
+        "--icc-engine",
+        action="store_true",
+        help="on a dockerd started with --icc=false in a namespace (results: jupyterhub-icc-<tag>.json)",
+    )
     args = parser.parse_args(argv)
 
     binary = jupyterhub_venv()
@@ -498,17 +543,19 @@ def main(argv: list[str] | None = None) -> int:
         "jupyterhub": subprocess.run([str(binary), "--version"], capture_output=True, text=True).stdout.strip(),
         "args": vars(args),
     }
-    run = Run(args, client, images)
     prefix = unique_instance("jh")
-    with tempfile.TemporaryDirectory(prefix="smbench-jh-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="smbench-jh-") as tmp, ExitStack() as stack:
         workdir = Path(tmp)
+        engine = stack.enter_context(icc_engine(images, workdir)) if args.icc_engine else Engine(client)
+        result["engine"] = {"url": engine.url or "the host's", "icc": not args.icc_engine}
+        run = Run(args, engine, images)
         redis = RedisServer(workdir / "redis")
         redis.start()
-        hub = JupyterHub(workdir, images, prefix)
+        hub = JupyterHub(workdir, images, prefix, engine)
         try:
             hub.start(binary)
-            with running_chp(workdir) as chp, our_stack(redis, workdir, chp, "jhours") as ours:
-                with our_stack(redis, workdir, chp, "jhopen", NOTEBOOK_ISOLATION="off") as open_ours:
+            with running_chp(workdir) as chp, our_stack(redis, workdir, chp, engine, "jhours") as ours:
+                with our_stack(redis, workdir, chp, engine, "jhopen", NOTEBOOK_ISOLATION="off") as open_ours:
                     log(f"single spawns, httpd, {args.n} of each, interleaved")
                     result["httpd"] = run.single(ours, open_ours, hub, "httpd", args.n)
                     log(f"single spawns, slow3, {args.slow_n} of each, interleaved")
@@ -525,8 +572,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             hub.stop()
             redis.stop()
-            remove_everything(client, run.raw_instance)
-            for c in client.containers.list(all=True, filters={"name": prefix}):
+            remove_everything(engine.client, run.raw_instance)
+            for c in engine.client.containers.list(all=True, filters={"name": prefix}):
                 c.remove(force=True)
     log(
         "\n| row | ours (x raw) | ours, NOTEBOOK_ISOLATION=off | JupyterHub + DockerSpawner | raw |"
@@ -534,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for row in rows(result):
         log("| " + " | ".join(row) + " |")
-    out = RESULTS / f"jupyterhub-{args.tag}.json"
+    out = RESULTS / f"jupyterhub-{'icc-' if args.icc_engine else ''}{args.tag}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     log(f"\nresults: {out}")
     return 0
