@@ -57,6 +57,15 @@ def stats(values: Iterable[float]) -> dict[str, float]:
     }
 
 
+def against_raw(samples: dict[str, list[float]]) -> dict[str, Any]:
+    """Stats of each kind of sample (one kind is ``raw``), ``<kind>_ratio`` of each median to raw's,
+    and the samples themselves."""
+    figures = {kind: stats(values) for kind, values in samples.items()}
+    raw = figures["raw"]["median"]
+    ratios = {f"{kind}_ratio": f["median"] / raw for kind, f in figures.items() if kind != "raw"}
+    return {**figures, **ratios, "samples": samples}
+
+
 def ms(seconds: float) -> str:
     if seconds is None or math.isnan(seconds):
         return "n/a"

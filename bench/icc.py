@@ -29,7 +29,7 @@ from typing import Any
 
 import docker
 
-from bench.common import RESULTS, ms, raw_spawn, remove_containers, remove_one, stats
+from bench.common import RESULTS, against_raw, ms, raw_spawn, remove_containers, remove_one
 from bench.spawn import Context, ours_once, start_stack, stop_stack
 from testkit.support import RedisServer, build_images
 from testkit.tls_engine import running_tls_engine
@@ -87,15 +87,11 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 client.api.remove_network(own)
     finally:
         redis.stop()
-    figures = {kind: stats(values) for kind, values in samples.items()}
-    raw = figures["raw"]["median"]
     return {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "n": args.n,
-        **figures,
-        **{f"{kind}_ratio": f["median"] / raw for kind, f in figures.items() if kind != "raw"},
+        **against_raw(samples),
         "networks": networks,
-        "samples": samples,
     }
 
 

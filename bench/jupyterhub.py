@@ -58,7 +58,7 @@ import docker
 import redis as redis_lib
 import requests
 
-from bench.common import RESULTS, Gunicorn, delete_keys, ms, raw_spawn, remove_everything, stats
+from bench.common import RESULTS, Gunicorn, against_raw, delete_keys, ms, raw_spawn, remove_everything, stats
 from testkit import netns
 from testkit.chp import CHP_BIN, running_chp
 from testkit.stack import base_env
@@ -228,18 +228,20 @@ class JupyterHub:
         url = f"{self.api}/users/{user}/server"
         response = self.http.post(url, json={"image": image}, timeout=timeout)
         if response.status_code == 202:  # still starting after slow_spawn_timeout: follow it
-            deadline = started + timeout
-            while not self.ready(user):
-                if time.perf_counter() > deadline:
-                    raise RuntimeError(f"JupyterHub's server for {user} was not ready in {timeout}s")
-                time.sleep(POLL)
+            self.follow(lambda: bool(self.servers(user).get("", {}).get("ready")), started + timeout, f"{user} ready")
         elif response.status_code != 201:
             raise RuntimeError(f"JupyterHub spawn of {user}: {response.status_code} {response.text[:300]}")
         return time.perf_counter() - started
 
-    def ready(self, user: str) -> bool:
-        server = self.http.get(f"{self.api}/users/{user}", timeout=10).json().get("servers", {}).get("", {})
-        return bool(server.get("ready"))
+    def servers(self, user: str) -> dict[str, Any]:
+        return dict(self.http.get(f"{self.api}/users/{user}", timeout=10).json().get("servers") or {})
+
+    def follow(self, done: Callable[[], bool], deadline: float, what: str) -> None:
+        """Poll every POLL until ``done``; fail at ``deadline`` (perf_counter)."""
+        while not done():
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"JupyterHub: timed out waiting for {what}")
+            time.sleep(POLL)
 
     def kill(self, user: str, timeout: float = 60) -> float:
         """Seconds from the request until the server is stopped and its container removed."""
@@ -247,11 +249,7 @@ class JupyterHub:
         url = f"{self.api}/users/{user}/server"
         response = self.http.delete(url, timeout=timeout)
         if response.status_code == 202:
-            deadline = started + timeout
-            while self.http.get(f"{self.api}/users/{user}", timeout=10).json().get("servers"):
-                if time.perf_counter() > deadline:
-                    raise RuntimeError(f"JupyterHub's server for {user} was not stopped in {timeout}s")
-                time.sleep(POLL)
+            self.follow(lambda: not self.servers(user), started + timeout, f"{user} stopped")
         elif response.status_code != 204:
             raise RuntimeError(f"JupyterHub stop of {user}: {response.status_code} {response.text[:300]}")
         return time.perf_counter() - started
@@ -365,7 +363,7 @@ class Run:
                     samples[kind].append(value)
                 figures = "  ".join(f"{k} {ms(took[k]):>9}" for k in kinds)
                 log(f"  {image} #{i - self.args.warmup + 1:>2}: {figures}")
-        return summarize(samples)
+        return against_raw(samples)
 
     def kill(self, ours: Ours, hub: JupyterHub, n: int) -> dict[str, Any]:
         samples: dict[str, list[float]] = {"ours": [], "jupyterhub": [], "raw": []}
@@ -397,7 +395,7 @@ class Run:
                     samples[kind].append(value)
                 figures = "  ".join(f"{k} {ms(took[k]):>9}" for k in kinds)
                 log(f"  kill #{i - self.args.warmup + 1:>2}: {figures}")
-        return summarize(samples)
+        return against_raw(samples)
 
     def burst(self, ours: Ours, hub: JupyterHub, size: int, rounds: int) -> dict[str, Any]:
         """``size`` concurrent slow3 spawns until all answer: each system in turn, ``rounds`` times."""
@@ -424,7 +422,7 @@ class Run:
                 f"  burst of {size} slow3, round {r + 1}: ours {ms(figures['ours'])}  "
                 f"JupyterHub {ms(figures['jupyterhub'])}  raw {ms(figures['raw'])}"
             )
-        return summarize(samples)
+        return against_raw(samples)
 
     def reads(self, ours: Ours, hub: JupyterHub, samples_n: int = 200) -> dict[str, Any]:
         user = self.user()
@@ -467,13 +465,6 @@ def all_at_once(one: Callable[[str], Any], users: list[str]) -> float:
     if errors:
         raise RuntimeError(f"{len(errors)} of {len(users)} failed; first: {errors[0]!r}")
     return time.perf_counter() - started
-
-
-def summarize(samples: dict[str, list[float]]) -> dict[str, Any]:
-    figures = {kind: stats(values) for kind, values in samples.items()}
-    raw = figures["raw"]["median"]
-    ratios = {f"{kind}_ratio": f["median"] / raw for kind, f in figures.items() if kind != "raw"}
-    return {**figures, **ratios, "samples": samples}
 
 
 @contextmanager

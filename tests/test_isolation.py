@@ -181,7 +181,6 @@ def test_an_engine_whose_default_bridge_keeps_containers_apart_isolates_notebook
         assert address(cc)[0] == f"{instance}-notebooks"
         assert any("lets containers talk now" in r.getMessage() for r in caplog.records)
     finally:
-        for c in tls_engine.containers(instance):
-            c.remove(force=True)
+        cleanup_engine(tls_engine.client, instance)  # the containers, and the network the re-check made
         tls_engine.stop_engine()
         tls_engine.start_engine()  # as the other tests expect it: inter-container traffic on

@@ -278,11 +278,12 @@ class ContainerEngine:
         return None
 
     def _notebook_network(self) -> str | None:
-        """The network a notebook joins; None for the engine's default bridge. Found once per process.
+        """The network a notebook joins; None for the engine's default bridge. Found once per process
+        (the default bridge's isolation is looked at again each BRIDGE_RECHECK).
 
         NOTEBOOK_NETWORK as named (with NOTEBOOK_ISOLATION on, a WARNING once if containers on it
-        can reach each other); else, with isolation on, the worker's own isolated bridge, made if
-        missing (its ID); else the default bridge.
+        can reach each other); else, with isolation on, the default bridge if it keeps containers
+        apart, or the worker's own isolated bridge, made if missing (its ID); else the default bridge.
         """
         with self._network_lock:
             checked = self._bridge_checked_at
@@ -309,9 +310,9 @@ class ContainerEngine:
             return self._network or None
 
     def _isolating_network(self) -> str:
-        """ "" (the default bridge) when the engine's keeps containers apart (dockerd --icc=false):
-        notebooks are isolated there already, and a container starts on it faster (a network of
-        one's own costs each start the engine's embedded DNS set-up). Else the worker's own."""
+        """The default bridge ("") when it keeps containers apart (dockerd --icc=false): notebooks
+        are isolated there already, and a container starts on it faster (a network of one's own
+        costs each start the engine's embedded DNS set-up). Else the worker's own network."""
         if self._default_bridge_isolates():
             self._bridge_checked_at = time.monotonic()
             return ""

@@ -428,12 +428,9 @@ class Spawner:
             self.store.transition(
                 spec.hostname, Status.FAILED, allowed=allowed, attempt=attempt, fence=fence, error=reason
             )
-        except Superseded as exc:  # another attempt took over: the notebook is its own
+        except InvalidTransition as exc:  # a kill won meanwhile, or another attempt took over
             log.info("%s: not failed (%s): %s", spec.hostname, exc, reason)
-            return self._status(spec.hostname)
-        except InvalidTransition as exc:  # a kill won meanwhile
-            log.info("%s: not failed (%s): %s", spec.hostname, exc, reason)
-            if attempt is not None and self._status(spec.hostname) == Status.DELETING:
+            if attempt is not None and not isinstance(exc, Superseded) and exc.current == Status.DELETING:
                 # The kill task may have left the end to this attempt (it was still creating the
                 # container, whose start then failed because the kill removed it): finish it.
                 return self._lost_to_kill(spec, attempt)
